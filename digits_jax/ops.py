@@ -1,0 +1,198 @@
+"""Convolution and max-pooling whose backward passes are fast on XLA:CPU.
+
+Plain Flax trains the small MNIST CNNs of this project about five times slower than
+PyTorch on a CPU (google/flax#3551), and almost all of the gap is in two backward
+passes that XLA:CPU lowers badly:
+
+* ``nn.max_pool`` is a ``lax.reduce_window``; its gradient is a select-and-scatter,
+  which XLA:CPU runs as a slow scalar loop (about 31 ms for a 128x26x26x32 input).
+  :func:`max_pool_2x2` takes the maximum of the four strided quarter-images instead and
+  writes its gradient as four compares and one interleave (about 1 ms).
+* The weight gradient of ``lax.conv_general_dilated`` is another convolution, one
+  with a huge kernel (the output cotangent) and a tiny output, for which XLA:CPU has no
+  good kernel (about 21 ms for 128x13x13x32 -> 64). :func:`conv2d` computes it as the
+  matrix product of the input patches with the output cotangent instead (about 7 ms),
+  and its input gradient as a plain convolution of the padded cotangent with the
+  flipped kernel.
+
+Both are numerically the same functions as their plain counterparts
+(:func:`max_pool_2x2_reference`, :func:`conv2d_reference`); the forward passes are
+bitwise equal and the gradients agree to float32 rounding. They work under ``jax.jit``
+and ``jax.vmap``. ``benchmarks/ops_timing.py`` measures them against the plain ops.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+_DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
+
+# With fewer input channels than this, the weight gradient is one im2col matrix product
+# (its patches matrix is narrow and cheap to build); with more, it is one product per
+# kernel tap, which avoids XLA:CPU's slow concatenation of wide patches. Measured at
+# batch 128: Cin=1 1.3 vs 7.6 ms, Cin=3 2.4 vs 4.2 ms, Cin=8 20 vs 7 ms, Cin=32 9-26 vs
+# 7-12 ms.
+_IM2COL_MAX_CHANNELS = 4
+
+
+def max_pool_2x2_reference(x: jax.Array) -> jax.Array:
+  """Plain 2x2 max-pool with stride 2 (``nn.max_pool``, a ``lax.reduce_window``).
+
+  Args:
+    x: NHWC input.
+
+  Returns:
+    The pooled NHWC array; odd heights and widths are floored (``VALID``).
+  """
+  return nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+
+
+def _quarters(x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+  """The four corners of every 2x2 window, in row-major window order."""
+  h, w = x.shape[1] // 2 * 2, x.shape[2] // 2 * 2
+  x = x[:, :h, :w]
+  return x[:, 0::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 0::2], x[:, 1::2, 1::2]
+
+
+@jax.custom_vjp
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+  """2x2 max-pool with stride 2, equal to :func:`max_pool_2x2_reference`.
+
+  The gradient goes to the first maximum of each window in row-major order, as in
+  ``lax.reduce_window``'s select-and-scatter, so it equals the reference gradient also
+  when a window holds tied maxima. (Autodiff of ``jnp.maximum`` would instead split the
+  gradient between the tied elements.) Rows and columns cut off by an odd size get zero
+  gradient, as in the reference. A window containing NaN routes its gradient to its last
+  element, not necessarily where the reference puts it.
+
+  Args:
+    x: NHWC input.
+
+  Returns:
+    The pooled NHWC array; odd heights and widths are floored (``VALID``).
+  """
+  a, b, c, d = _quarters(x)
+  return jnp.maximum(jnp.maximum(a, b), jnp.maximum(c, d))
+
+
+def _max_pool_2x2_fwd(x: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+  y = max_pool_2x2(x)
+  return y, (x, y)
+
+
+def _max_pool_2x2_bwd(res: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[jax.Array]:
+  x, y = res
+  zero = jnp.zeros_like(g)
+  grads = []
+  not_yet = None  # windows whose maximum has not been found in an earlier corner
+  for corner in _quarters(x):
+    hit = corner == y
+    grads.append(jnp.where(hit if not_yet is None else hit & not_yet, g, zero))
+    not_yet = ~hit if not_yet is None else not_yet & ~hit
+  ga, gb, gc, gd = grads
+  n, h, w, ch = g.shape
+  # (n, h, 2, w, 2, ch) -> (n, 2h, 2w, ch) puts each corner back in its place.
+  gx = jnp.stack([jnp.stack([ga, gb], 3), jnp.stack([gc, gd], 3)], 2).reshape(n, 2 * h, 2 * w, ch)
+  gx = jnp.pad(gx, ((0, 0), (0, x.shape[1] - 2 * h), (0, x.shape[2] - 2 * w), (0, 0)))
+  return (gx,)
+
+
+max_pool_2x2.defvjp(_max_pool_2x2_fwd, _max_pool_2x2_bwd)
+
+
+def conv2d_reference(x: jax.Array, kernel: jax.Array, padding: str) -> jax.Array:
+  """Plain stride-1 2-D convolution (``lax.conv_general_dilated``), as in ``nn.Conv``.
+
+  Args:
+    x: NHWC input.
+    kernel: HWIO kernel (the layout of ``nn.Conv``'s ``kernel`` parameter).
+    padding: ``"SAME"`` or ``"VALID"`` (or another padding string ``lax`` accepts).
+
+  Returns:
+    The NHWC output, without bias.
+  """
+  return lax.conv_general_dilated(
+      x, kernel, (1, 1), padding, dimension_numbers=_DIMENSION_NUMBERS
+  )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv2d(x: jax.Array, kernel: jax.Array, padding: str) -> jax.Array:
+  """Stride-1 2-D convolution equal to :func:`conv2d_reference`, with a fast backward.
+
+  The forward pass is XLA's own convolution, which is already fast (an im2col matrix
+  product measured slower). The backward pass computes
+
+  * the kernel gradient as the matrix product of the input patches with the output
+    cotangent, contracted over batch and positions: one product of the whole patches
+    matrix when there are few input channels, one product per kernel tap otherwise;
+  * the input gradient as a forward convolution of the cotangent with the spatially
+    flipped, in/out-transposed kernel, padded so the result has the input's size.
+
+  Under ``jax.vmap`` over models (kernel and input both batched) the forward and the
+  input gradient become grouped convolutions and the kernel-gradient products become
+  batched matrix products.
+
+  Args:
+    x: NHWC input.
+    kernel: HWIO kernel (the layout of ``nn.Conv``'s ``kernel`` parameter).
+    padding: ``"SAME"`` or ``"VALID"`` (or another padding string ``lax`` accepts).
+
+  Returns:
+    The NHWC output, without bias.
+  """
+  return conv2d_reference(x, kernel, padding)
+
+
+def _conv2d_fwd(
+    x: jax.Array, kernel: jax.Array, padding: str
+) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+  return conv2d_reference(x, kernel, padding), (x, kernel)
+
+
+def _conv2d_bwd(
+    padding: str, res: tuple[jax.Array, jax.Array], g: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+  x, kernel = res
+  kh, kw = kernel.shape[:2]
+  pads = lax.padtype_to_pads(x.shape[1:3], (kh, kw), (1, 1), padding)
+  return _input_grad(g, kernel, pads), _kernel_grad(x, g, kernel.shape, pads)
+
+
+conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
+
+
+def _input_grad(
+    g: jax.Array, kernel: jax.Array, pads: list[tuple[int, int]]
+) -> jax.Array:
+  """d(loss)/d(input): the cotangent convolved with the flipped, transposed kernel."""
+  kh, kw = kernel.shape[:2]
+  (top, bottom), (left, right) = pads
+  flipped = jnp.flip(kernel, (0, 1)).swapaxes(2, 3)
+  back_pads = ((kh - 1 - top, kh - 1 - bottom), (kw - 1 - left, kw - 1 - right))
+  return lax.conv_general_dilated(
+      g, flipped, (1, 1), back_pads, dimension_numbers=_DIMENSION_NUMBERS
+  )
+
+
+def _kernel_grad(
+    x: jax.Array, g: jax.Array, kernel_shape: tuple[int, ...], pads: list[tuple[int, int]]
+) -> jax.Array:
+  """d(loss)/d(kernel): input patches times output cotangent, over batch and positions."""
+  kh, kw, cin, cout = kernel_shape
+  n, ho, wo = g.shape[:3]
+  xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+  taps = [xp[:, i : i + ho, j : j + wo] for i in range(kh) for j in range(kw)]
+  g = g.reshape(n * ho * wo, cout)
+  over_rows = (((0,), (0,)), ((), ()))  # contract the (batch, position) rows
+  if cin < _IM2COL_MAX_CHANNELS:
+    patches = jnp.concatenate(taps, axis=-1).reshape(n * ho * wo, kh * kw * cin)
+    grad = lax.dot_general(patches, g, over_rows)
+  else:
+    grad = jnp.stack([lax.dot_general(t.reshape(n * ho * wo, cin), g, over_rows) for t in taps])
+  return grad.reshape(kernel_shape)

@@ -1,0 +1,71 @@
+"""Every registered variant: output shape, parameter count, a train step lowers the loss."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from digits_jax import models, train
+from digits_jax.config import Config, resolve
+
+# Counted by hand from the layer shapes (VALID 3x3 convs, 2x2 pools), so a change
+# in any layer fails here.
+EXPECTED_PARAMS = {
+    "conv3_dense2": 138_506,
+    "conv3_dense100": 159_254,
+    "conv2_dense64": 121_930,
+    "conv2_dense100": 179_926,
+    "conv2_dense128_dropout": 225_034,
+    "bn_conv3_wide": 391_370,
+}
+
+
+def test_every_model_has_an_expected_count():
+  assert set(EXPECTED_PARAMS) == set(models.MODELS)
+
+
+@pytest.mark.parametrize("name", list(models.MODELS))
+@pytest.mark.parametrize("fast", [True, False])
+def test_shape_and_param_count(name, fast):
+  model = models.create_model(name, fast=fast)
+  variables = models.init_variables(model, jax.random.PRNGKey(0))
+  assert models.count_params(variables["params"]) == EXPECTED_PARAMS[name]
+  logits = model.apply(variables, jnp.zeros((3, 28, 28, 1)), train=False)
+  assert logits.shape == (3, 10)
+  assert logits.dtype == jnp.float32
+
+
+@pytest.mark.parametrize("name", list(models.MODELS))
+def test_fast_and_plain_agree(name):
+  """Same parameters, same logits: the fast ops change the speed, not the maths."""
+  x = jax.random.uniform(jax.random.PRNGKey(1), (4, 28, 28, 1))
+  fast, plain = models.create_model(name, fast=True), models.create_model(name, fast=False)
+  variables = models.init_variables(fast, jax.random.PRNGKey(0))
+  np.testing.assert_allclose(fast.apply(variables, x), plain.apply(variables, x),
+                             rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(models.MODELS))
+def test_one_step_lowers_the_loss(name):
+  config = resolve(Config(model=name, batch_size=32, augment=False))
+  state = train.create_train_state(config, jax.random.PRNGKey(0), steps_per_epoch=10)
+  rng = np.random.default_rng(0)
+  images = jnp.asarray(rng.random((32, 28, 28, 1), np.float32))
+  labels = jnp.asarray(rng.integers(0, 10, 32), jnp.int32)
+  step_rng = jax.random.PRNGKey(3)
+
+  def loss(state):  # the training loss, same dropout mask before and after
+    _, metrics = train.train_step(state, images, labels, step_rng, config=config)
+    return float(metrics["loss"])
+
+  before = loss(state)
+  new_state, metrics = train.train_step(state, images, labels, step_rng, config=config)
+  assert float(metrics["loss"]) == pytest.approx(before)
+  assert loss(new_state) < before
+
+
+def test_unknown_model_lists_the_valid_names():
+  with pytest.raises(models.UnknownModelError, match="conv2_dense64"):
+    models.create_model("resnet50")

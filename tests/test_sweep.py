@@ -1,0 +1,62 @@
+"""The sweep: table aggregation, and the real entry point on a tiny subset."""
+
+from __future__ import annotations
+
+import csv
+import math
+import subprocess
+import sys
+
+import pytest
+
+from digits_jax import sweep
+from tests.conftest import REPO
+
+
+def _result(model, seed, acc, opt="adam"):
+  return {"model": model, "optimizer": opt, "dataset": "mnist", "seed": seed,
+          "test_accuracy": acc, "val_accuracy": acc, "best_epoch": 2, "epochs": 3,
+          "batch_size": 64, "num_params": 10, "train_seconds": 4.0, "seconds_per_epoch": 1.0}
+
+
+def test_summarize_mean_and_std_over_seeds():
+  rows = sweep.summarize([_result("conv2_dense64", 0, 0.98), _result("conv2_dense64", 1, 0.99),
+                          _result("conv2_dense100", 0, 0.97)])
+  assert len(rows) == 2
+  first = rows[0]
+  assert first["seeds"] == 2
+  assert first["test_acc_mean"] == pytest.approx(0.985)
+  assert first["test_acc_std"] == pytest.approx(0.00707107, rel=1e-5)
+  assert math.isnan(rows[1]["test_acc_std"])  # one seed: no spread
+  markdown = sweep.to_markdown(rows)
+  assert "| conv2_dense64 | adam | mnist | 2 | 98.50% | 0.71% |" in markdown
+  assert "98.50%" in markdown and "97.00%" in markdown
+
+
+def test_sweep_entry_point_writes_a_table(mnist_dir, tmp_path):
+  cmd = [sys.executable, "-m", "experiments.sweep", "--models=conv2_dense64,conv3_dense100",
+         "--seeds=0,1", "--epochs=1", "--train_subset=512", "--validation_size=256",
+         f"--manual_dir={mnist_dir}", "--data_backend=idx", f"--workdir={tmp_path}"]
+  out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  with open(tmp_path / "results.csv") as f:
+    rows = list(csv.DictReader(f))
+  assert [(r["model"], r["optimizer"], r["seeds"]) for r in rows] == [
+      ("conv2_dense64", "adam", "2"), ("conv3_dense100", "sgd", "2")]
+  for r in rows:
+    assert 0.1 < float(r["test_acc_mean"]) <= 1.0
+    assert float(r["test_acc_std"]) >= 0.0
+    assert int(r["params"]) > 0
+  markdown = (tmp_path / "results.md").read_text().splitlines()
+  assert markdown[0].startswith("| model | optimizer |")
+  assert len(markdown) == 4
+  assert len(list(tmp_path.glob("*/results.json"))) == 4
+
+
+def test_unknown_model_fails_before_any_compute(tmp_path):
+  out = subprocess.run([sys.executable, "-m", "experiments.sweep", "--models=conv2_dense64,lenet",
+                        f"--workdir={tmp_path}"], cwd=REPO, capture_output=True, text=True,
+                       timeout=120)
+  assert out.returncode != 0
+  assert "unknown model 'lenet'" in out.stderr and "conv2_dense64" in out.stderr
+  assert not any(tmp_path.iterdir())
