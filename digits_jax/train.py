@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import linen as nn
 from flax.training import train_state
 
 from digits_jax import augment, checkpoints, data, files, models
@@ -47,43 +48,66 @@ class TrainingDivergedError(RuntimeError):
   """The loss became NaN or infinite."""
 
 
-def make_schedule(config: Config, steps_per_epoch: int) -> optax.Schedule | float:
+def make_schedule(config: Config, steps_per_epoch: int) -> optax.Schedule:
+  """The learning-rate multiplier by step: 1 at the peak, the config's shape around it."""
   total = steps_per_epoch * config.epochs
-  lr = config.learning_rate
   if config.schedule == "constant":
-    return lr
+    return optax.constant_schedule(1.0)
   if config.schedule == "cosine":
     return optax.warmup_cosine_decay_schedule(
-        0.0, lr, warmup_steps=min(steps_per_epoch, total // 10), decay_steps=total)
+        0.0, 1.0, warmup_steps=min(steps_per_epoch, total // 10), decay_steps=total)
   if config.schedule == "onecycle":
-    return optax.cosine_onecycle_schedule(total, lr)
+    return optax.cosine_onecycle_schedule(total, 1.0)
   raise ValueError(config.schedule)
 
 
-def make_optimizer(config: Config, steps_per_epoch: int) -> optax.GradientTransformation:
-  """The optax optimizer a resolved config names, with its learning-rate schedule."""
-  lr = make_schedule(config, steps_per_epoch)
-  if config.optimizer == "adam":
+def _optimizer(learning_rate, *, name: str, multiplier: optax.Schedule, momentum: float,
+               weight_decay: float) -> optax.GradientTransformation:
+  lr = lambda count: learning_rate * multiplier(count)
+  if name == "adam":
     return optax.adam(lr)
-  if config.optimizer == "adamw":
-    return optax.adamw(lr, weight_decay=config.weight_decay)
-  if config.optimizer == "sgd":
-    sgd = optax.sgd(lr, momentum=config.momentum or None)
-    if config.weight_decay:
-      return optax.chain(optax.add_decayed_weights(config.weight_decay), sgd)
+  if name == "adamw":
+    return optax.adamw(lr, weight_decay=weight_decay)
+  if name == "sgd":
+    sgd = optax.sgd(lr, momentum=momentum or None)
+    if weight_decay:
+      return optax.chain(optax.add_decayed_weights(weight_decay), sgd)
     return sgd
-  raise ValueError(config.optimizer)
+  raise ValueError(name)
+
+
+def make_optimizer(config: Config, steps_per_epoch: int) -> optax.GradientTransformation:
+  """The optax optimizer a resolved config names, with its learning-rate schedule.
+
+  The peak learning rate is an injected hyperparameter: it lives in the optimizer
+  state (``opt_state.hyperparams["learning_rate"]``), not in the compiled code, so
+  models that differ only in learning rate can be trained together under
+  ``jax.vmap`` (:mod:`digits_jax.parallel`).
+  """
+  factory = optax.inject_hyperparams(
+      _optimizer, static_args=("name", "multiplier", "momentum", "weight_decay"))
+  return factory(learning_rate=config.learning_rate, name=config.optimizer,
+                 multiplier=make_schedule(config, steps_per_epoch),
+                 momentum=config.momentum, weight_decay=config.weight_decay)
 
 
 def create_train_state(config: Config, rng: jax.Array, steps_per_epoch: int,
-                       num_classes: int = models.NUM_CLASSES) -> TrainState:
-  model = models.create_model(config.model, fast=config.fast_ops, num_classes=num_classes)
+                       num_classes: int = models.NUM_CLASSES,
+                       tx: optax.GradientTransformation | None = None,
+                       model: nn.Module | None = None) -> TrainState:
+  """A fresh TrainState.
+
+  ``tx`` and ``model`` default to those ``config`` names; states that are to be
+  stacked (:mod:`digits_jax.parallel`) must share both objects.
+  """
+  model = model or models.create_model(config.model, fast=config.fast_ops,
+                                       num_classes=num_classes)
   variables = models.init_variables(model, rng)
   return TrainState.create(
       apply_fn=model.apply,
       params=variables["params"],
       batch_stats=variables.get("batch_stats", {}),
-      tx=make_optimizer(config, steps_per_epoch),
+      tx=tx or make_optimizer(config, steps_per_epoch),
   )
 
 
@@ -146,15 +170,24 @@ def _epoch_plan(rng: jax.Array, num_train: int, batch_size: int) -> tuple[jax.Ar
 
 
 def _indexed_step(state: TrainState, images: jax.Array, labels: jax.Array, batches: jax.Array,
-                  step: jax.Array, step_rng: jax.Array, *, config: Config):
-  """Step ``step`` of an epoch: gathers its batch on the device, then trains on it."""
+                  step: jax.Array, step_rng: jax.Array, *, config: Config,
+                  batch_sharding: jax.sharding.Sharding | None = None):
+  """Step ``step`` of an epoch: gathers its batch on the device, then trains on it.
+
+  With ``batch_sharding`` the gathered batch is split over devices (data
+  parallelism); the parameters stay replicated and XLA inserts the gradient
+  all-reduce.
+  """
   idx = batches[step]
-  return train_step(state, images[idx], labels[idx], jax.random.fold_in(step_rng, step),
-                    config=config)
+  x, y = images[idx], labels[idx]
+  if batch_sharding is not None:
+    x, y = jax.lax.with_sharding_constraint((x, y), batch_sharding)
+  return train_step(state, x, y, jax.random.fold_in(step_rng, step), config=config)
 
 
 def train_epoch(state: TrainState, rng: jax.Array, images: jax.Array, labels: jax.Array,
-                *, config: Config) -> tuple[TrainState, dict[str, jax.Array]]:
+                *, config: Config, batch_sharding: jax.sharding.Sharding | None = None
+                ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One epoch as a single ``lax.scan`` over a fresh on-device permutation.
 
   Returns the new state and per-step metrics (arrays of length steps).
@@ -162,12 +195,14 @@ def train_epoch(state: TrainState, rng: jax.Array, images: jax.Array, labels: ja
   batches, step_rng = _epoch_plan(rng, images.shape[0], config.batch_size)
 
   def body(state, step):
-    return _indexed_step(state, images, labels, batches, step, step_rng, config=config)
+    return _indexed_step(state, images, labels, batches, step, step_rng, config=config,
+                         batch_sharding=batch_sharding)
 
   return jax.lax.scan(body, state, jnp.arange(batches.shape[0]))
 
 
-def make_epoch_fn(config: Config, epoch_loop: str = "auto"):
+def make_epoch_fn(config: Config, epoch_loop: str = "auto", *, vmapped: bool = False,
+                  batch_sharding: jax.sharding.Sharding | None = None):
   """A compiled ``(state, rng, images, labels) -> (state, step_metrics)`` for one epoch.
 
   ``scan`` compiles the whole epoch into one call (:func:`train_epoch`). ``host``
@@ -176,30 +211,47 @@ def make_epoch_fn(config: Config, epoch_loop: str = "auto"):
   on CPU, because XLA:CPU runs convolutions inside a loop body more than ten times
   slower than the same convolutions at top level (measured: 1.4 s against 0.09 s
   per step of ``conv2_dense128_dropout`` at batch 128), and ``scan`` elsewhere.
+
+  Args:
+    config: the resolved config of the run (of every model, when vmapped).
+    epoch_loop: ``auto``, ``scan`` or ``host``.
+    vmapped: ``state`` and ``rng`` carry a leading models axis (several models
+      trained together, see :mod:`digits_jax.parallel`); the data is shared, each
+      model draws its own batches. Step metrics then have shape (models, steps).
+    batch_sharding: split each batch over devices, see :func:`_indexed_step`.
   """
   if epoch_loop == "auto":
     epoch_loop = "host" if jax.default_backend() == "cpu" else "scan"
-  if epoch_loop == "scan":
-    return jax.jit(functools.partial(train_epoch, config=config), donate_argnums=0)
-  if epoch_loop != "host":
+  if epoch_loop not in ("scan", "host"):
     raise ValueError(f"epoch_loop must be auto, scan or host, got {epoch_loop!r}")
+  step = functools.partial(_indexed_step, config=config, batch_sharding=batch_sharding)
+  if epoch_loop == "scan":
+    epoch = functools.partial(train_epoch, config=config, batch_sharding=batch_sharding)
+    if vmapped:
+      epoch = jax.vmap(epoch, in_axes=(0, 0, None, None))
+    return jax.jit(epoch, donate_argnums=0)
 
-  plan = jax.jit(_epoch_plan, static_argnums=(1, 2))
-  step_fn = jax.jit(functools.partial(_indexed_step, config=config), donate_argnums=0)
+  plan = _epoch_plan
+  if vmapped:
+    plan = jax.vmap(plan, in_axes=(0, None, None))
+    step = jax.vmap(step, in_axes=(0, None, None, 0, None, 0))
+  plan = jax.jit(plan, static_argnums=(1, 2))
+  step_fn = jax.jit(step, donate_argnums=0)
 
   def run(state, rng, images, labels):
     batches, step_rng = plan(rng, images.shape[0], config.batch_size)
     per_step = []
-    for step in range(batches.shape[0]):
-      state, metrics = step_fn(state, images, labels, batches, np.int32(step), step_rng)
+    for i in range(batches.shape[-2]):
+      state, metrics = step_fn(state, images, labels, batches, np.int32(i), step_rng)
       per_step.append(metrics)
-    return state, jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *per_step)
+    stack = functools.partial(jnp.stack, axis=1 if vmapped else 0)
+    return state, jax.tree_util.tree_map(lambda *xs: stack(xs), *per_step)
 
   return run
 
 
 @jax.jit
-def _forward(state: TrainState, images: jax.Array) -> jax.Array:
+def forward(state: TrainState, images: jax.Array) -> jax.Array:
   return state.apply_fn(_variables(state), images, train=False)
 
 
@@ -212,7 +264,7 @@ def predict(state: TrainState, images: jax.Array, batch_size: int = 1000) -> jax
   n = images.shape[0]
   bs = min(batch_size, n)
   padded = jnp.pad(images, ((0, (-n) % bs),) + ((0, 0),) * (images.ndim - 1))
-  logits = [_forward(state, padded[i:i + bs]) for i in range(0, padded.shape[0], bs)]
+  logits = [forward(state, padded[i:i + bs]) for i in range(0, padded.shape[0], bs)]
   return jnp.concatenate(logits)[:n]
 
 
@@ -253,13 +305,71 @@ def environment() -> dict[str, Any]:
   }
 
 
-def _check_finite(step_losses: np.ndarray, epoch: int) -> None:
+def check_finite(step_losses: np.ndarray, epoch: int) -> None:
   bad = np.flatnonzero(~np.isfinite(step_losses))
   if bad.size:
     raise TrainingDivergedError(
         f"the training loss became {step_losses[bad[0]]} at epoch {epoch}, step "
         f"{bad[0] + 1} of {step_losses.size}; the best checkpoint so far is kept. "
         "Lower --learning_rate or check the data.")
+
+
+def training_split(config: Config, datasets: data.Datasets) -> data.Split:
+  """The training images a run uses: all, or the first ``train_subset``."""
+  train = datasets.train
+  if config.train_subset:
+    train = data.Split(train.images[: config.train_subset], train.labels[: config.train_subset])
+  return train
+
+
+def write_config(workdir: Path, config: Config, datasets: data.Datasets, split: data.Split,
+                 **extra: Any) -> None:
+  """Writes ``config.json``: the resolved config, the environment and the data sizes."""
+  workdir.mkdir(parents=True, exist_ok=True)
+  files.write_json(workdir / "config.json",
+                   {"config": config.to_dict(), "environment": environment(),
+                    "data": {"backend": datasets.backend, "train": len(split.labels),
+                             "validation": len(datasets.validation.labels),
+                             "test": len(datasets.test.labels)},
+                    **extra})
+
+
+def checkpoint_variables(state: TrainState) -> dict[str, Any]:
+  """What the best checkpoint keeps of a state: the model's variables."""
+  return {"params": state.params, "batch_stats": state.batch_stats}
+
+
+def finish_run(config: Config, workdir: Path, state: TrainState,
+               best: checkpoints.BestCheckpoint, history: list[dict[str, Any]],
+               datasets: data.Datasets, *, num_params: int, **extra: Any) -> dict[str, Any]:
+  """Evaluates the best-by-validation checkpoint on the test set; writes results.json.
+
+  ``extra`` items are added to the results.
+  """
+  best_epoch = best.best_epoch()
+  variables = best.restore(checkpoint_variables(state))
+  best_state = state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
+  test = evaluate(best_state, jnp.asarray(datasets.test.images),
+                  jnp.asarray(datasets.test.labels), config.eval_batch_size)
+  best_row = history[best_epoch - 1]
+  results = {
+      "model": config.model,
+      "optimizer": config.optimizer,
+      "learning_rate": config.learning_rate,
+      "seed": config.seed,
+      "num_params": num_params,
+      "best_epoch": best_epoch,
+      "val_accuracy": best_row.get("val_accuracy"),
+      "val_loss": best_row.get("val_loss"),
+      "test_accuracy": test["accuracy"],
+      "test_loss": test["loss"],
+      "train_seconds": sum(r["epoch_seconds"] for r in history),
+      # The median leaves out the first epoch's compilation when there are 3 or more.
+      "seconds_per_epoch": float(np.median([r["epoch_seconds"] for r in history])),
+      **extra,
+  }
+  files.write_json(workdir / "results.json", results)
+  return results
 
 
 def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
@@ -289,40 +399,28 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
   if datasets is None:
     datasets = data.load_datasets(config.dataset, manual_dir=manual_dir, data_dir=data_dir,
                                   validation_size=config.validation_size)
-  train = datasets.train
-  if config.train_subset:
-    train = data.Split(train.images[: config.train_subset], train.labels[: config.train_subset])
-  check_sizes(config, len(train.labels))
+  split = training_split(config, datasets)
+  check_sizes(config, len(split.labels))
+  write_config(workdir, config, datasets, split)
 
-  workdir.mkdir(parents=True, exist_ok=True)
-  files.write_json(workdir / "config.json",
-                   {"config": config.to_dict(), "environment": environment(),
-                    "data": {"backend": datasets.backend, "train": len(train.labels),
-                             "validation": len(datasets.validation.labels),
-                             "test": len(datasets.test.labels)}})
-
-  rng = jax.random.PRNGKey(config.seed)
-  init_rng, train_rng = jax.random.split(rng)
-  steps = steps_per_epoch(len(train.labels), config.batch_size)
+  init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+  steps = steps_per_epoch(len(split.labels), config.batch_size)
   state = create_train_state(config, init_rng, steps, datasets.num_classes)
   num_params = models.count_params(state.params)
 
-  x_train, y_train = jnp.asarray(train.images), jnp.asarray(train.labels)
+  x_train, y_train = jnp.asarray(split.images), jnp.asarray(split.labels)
   x_val, y_val = jnp.asarray(datasets.validation.images), jnp.asarray(datasets.validation.labels)
   has_val = len(y_val) > 0
 
   epoch_fn = make_epoch_fn(config, epoch_loop)
-
   best = checkpoints.BestCheckpoint(workdir / "checkpoints")
   history: list[dict[str, Any]] = []
-  train_seconds = 0.0
   for epoch in range(1, config.epochs + 1):
     t0 = time.perf_counter()
     state, step_metrics = epoch_fn(state, jax.random.fold_in(train_rng, epoch), x_train, y_train)
     step_metrics = jax.device_get(step_metrics)
     seconds = time.perf_counter() - t0
-    train_seconds += seconds
-    _check_finite(step_metrics["loss"], epoch)
+    check_finite(step_metrics["loss"], epoch)
     row = {"epoch": epoch, "epoch_seconds": seconds,
            "train_loss": float(np.mean(step_metrics["loss"])),
            "train_accuracy": float(np.mean(step_metrics["accuracy"]))}
@@ -332,30 +430,8 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
     history.append(row)
     files.write_jsonl(workdir / "metrics.jsonl", history)
     log.info("%s epoch %d: %s", config.model, epoch,
-                 ", ".join(f"{k}={v:.4f}" for k, v in row.items() if k != "epoch"))
+             ", ".join(f"{k}={v:.4f}" for k, v in row.items() if k != "epoch"))
     # Without a validation split the last epoch is "best": nothing else may choose.
-    best.maybe_save(epoch, {"params": state.params, "batch_stats": state.batch_stats},
-                    row.get("val_accuracy", float(epoch)))
+    best.maybe_save(epoch, checkpoint_variables(state), row.get("val_accuracy", float(epoch)))
 
-  best_epoch = best.best_epoch()
-  variables = best.restore({"params": state.params, "batch_stats": state.batch_stats})
-  best_state = state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
-  test = evaluate(best_state, jnp.asarray(datasets.test.images),
-                  jnp.asarray(datasets.test.labels), config.eval_batch_size)
-  best_row = history[best_epoch - 1]
-  results = {
-      "model": config.model,
-      "optimizer": config.optimizer,
-      "seed": config.seed,
-      "num_params": num_params,
-      "best_epoch": best_epoch,
-      "val_accuracy": best_row.get("val_accuracy"),
-      "val_loss": best_row.get("val_loss"),
-      "test_accuracy": test["accuracy"],
-      "test_loss": test["loss"],
-      "train_seconds": train_seconds,
-      # The median leaves out the first epoch's compilation when there are 3 or more.
-      "seconds_per_epoch": float(np.median([r["epoch_seconds"] for r in history])),
-  }
-  files.write_json(workdir / "results.json", results)
-  return results
+  return finish_run(config, workdir, state, best, history, datasets, num_params=num_params)

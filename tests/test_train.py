@@ -77,7 +77,7 @@ def test_predict_pads_the_last_batch():
   config = resolve(Config(model="conv2_dense64"))
   state = train.create_train_state(config, jax.random.PRNGKey(0), 1)
   images = jax.random.uniform(jax.random.PRNGKey(1), (23, 28, 28, 1))
-  full = train._forward(state, images)
+  full = train.forward(state, images)
   np.testing.assert_allclose(train.predict(state, images, batch_size=10), full, rtol=1e-5,
                              atol=1e-6)
 
