@@ -1,8 +1,19 @@
-"""Checkpoints through orbax: the best-by-validation model of a run.
+"""Checkpoints through orbax: the best-by-validation model and the state to resume.
+
+Two orbax managers under ``<workdir>/checkpoints``:
+
+* ``best/`` -- :class:`BestCheckpoint`, the variables of the epoch with the best
+  validation accuracy so far; the test metrics come from it.
+* ``latest/`` -- :class:`LatestCheckpoint`, the whole train state (parameters,
+  BatchNorm statistics, optimizer state, step) at the end of the last finished
+  epoch, from which a killed run resumes.
 
 Orbax writes each checkpoint into a temporary directory and renames it when
-complete, so a killed run never leaves a half-written checkpoint behind, and it
-reads back plain arrays (no unpickling of arbitrary files).
+complete, so a killed run never leaves a half-written checkpoint under a step's
+name; the temporary directories of an interrupted save are deleted when a manager
+opens. It reads back plain arrays and JSON (no unpickling of arbitrary files).
+Anything orbax cannot read, or a checkpoint of another run, raises
+:class:`CheckpointError`.
 """
 
 from __future__ import annotations
@@ -12,10 +23,34 @@ from pathlib import Path
 from typing import Any
 
 import orbax.checkpoint as ocp
+from flax import serialization
 
 
 class CheckpointError(RuntimeError):
   """A checkpoint directory that cannot be read as this run's checkpoint."""
+
+
+_FIX = "Move the work directory away, or pass --overwrite to delete its results and start again."
+
+
+def _brief(e: BaseException, limit: int = 300) -> str:
+  """``Type: first line of the message``, cut short: orbax's messages run to pages."""
+  lines = str(e).strip().splitlines()
+  text = lines[0] if lines else ""
+  return f"{type(e).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"
+
+
+def _open_manager(directory: Path, **options: Any) -> ocp.CheckpointManager:
+  """An orbax manager that deletes temporary directories left by an interrupted save."""
+  try:
+    return ocp.CheckpointManager(
+        directory,
+        options=ocp.CheckpointManagerOptions(
+            enable_async_checkpointing=False, cleanup_tmp_directories=True, **options))
+  except Exception as e:  # orbax raises many types for unreadable metadata
+    raise CheckpointError(
+        f"the checkpoint directory {directory} cannot be read ({_brief(e)}); it is corrupt "
+        f"or not an orbax checkpoint directory. {_FIX}") from e
 
 
 class BestCheckpoint:
@@ -26,20 +61,23 @@ class BestCheckpoint:
 
   def __init__(self, directory: str | os.PathLike):
     self.directory = Path(directory).absolute() / "best"
-    self._manager = ocp.CheckpointManager(
-        self.directory,
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=1, best_fn=lambda m: m["score"], best_mode="max",
-            enable_async_checkpointing=False),
-    )
+    self._manager = _open_manager(self.directory, max_to_keep=1,
+                                  best_fn=lambda m: m["score"], best_mode="max")
     self._best_score = self._existing_best_score()
 
   def _existing_best_score(self) -> float | None:
-    step = self._manager.best_step()
-    if step is None:
-      return None
-    metrics = self._manager.metrics(step) or {}
-    return metrics.get("score")
+    try:
+      step = self._manager.best_step()
+      if step is None:
+        return None
+      score = (self._manager.metrics(step) or {}).get("score")
+      if not isinstance(score, (int, float)):
+        raise ValueError(f"its metrics hold no numeric 'score' (found {score!r})")
+      return float(score)
+    except Exception as e:  # a foreign manager's metrics: best_fn's KeyError, ...
+      raise CheckpointError(
+          f"the best-checkpoint directory {self.directory} cannot be read ({_brief(e)}); it is "
+          f"corrupt or not this program's. {_FIX}") from e
 
   def maybe_save(self, epoch: int, variables: Any, score: float) -> bool:
     """Saves ``variables`` as epoch ``epoch`` if ``score`` beats the best so far."""
@@ -64,5 +102,65 @@ class BestCheckpoint:
     except Exception as e:  # orbax raises many types for unreadable or foreign trees
       raise CheckpointError(
           f"checkpoint {self.directory}/{step} cannot be restored as this model "
-          f"({type(e).__name__}: {e}); it may be corrupt or from another config. "
-          "Delete the work directory or pass --overwrite.") from e
+          f"({_brief(e)}); it may be corrupt or from another config. {_FIX}") from e
+
+
+class LatestCheckpoint:
+  """The whole train state at the end of the last finished epoch: what a run resumes from.
+
+  One is kept: orbax deletes the previous epoch's only after the new one is complete.
+  Each carries ``identity`` (the run's config as a dict), and :meth:`restore` refuses
+  a checkpoint with another identity, e.g. one copied from another run.
+  """
+
+  def __init__(self, directory: str | os.PathLike, identity: dict[str, Any]):
+    self.directory = Path(directory).absolute() / "latest"
+    self._identity = identity
+    self._manager = _open_manager(self.directory, max_to_keep=1)
+
+  def epoch(self) -> int | None:
+    """The epoch of the checkpoint, ``None`` when there is none."""
+    return self._manager.latest_step()
+
+  def save(self, epoch: int, state: Any) -> None:
+    """Saves ``state`` (a Flax-serializable object, e.g. a TrainState) as epoch ``epoch``."""
+    self._manager.save(epoch, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(serialization.to_state_dict(state)),
+        run=ocp.args.JsonSave({"epoch": epoch, "identity": self._identity})))
+    self._manager.wait_until_finished()
+
+  def restore(self, like: Any) -> tuple[int, Any]:
+    """The checkpoint's epoch and state, the state rebuilt in the structure of ``like``.
+
+    Raises:
+      CheckpointError: there is no checkpoint, it is unreadable, or it is another run's
+        (another config, or arrays that do not fit ``like``).
+    """
+    epoch = self.epoch()
+    if epoch is None:
+      raise CheckpointError(f"no checkpoint in {self.directory}")
+    path = self.directory / str(epoch)
+    try:
+      run = self._manager.restore(epoch, args=ocp.args.Composite(run=ocp.args.JsonRestore())).run
+      ours = run["identity"]
+    except Exception as e:  # orbax raises many types for unreadable or foreign trees
+      raise CheckpointError(
+          f"checkpoint {path} cannot be read ({_brief(e)}); it is corrupt or was not written "
+          f"by this program. {_FIX}") from e
+    if ours != self._identity:
+      if isinstance(ours, dict):
+        diffs = "; ".join(f"{k}: {ours.get(k)!r} there, {self._identity.get(k)!r} here"
+                          for k in sorted(set(ours) | set(self._identity))
+                          if ours.get(k) != self._identity.get(k))
+      else:
+        diffs = f"its identity is {ours!r}"
+      raise CheckpointError(f"checkpoint {path} belongs to another run ({diffs}). {_FIX}")
+    target = serialization.to_state_dict(like)
+    try:
+      saved = self._manager.restore(epoch, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(target))).state
+      return epoch, serialization.from_state_dict(like, saved)
+    except Exception as e:  # orbax raises many types for unreadable or foreign trees
+      raise CheckpointError(
+          f"checkpoint {path} cannot be restored as this model ({_brief(e)}); it is corrupt "
+          f"or from another config. {_FIX}") from e

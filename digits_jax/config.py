@@ -136,6 +136,11 @@ def validate(config: Config) -> None:
 
 def check_sizes(config: Config, num_train: int) -> None:
   """Checks the batch size against the number of training images actually used."""
+  if config.train_subset > num_train:
+    raise ConfigError(
+        f"train_subset {config.train_subset} is larger than the {num_train} training images "
+        "left after the validation split; lower --train_subset (0 uses them all)"
+    )
   if config.batch_size > num_train:
     raise ConfigError(
         f"batch_size {config.batch_size} is larger than the {num_train} training images "

@@ -397,8 +397,9 @@ def _canonical_order(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
   flat = images.reshape(len(images), -1)
   keys = _content_keys(flat)
   order = np.lexsort((labels, keys))  # lexsort is stable; its last key is the primary one
-  k, l = keys[order], labels[order]
-  tied = np.flatnonzero((k[1:] == k[:-1]) & (l[1:] == l[:-1]))
+  sorted_keys, sorted_labels = keys[order], labels[order]
+  tied = np.flatnonzero((sorted_keys[1:] == sorted_keys[:-1])
+                        & (sorted_labels[1:] == sorted_labels[:-1]))
   if tied.size and not np.array_equal(flat[order[tied]], flat[order[tied + 1]]):
     # A hash collision between different images (odds ~2**-50 per dataset): break the tie by
     # the pixels themselves so the order still depends on content only.

@@ -132,7 +132,7 @@ def pool(x: jax.Array, *, fast: bool) -> jax.Array:
   return nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
 
 
-class _ConvNet(nn.Module):
+class ConvNet(nn.Module):
   """3x3 conv (ReLU) and 2x2 max-pool layers, flatten, dense ReLU layers, logits.
 
   The source variants below only set the class attributes; their docstrings say
@@ -169,7 +169,7 @@ class _ConvNet(nn.Module):
     "dense ReLU layers, softmax over 10; Adam, sparse categorical cross-entropy.",
     reported="98.83%",
 )
-class Conv3Dense2(_ConvNet):
+class Conv3Dense2(ConvNet):
   """Source 1: conv32-pool-conv64-pool-conv64, dense 128, dense 64, softmax 10.
 
   "Three 3x3 conv layers with ReLU, two 2x2 max-pools, flatten, two dense ReLU
@@ -191,7 +191,7 @@ class Conv3Dense2(_ConvNet):
     "categorical (one-hot) cross-entropy.",
     reported="about 99% (SGD lr 0.01, momentum 0.9, batch 32, 10 epochs)",
 )
-class Conv3Dense100(_ConvNet):
+class Conv3Dense100(ConvNet):
   """Source 2: conv32-pool-conv64-conv64-pool, dense 100, softmax 10; SGD.
 
   "Conv and max-pool layers then dense layers, trained with SGD and categorical
@@ -211,7 +211,7 @@ class Conv3Dense100(_ConvNet):
     "dense 10; Adam, sparse cross-entropy, 10 epochs, batch 64, validation split.",
     reported="above 98%",
 )
-class Conv2Dense64(_ConvNet):
+class Conv2Dense64(ConvNet):
   """Source 3: conv32-pool-conv64-pool, dense 64, softmax 10.
 
   "Conv 32 (3x3, ReLU), max-pool, conv 64, max-pool, dense 64 ReLU, dense 10.
@@ -232,7 +232,7 @@ class Conv2Dense64(_ConvNet):
     "Adam, sparse cross-entropy, 10 epochs.",
     reported="98%+",
 )
-class Conv2Dense100(_ConvNet):
+class Conv2Dense100(ConvNet):
   """Source 4: conv32-pool-conv64-pool, dense 100, softmax 10.
 
   "Conv 32, max-pool, conv 64, max-pool, dense 100 ReLU, dense 10. Adam, sparse
@@ -250,7 +250,7 @@ class Conv2Dense100(_ConvNet):
     "dense 10; Adam, one-hot cross-entropy, 20 epochs.",
     reported="98%+",
 )
-class Conv2Dense128Dropout(_ConvNet):
+class Conv2Dense128Dropout(ConvNet):
   """Source 5: conv32-pool-conv64-pool, dense 128, dropout 0.5, softmax 10.
 
   "Conv 32, max-pool, conv 64, max-pool, dense 128 ReLU, dropout 0.5, dense 10.

@@ -9,10 +9,8 @@ in a row (on a GPU, the difference is much larger). Each model keeps its own key
 derived exactly as in a single run, so a model trained in a group ends with the
 same numbers as the same config trained alone, up to float rounding.
 
-Devices: with more than one device (GPUs, TPU cores, or CPU "devices" from
-``XLA_FLAGS=--xla_force_host_platform_device_count=N``), a group's models axis is
-sharded over them when K divides evenly, and a single run splits each batch over
-them (data parallelism, see :func:`batch_sharding`).
+With several devices, the models axis is split over them when K divides evenly
+(:mod:`digits_jax.sharding`).
 """
 
 from __future__ import annotations
@@ -27,9 +25,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from digits_jax import checkpoints, data, files, models, train
+from digits_jax import checkpoints, data, files, models, sharding, train
 from digits_jax.config import Config, check_sizes
 
 log = logging.getLogger(__name__)
@@ -42,37 +39,6 @@ def group_key(config: Config) -> tuple:
   """Configs with equal keys can be trained together by :func:`train_group`."""
   shared = dataclasses.replace(config, **{f: None for f in PER_MODEL_FIELDS})
   return tuple(sorted(shared.to_dict().items()))
-
-
-def _mesh(axis: str) -> Mesh:
-  return Mesh(np.array(jax.devices()), (axis,))
-
-
-def batch_sharding(batch_size: int) -> NamedSharding | None:
-  """Sharding that splits a batch over all local devices; None on one device.
-
-  Raises:
-    ValueError: the batch size is not a multiple of the device count.
-  """
-  n = jax.device_count()
-  if n == 1:
-    return None
-  if batch_size % n:
-    raise ValueError(f"batch_size {batch_size} must be a multiple of the {n} devices")
-  return NamedSharding(_mesh("data"), PartitionSpec("data"))
-
-
-def _shard_models(tree: Any, k: int) -> Any:
-  """Places a stacked pytree with its models axis split over devices (when K allows)."""
-  n = jax.device_count()
-  if n == 1 or k % n:
-    return tree
-  sharding = NamedSharding(_mesh("models"), PartitionSpec("models"))
-  return jax.device_put(tree, sharding)
-
-
-def _stack(trees: Sequence[Any]) -> Any:
-  return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *trees)
 
 
 def _model(tree: Any, i: int) -> Any:
@@ -123,7 +89,7 @@ def train_group(configs: Sequence[Config], workdirs: Sequence[str | Path], *,
                        learning_rate=jnp.asarray(config.learning_rate, jnp.float32))
     states.append(state.replace(opt_state=state.opt_state._replace(hyperparams=hyperparams)))
     train_rngs.append(train_rng)
-  state = _shard_models(_stack(states), k)
+  state = sharding.stack_models(states)
   train_rngs = jnp.stack(train_rngs)
   num_params = models.count_params(states[0].params)
 
@@ -144,7 +110,7 @@ def train_group(configs: Sequence[Config], workdirs: Sequence[str | Path], *,
     seconds = time.perf_counter() - t0
     group_seconds += seconds
     val_logits = _batched_predict(predict, state, x_val, base.eval_batch_size)
-    for i, (config, workdir) in enumerate(zip(configs, workdirs)):
+    for i, workdir in enumerate(workdirs):
       train.check_finite(step_metrics["loss"][i], epoch)
       row = {"epoch": epoch, "epoch_seconds": seconds / k,
              "train_loss": float(np.mean(step_metrics["loss"][i])),

@@ -2,9 +2,12 @@
 
 Each run gets its own work directory ``<workdir>/<model>-<optimizer>-seed<seed>``
 with the files of :func:`digits_jax.train.train_and_evaluate`. A run whose
-directory already holds results for the same config is not trained again, so a
-sweep started again picks up where it stopped. The table groups runs by
-(model, optimizer) and gives the mean and standard deviation over seeds.
+directory already holds results for the same config is not trained again and an
+interrupted run resumes from its last checkpoint, so a sweep started again picks
+up where it stopped. A run directory that holds another config's results stops
+the sweep before anything runs (unless ``overwrite``). The table groups runs by
+(model, optimizer) and gives the mean and standard deviation over seeds, each
+distinct run counted once.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from digits_jax import data, files, models, train
+from digits_jax import data, files, models, plots, train, workdirs
 from digits_jax.config import Config, resolve
 
 log = logging.getLogger(__name__)
@@ -33,9 +36,13 @@ TABLE_COLUMNS = (
 
 def expand(base: Config, model_names: Sequence[str], optimizers: Sequence[str | None],
            seeds: Sequence[int]) -> list[Config]:
-  """The resolved configs of the grid, validated before anything runs."""
-  return [resolve(base.replace(model=m, optimizer=o, seed=s))
-          for m, o, s in itertools.product(model_names, optimizers, seeds)]
+  """The resolved configs of the grid, validated before anything runs.
+
+  A name or seed listed twice gives its runs once.
+  """
+  configs = [resolve(base.replace(model=m, optimizer=o, seed=s))
+             for m, o, s in itertools.product(model_names, optimizers, seeds)]
+  return list(dict.fromkeys(configs))
 
 
 def run_name(config: Config) -> str:
@@ -44,31 +51,37 @@ def run_name(config: Config) -> str:
 
 def finished_results(config: Config, run_dir: Path) -> dict[str, Any] | None:
   """The results of an earlier identical run in ``run_dir``, if it finished."""
-  try:
-    saved = files.read_json(run_dir / "config.json")["config"]
-    results = files.read_json(run_dir / "results.json")
-  except (OSError, ValueError, KeyError):
-    return None
-  return results if saved == config.to_dict() else None
+  return workdirs.finished_results(config, run_dir)
 
 
 def run_sweep(configs: Iterable[Config], workdir: str | Path, *,
               load: Callable[[Config], data.Datasets],
-              epoch_loop: str = "auto") -> list[dict[str, Any]]:
-  """Trains every config (skipping finished ones) and returns their results.
+              epoch_loop: str = "auto",
+              overwrite: bool = False) -> list[dict[str, Any]]:
+  """Trains every config (skipping finished ones, resuming interrupted ones).
 
   Args:
-    configs: resolved configs, e.g. from :func:`expand`.
+    configs: resolved configs, e.g. from :func:`expand`; each distinct one runs once.
     workdir: the sweep's directory; each run gets a subdirectory.
     load: returns the datasets for a config (called once per distinct dataset).
     epoch_loop: see :func:`digits_jax.train.make_epoch_fn`.
+    overwrite: delete what the run directories hold and train every run again.
+
+  Returns:
+    The results of every run, in the order of ``configs``.
+
+  Raises:
+    WorkdirError: before anything runs, if a run directory holds another config's run.
   """
   workdir = Path(workdir)
+  configs = list(dict.fromkeys(configs))
+  # Every run directory is checked before the first run starts.
+  finished = {c: workdirs.check(c, workdir / run_name(c), overwrite=overwrite) for c in configs}
   cache: dict[tuple, data.Datasets] = {}
   all_results = []
   for config in configs:
     run_dir = workdir / run_name(config)
-    results = finished_results(config, run_dir)
+    results = finished[config]
     if results is not None:
       log.info("%s: already finished, skipped", run_dir.name)
     else:
@@ -76,10 +89,10 @@ def run_sweep(configs: Iterable[Config], workdir: str | Path, *,
       if key not in cache:
         cache[key] = load(config)
       results = train.train_and_evaluate(config, run_dir, datasets=cache[key],
-                                         epoch_loop=epoch_loop)
+                                         epoch_loop=epoch_loop, overwrite=overwrite)
       log.info("%s: test accuracy %.4f", run_dir.name, results["test_accuracy"])
     all_results.append({**results, "dataset": config.dataset, "epochs": config.epochs,
-                        "batch_size": config.batch_size})
+                        "batch_size": config.batch_size, "run": run_dir.name})
   return all_results
 
 
@@ -150,3 +163,30 @@ def write_tables(rows: Sequence[dict[str, Any]], workdir: str | Path) -> str:
   files.write_text(workdir / "results.md", markdown)
   files.write_text(workdir / "results.csv", to_csv(rows))
   return markdown
+
+
+def write_plots(results: Sequence[dict[str, Any]], workdir: str | Path) -> list[Path]:
+  """Writes the sweep's figures next to ``results.md``.
+
+  ``comparison.png``: test accuracy per architecture and optimizer with the spread over
+  seeds, and against the parameter count (:func:`digits_jax.plots.sweep_comparison`).
+  ``validation_curves.png``: every architecture/optimizer's validation accuracy and loss
+  per epoch, overlaid, read from each run's ``metrics.jsonl``
+  (:func:`digits_jax.plots.validation_curves`).
+
+  Args:
+    results: as :func:`run_sweep` returns them (``run`` names each run's directory).
+    workdir: the sweep's directory.
+
+  Returns:
+    The two paths written.
+  """
+  workdir = Path(workdir)
+  histories: dict[tuple[str, str], list[list[dict[str, Any]]]] = {}
+  for r in results:
+    run = r.get("run") or f"{r['model']}-{r['optimizer']}-seed{r['seed']}"
+    histories.setdefault((r["model"], r["optimizer"]), []).append(
+        files.read_jsonl(workdir / run / "metrics.jsonl"))
+  title = f"Sweep {workdir.name}: {len(results)} runs"
+  return [plots.sweep_comparison(results, workdir / "comparison.png", title=title),
+          plots.validation_curves(histories, workdir / "validation_curves.png", title=title)]

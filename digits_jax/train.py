@@ -21,10 +21,12 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import platform
 import time
 from pathlib import Path
 from typing import Any
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -32,7 +34,7 @@ import optax
 from flax import linen as nn
 from flax.training import train_state
 
-from digits_jax import augment, checkpoints, data, files, models
+from digits_jax import augment, checkpoints, data, files, models, report, workdirs
 from digits_jax.config import Config, check_sizes, resolve
 
 log = logging.getLogger(__name__)
@@ -283,9 +285,6 @@ def evaluate(state: TrainState, images: jax.Array, labels: jax.Array,
 
 def environment() -> dict[str, Any]:
   """What the numbers were measured on: library versions and devices."""
-  import flax
-  import platform
-
   cpu = ""
   try:
     cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
@@ -306,12 +305,24 @@ def environment() -> dict[str, Any]:
 
 
 def check_finite(step_losses: np.ndarray, epoch: int) -> None:
+  """Stops a run whose loss became NaN or infinite during ``epoch``.
+
+  Called before anything of the epoch is saved, so the files of the run stay those
+  of the last good epoch.
+
+  Raises:
+    TrainingDivergedError: naming the epoch, the step and what was kept.
+  """
   bad = np.flatnonzero(~np.isfinite(step_losses))
   if bad.size:
+    step, steps = int(bad[0]) + 1, step_losses.size
+    kept = ("no epoch finished, so nothing was saved" if epoch == 1 else
+            f"the checkpoints and metrics.jsonl of epoch {epoch - 1}, the last good one, are kept")
     raise TrainingDivergedError(
-        f"the training loss became {step_losses[bad[0]]} at epoch {epoch}, step "
-        f"{bad[0] + 1} of {step_losses.size}; the best checkpoint so far is kept. "
-        "Lower --learning_rate or check the data.")
+        f"training diverged: the loss became {step_losses[bad[0]]} at epoch {epoch}, step "
+        f"{step} of {steps} (step {(epoch - 1) * steps + step} of the run); stopped, and {kept}. "
+        "Lower --learning_rate (or check the data), then start again with --overwrite or in "
+        "another --workdir.")
 
 
 def training_split(config: Config, datasets: data.Datasets) -> data.Split:
@@ -339,18 +350,80 @@ def checkpoint_variables(state: TrainState) -> dict[str, Any]:
   return {"params": state.params, "batch_stats": state.batch_stats}
 
 
+def _score(row: dict[str, Any]) -> float:
+  """What the best checkpoint maximises: validation accuracy, or else the epoch.
+
+  Without a validation split the last epoch is "best": nothing else may choose.
+  """
+  return row.get("val_accuracy", float(row["epoch"]))
+
+
+def _best_epoch(history: list[dict[str, Any]]) -> int | None:
+  """The epoch :class:`checkpoints.BestCheckpoint` keeps for ``history`` (ties: the first)."""
+  best = None
+  for row in history:
+    if best is None or _score(row) > _score(best):
+      best = row
+  return None if best is None else best["epoch"]
+
+
+def resume(workdir: Path, state: TrainState, latest: checkpoints.LatestCheckpoint,
+           best: checkpoints.BestCheckpoint) -> tuple[TrainState, list[dict[str, Any]]]:
+  """The state and history a run continues from: those of its last complete checkpoint.
+
+  At the end of each epoch a run writes ``metrics.jsonl``, then the latest checkpoint,
+  then (if better) the best one, so after a kill at any moment ``metrics.jsonl`` may
+  hold one epoch more than the latest checkpoint (dropped here, computed again), and
+  the best checkpoint may lack the latest epoch (saved here from the restored state),
+  but never holds a later one. Orbax deletes the temporary directory of a save that
+  was interrupted.
+
+  Args:
+    workdir: the run's directory.
+    state: a fresh state, the structure to restore into; returned if there is no
+      checkpoint.
+    latest, best: the run's checkpoints.
+
+  Returns:
+    The restored state (or ``state``) and the history of its epochs (or ``[]``).
+
+  Raises:
+    CheckpointError: a checkpoint is unreadable, another run's, or disagrees with
+      ``metrics.jsonl``.
+  """
+  history: list[dict[str, Any]] = []
+  epoch = latest.epoch()
+  if epoch is not None:
+    epoch, state = latest.restore(state)
+    history = workdirs.resume_history(workdir, epoch)
+    files.write_jsonl(workdir / "metrics.jsonl", history)
+    best.maybe_save(epoch, checkpoint_variables(state), _score(history[-1]))
+  if best.best_epoch() != _best_epoch(history):
+    raise checkpoints.CheckpointError(
+        f"the best checkpoint in {best.directory} holds epoch {best.best_epoch()}, but "
+        f"{workdir / 'metrics.jsonl'} and the latest checkpoint make epoch "
+        f"{_best_epoch(history)} the best; the directory was changed by hand or by another "
+        f"program. {checkpoints._FIX}")
+  if epoch is not None:
+    log.info("%s: resuming after epoch %d, from its checkpoint", workdir, epoch)
+  return state, history
+
+
 def finish_run(config: Config, workdir: Path, state: TrainState,
                best: checkpoints.BestCheckpoint, history: list[dict[str, Any]],
                datasets: data.Datasets, *, num_params: int, **extra: Any) -> dict[str, Any]:
   """Evaluates the best-by-validation checkpoint on the test set; writes results.json.
+
+  Then writes the reports, plots and TensorBoard scalars of :mod:`digits_jax.report`
+  from the same test logits.
 
   ``extra`` items are added to the results.
   """
   best_epoch = best.best_epoch()
   variables = best.restore(checkpoint_variables(state))
   best_state = state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
-  test = evaluate(best_state, jnp.asarray(datasets.test.images),
-                  jnp.asarray(datasets.test.labels), config.eval_batch_size)
+  logits = predict(best_state, jnp.asarray(datasets.test.images), config.eval_batch_size)
+  test = metrics_from_logits(logits, jnp.asarray(datasets.test.labels))
   best_row = history[best_epoch - 1]
   results = {
       "model": config.model,
@@ -369,6 +442,8 @@ def finish_run(config: Config, workdir: Path, state: TrainState,
       **extra,
   }
   files.write_json(workdir / "results.json", results)
+  report.write_run_report(workdir, logits, datasets.test.labels, datasets.test.images, history,
+                          best_epoch=best_epoch, test_metrics=test)
   return results
 
 
@@ -376,13 +451,21 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
                        datasets: data.Datasets | None = None,
                        manual_dir: str | None = None,
                        data_dir: str | None = None,
-                       epoch_loop: str = "auto") -> dict[str, Any]:
+                       epoch_loop: str = "auto",
+                       overwrite: bool = False) -> dict[str, Any]:
   """Trains ``config`` and writes everything about the run into ``workdir``.
+
+  Started again on the same ``workdir``, a run picks up where it stopped: it
+  returns the results of a finished run without training, and otherwise resumes
+  from the checkpoint of the last finished epoch (see :func:`resume`), ending with
+  the same numbers as a run that was never interrupted. A ``workdir`` holding
+  another config's run is refused unless ``overwrite`` (see :mod:`digits_jax.workdirs`).
 
   Files written: ``config.json`` (resolved config and environment),
   ``metrics.jsonl`` (one line per epoch), ``results.json`` (test metrics of the
-  best-by-validation checkpoint, with timing and parameter count) and
-  ``checkpoints/`` (orbax).
+  best-by-validation checkpoint, with timing and parameter count),
+  ``checkpoints/`` (orbax), and the reports, plots and TensorBoard scalars of
+  :func:`digits_jax.report.write_run_report`.
 
   Args:
     config: what to run; ``None`` fields come from the model's source recipe.
@@ -390,18 +473,35 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
     datasets: already loaded data (a sweep loads once); else loaded here.
     manual_dir, data_dir: where the data comes from, see :func:`data.load_datasets`.
     epoch_loop: how an epoch is dispatched, see :func:`make_epoch_fn`.
+    overwrite: delete the files of a previous run in ``workdir`` (any config) and
+      start from scratch.
 
   Returns:
     The contents of ``results.json``.
+
+  Raises:
+    ConfigError: a bad config, or ``workdir`` holds another config's run
+      (:class:`workdirs.WorkdirError`).
+    DataError: the data cannot be loaded.
+    CheckpointError: a checkpoint in ``workdir`` is corrupt or another run's.
+    TrainingDivergedError: the loss became NaN or infinite.
   """
   config = resolve(config)
   workdir = Path(workdir)
+  finished = workdirs.check(config, workdir, overwrite=overwrite)
+  if finished is not None:
+    log.info("%s: finished already, not trained again (results.json)", workdir)
+    return finished
   if datasets is None:
     datasets = data.load_datasets(config.dataset, manual_dir=manual_dir, data_dir=data_dir,
                                   validation_size=config.validation_size)
   split = training_split(config, datasets)
   check_sizes(config, len(split.labels))
-  write_config(workdir, config, datasets, split)
+  # Every check passed: only now may the previous run's files go.
+  if overwrite:
+    workdirs.clear(workdir)
+  if workdirs.saved_config(workdir) is None:  # else resuming: keep the original
+    write_config(workdir, config, datasets, split)
 
   init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
   steps = steps_per_epoch(len(split.labels), config.batch_size)
@@ -413,9 +513,10 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
   has_val = len(y_val) > 0
 
   epoch_fn = make_epoch_fn(config, epoch_loop)
+  latest = checkpoints.LatestCheckpoint(workdir / "checkpoints", identity=config.to_dict())
   best = checkpoints.BestCheckpoint(workdir / "checkpoints")
-  history: list[dict[str, Any]] = []
-  for epoch in range(1, config.epochs + 1):
+  state, history = resume(workdir, state, latest, best)
+  for epoch in range(len(history) + 1, config.epochs + 1):
     t0 = time.perf_counter()
     state, step_metrics = epoch_fn(state, jax.random.fold_in(train_rng, epoch), x_train, y_train)
     step_metrics = jax.device_get(step_metrics)
@@ -431,7 +532,8 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
     files.write_jsonl(workdir / "metrics.jsonl", history)
     log.info("%s epoch %d: %s", config.model, epoch,
              ", ".join(f"{k}={v:.4f}" for k, v in row.items() if k != "epoch"))
-    # Without a validation split the last epoch is "best": nothing else may choose.
-    best.maybe_save(epoch, checkpoint_variables(state), row.get("val_accuracy", float(epoch)))
+    # This order (metrics.jsonl, latest, best) is what resume() relies on after a kill.
+    latest.save(epoch, state)
+    best.maybe_save(epoch, checkpoint_variables(state), _score(row))
 
   return finish_run(config, workdir, state, best, history, datasets, num_params=num_params)

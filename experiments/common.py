@@ -25,7 +25,12 @@ flags.DEFINE_string("data_dir", None, "tensorflow-datasets data_dir (default: tf
 flags.DEFINE_enum("data_backend", "auto", list(data.BACKENDS),
                   "tfds, idx (reads the .gz files directly; no TensorFlow needed), or auto: "
                   "tfds when TensorFlow is installed.")
-flags.DEFINE_string("workdir", None, "Directory for the results (created).")
+flags.DEFINE_string("workdir", None,
+                    "Directory for the results (created). Started again on the same directory, "
+                    "a run resumes from its last checkpoint, or reports its results if finished.")
+flags.DEFINE_bool("overwrite", False,
+                  "Delete the results already in --workdir (of any config) and start from "
+                  "scratch. Without it, a --workdir holding another config's run is refused.")
 flags.DEFINE_integer("epochs", None, "Epochs (default: the model's recipe).")
 flags.DEFINE_integer("batch_size", None, "Batch size (default: the model's recipe).")
 flags.DEFINE_float("learning_rate", None, "Peak learning rate (default: the recipe's).")

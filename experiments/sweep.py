@@ -4,9 +4,11 @@
     python -m experiments.sweep --preset=source      # each model at its source's settings
     python -m experiments.sweep --optimizer=sgd --seeds=0,1,2
 
-Writes <workdir>/results.md and results.csv, and one directory per run. Started
-again on the same workdir, finished runs are skipped. The logic lives in
-:mod:`digits_jax.sweep`.
+Writes <workdir>/results.md and results.csv, the plots comparison.png and
+validation_curves.png, and one directory per run (with its reports and plots). Started
+again on the same workdir, finished runs are skipped and an interrupted run
+resumes from its last checkpoint; --overwrite trains every run from scratch. The
+logic lives in :mod:`digits_jax.sweep`.
 """
 
 import time
@@ -47,13 +49,15 @@ def main(argv):
                            FLAGS.optimizer or [None], seeds)
     start = time.perf_counter()
     results = sweep.run_sweep(configs, workdir, load=common.load_data,
-                              epoch_loop=FLAGS.epoch_loop)
+                              epoch_loop=FLAGS.epoch_loop, overwrite=FLAGS.overwrite)
   except common.USER_ERRORS as e:
     common.fail(e)
   markdown = sweep.write_tables(sweep.summarize(results), workdir)
+  sweep.write_plots(results, workdir)
   print(markdown)
   print(f"{len(results)} runs in {time.perf_counter() - start:.0f} s; "
-        f"tables in {workdir}/results.md and results.csv")
+        f"tables in {workdir}/results.md and results.csv, "
+        "plots in comparison.png and validation_curves.png")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,224 @@
+"""Training-speed measurements: ours against plain Flax, PyTorch and Keras.
+
+Every timing trains the real network on real-shaped data for ``steps`` optimizer
+steps after a warm-up (compilation, first-call allocation) and reports the median
+of ``repeats`` such measurements, scaled to one epoch of 60,000 images. All
+frameworks run in the same process, one after another, so that a noisy machine
+affects the ratios as little as possible.
+
+* ``ours``: :mod:`digits_jax` as it trains: fast ops, data on the device, batches
+  gathered on the device (:func:`digits_jax.train.make_epoch_fn`).
+* ``flax``: the straightforward Flax version: ``nn.Conv``/``nn.max_pool``, one
+  jitted step per batch, NumPy batches sent from the host.
+* ``torch``/``keras``: the same layers in PyTorch (plain training loop) and Keras 3
+  (``model.fit``), when those are installed; they are optional.
+* ``vmap``: K models of one architecture in one vmapped step
+  (:mod:`digits_jax.parallel`), against the same K trained one after another.
+"""
+
+from __future__ import annotations
+
+import functools
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from digits_jax import models, sharding, train
+from digits_jax.config import Config, resolve
+
+EPOCH_IMAGES = 60_000
+
+
+def _median_seconds(run: Callable[[], Any], repeats: int) -> float:
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    run()
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times)
+
+
+def _random_data(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  rng = np.random.default_rng(seed)
+  return rng.random((n, 28, 28, 1), np.float32), rng.integers(0, 10, n).astype(np.int32)
+
+
+def time_ours(config: Config, steps: int, repeats: int) -> float:
+  """Seconds for ``steps`` steps of digits_jax's own training loop."""
+  images, labels = _random_data(steps * config.batch_size)
+  x, y = jnp.asarray(images), jnp.asarray(labels)
+  state = train.create_train_state(config, jax.random.PRNGKey(0), steps)
+  epoch_fn = train.make_epoch_fn(config)
+  holder = {"state": epoch_fn(state, jax.random.PRNGKey(1), x, y)[0]}  # warm-up
+
+  def run():
+    holder["state"], metrics = epoch_fn(holder["state"], jax.random.PRNGKey(2), x, y)
+    jax.block_until_ready(metrics)
+
+  return _median_seconds(run, repeats)
+
+
+def time_plain_flax(config: Config, steps: int, repeats: int) -> float:
+  """Seconds for ``steps`` steps of a straightforward Flax loop (host batches)."""
+  config = config.replace(fast_ops=False)
+  images, labels = _random_data(steps * config.batch_size)
+  bs = config.batch_size
+  state = train.create_train_state(config, jax.random.PRNGKey(0), steps)
+  step = jax.jit(functools.partial(train.train_step, config=config), donate_argnums=0)
+  key = jax.random.PRNGKey(1)
+  holder = {"state": step(state, images[:bs], labels[:bs], key)[0]}
+
+  def run():
+    order = np.random.default_rng(0).permutation(len(labels))
+    for i in range(steps):
+      idx = order[i * bs:(i + 1) * bs]
+      holder["state"], metrics = step(holder["state"], images[idx], labels[idx],
+                                      jax.random.fold_in(key, i))
+    jax.block_until_ready(metrics)
+
+  return _median_seconds(run, repeats)
+
+
+def _layers(name: str):
+  module = models.get_spec(name).module
+  if not issubclass(module, models.ConvNet):
+    return None
+  return module.layers, module.dense, module.dropout
+
+
+def time_torch(config: Config, steps: int, repeats: int) -> float | None:
+  """Seconds for ``steps`` steps of the same network in PyTorch; None if unavailable."""
+  try:
+    import torch
+  except ImportError:
+    return None
+  spec = _layers(config.model)
+  if spec is None:
+    return None
+  conv_layers, dense, dropout = spec
+  torch.manual_seed(0)
+  layers, channels, size = [], 1, 28
+  for layer in conv_layers:
+    if layer == "pool":
+      layers.append(torch.nn.MaxPool2d(2))
+      size //= 2
+    else:
+      layers += [torch.nn.Conv2d(channels, layer, 3), torch.nn.ReLU()]
+      channels, size = layer, size - 2
+  layers.append(torch.nn.Flatten())
+  width = channels * size * size
+  for d in dense:
+    layers += [torch.nn.Linear(width, d), torch.nn.ReLU()]
+    if dropout:
+      layers.append(torch.nn.Dropout(dropout))
+    width = d
+  layers.append(torch.nn.Linear(width, 10))
+  net = torch.nn.Sequential(*layers)
+  if config.optimizer == "sgd":
+    opt = torch.optim.SGD(net.parameters(), lr=config.learning_rate, momentum=config.momentum)
+  else:
+    opt = torch.optim.Adam(net.parameters(), lr=config.learning_rate)
+  loss_fn = torch.nn.CrossEntropyLoss()
+  images, labels = _random_data(steps * config.batch_size)
+  x = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
+  y = torch.from_numpy(labels.astype(np.int64))
+  bs = config.batch_size
+
+  def run():
+    order = torch.randperm(len(y))
+    for i in range(steps):
+      idx = order[i * bs:(i + 1) * bs]
+      opt.zero_grad()
+      loss = loss_fn(net(x[idx]), y[idx])
+      loss.backward()
+      opt.step()
+
+  run()  # warm-up
+  return _median_seconds(run, repeats)
+
+
+def time_keras(config: Config, steps: int, repeats: int) -> float | None:
+  """Seconds for ``steps`` steps of the same network in Keras; None if unavailable."""
+  try:
+    import keras
+  except ImportError:
+    return None
+  spec = _layers(config.model)
+  if spec is None:
+    return None
+  conv_layers, dense, dropout = spec
+  keras.utils.set_random_seed(0)
+  layers = [keras.Input((28, 28, 1))]
+  for layer in conv_layers:
+    layers.append(keras.layers.MaxPooling2D(2) if layer == "pool"
+                  else keras.layers.Conv2D(layer, 3, activation="relu"))
+  layers.append(keras.layers.Flatten())
+  for d in dense:
+    layers.append(keras.layers.Dense(d, activation="relu"))
+    if dropout:
+      layers.append(keras.layers.Dropout(dropout))
+  layers.append(keras.layers.Dense(10))
+  net = keras.Sequential(layers)
+  opt = (keras.optimizers.SGD(config.learning_rate, momentum=config.momentum)
+         if config.optimizer == "sgd" else keras.optimizers.Adam(config.learning_rate))
+  net.compile(opt, keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+  images, labels = _random_data(steps * config.batch_size)
+
+  def run():
+    net.fit(images, labels, batch_size=config.batch_size, epochs=1, shuffle=True, verbose=0)
+
+  run()  # warm-up: traces the train function
+  return _median_seconds(run, repeats)
+
+
+def time_vmap(config: Config, k: int, steps: int, repeats: int) -> tuple[float, float]:
+  """Seconds for ``steps`` steps of K models: (vmapped together, one after another)."""
+  images, labels = _random_data(steps * config.batch_size)
+  x, y = jnp.asarray(images), jnp.asarray(labels)
+  tx = train.make_optimizer(config, steps)
+  model = models.create_model(config.model, fast=config.fast_ops)
+  states = [train.create_train_state(config, jax.random.PRNGKey(i), steps, tx=tx, model=model)
+            for i in range(k)]
+  rngs = jax.random.split(jax.random.PRNGKey(1), k)
+  group_fn = train.make_epoch_fn(config, vmapped=True)
+  single_fn = train.make_epoch_fn(config)
+  group = {"state": group_fn(sharding.stack_models(states), rngs, x, y)[0]}
+  singles = [single_fn(s, r, x, y)[0] for s, r in zip(states, rngs)]
+
+  def run_group():
+    group["state"], metrics = group_fn(group["state"], rngs, x, y)
+    jax.block_until_ready(metrics)
+
+  def run_singles():
+    for i in range(k):
+      singles[i], metrics = single_fn(singles[i], rngs[i], x, y)
+    jax.block_until_ready(metrics)
+
+  return _median_seconds(run_group, repeats), _median_seconds(run_singles, repeats)
+
+
+def benchmark_model(name: str, *, steps: int, repeats: int, batch_size: int | None = None,
+                    frameworks: tuple[str, ...] = ("ours", "flax", "torch", "keras")
+                    ) -> dict[str, Any]:
+  """One row of the speed table: seconds per 60,000-image epoch in each framework."""
+  config = resolve(Config(model=name, batch_size=batch_size, augment=False))
+  per_epoch = EPOCH_IMAGES / (steps * config.batch_size)
+  timers = {"ours": time_ours, "flax": time_plain_flax, "torch": time_torch,
+            "keras": time_keras}
+  row: dict[str, Any] = {"model": name, "batch_size": config.batch_size,
+                         "optimizer": config.optimizer}
+  for framework in frameworks:
+    seconds = timers[framework](config, steps, repeats)
+    row[f"{framework}_s_per_epoch"] = None if seconds is None else seconds * per_epoch
+  ours = row.get("ours_s_per_epoch")
+  if ours:
+    row["ours_images_per_s"] = EPOCH_IMAGES / ours
+    for framework in frameworks[1:]:
+      other = row.get(f"{framework}_s_per_epoch")
+      row[f"{framework}_over_ours"] = None if other is None else other / ours
+  return row
