@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib import colors
+from matplotlib import colors, ticker
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -146,11 +146,11 @@ def confusion_matrices(cm: np.ndarray, path: str | os.PathLike, *,
   )
   small = 7 if num_classes > 10 else 8
   for ax, values, norm, bar_label, panel_title in panels:
-    cmap = "Blues"
-    image = ax.imshow(values, cmap=cmap, norm=norm, interpolation="nearest")
+    image = ax.imshow(values, cmap="Blues", norm=norm, interpolation="nearest")
     fig.colorbar(image, ax=ax, label=bar_label, shrink=0.9)
-    ax.set_xticks(range(num_classes), names, rotation=45 if max(map(len, names)) > 2 else 0,
-                  ha="right" if max(map(len, names)) > 2 else "center")
+    long_names = max(map(len, names)) > 2
+    ax.set_xticks(range(num_classes), names, rotation=45 if long_names else 0,
+                  ha="right" if long_names else "center")
     ax.set_yticks(range(num_classes), names)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
@@ -346,7 +346,7 @@ def sweep_comparison(results: Sequence[Mapping[str, Any]], path: str | os.PathLi
       std = float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0
       x = m + offset
       left.errorbar(x, accs.mean(), yerr=std, fmt="o", color=palette[optimizer],
-                    capsize=4, markersize=7, label=optimizer if m == 0 or not k else None)
+                    capsize=4, markersize=7, label=optimizer)
       left.scatter(np.full(len(accs), x + spread * 0.25), accs, s=12,
                    color=palette[optimizer], alpha=0.6, zorder=3)
       right.scatter(runs[0]["num_params"], accs.mean(), color=palette[optimizer], s=40)
@@ -359,11 +359,17 @@ def sweep_comparison(results: Sequence[Mapping[str, Any]], path: str | os.PathLi
   left.set_title(f"Test accuracy: mean \u00b1 std over seeds (dots: single seeds, up to "
                  f"{seeds})")
   handles, labels = left.get_legend_handles_labels()
-  unique = dict(zip(labels, handles, strict=True))
+  unique = dict(zip(labels, handles, strict=True))  # one entry per optimizer
   left.legend(unique.values(), unique.keys(), title="optimizer")
   left.grid(alpha=0.3, axis="y")
-  right.set_xscale("log")
-  right.set_xlabel("parameters (log scale)")
+  sizes = [r["num_params"] for r in results]
+  wide = bool(sizes) and max(sizes) > 5 * min(sizes)
+  if wide:
+    right.set_xscale("log")
+    right.xaxis.set_minor_formatter(ticker.NullFormatter())
+  right.xaxis.set_major_formatter(ticker.EngFormatter(sep=""))
+  right.margins(x=0.25, y=0.1)  # room for the names
+  right.set_xlabel("parameters" + (" (log scale)" if wide else ""))
   right.set_ylabel("mean test accuracy (%)")
   right.set_title("Accuracy against model size")
   right.grid(alpha=0.3, which="both")

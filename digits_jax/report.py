@@ -190,6 +190,8 @@ def write_tensorboard(logdir: str | os.PathLike, history: Sequence[Mapping[str, 
     return False
   logdir = Path(logdir)
   logdir.parent.mkdir(parents=True, exist_ok=True)
+  for stale in logdir.parent.glob(f".{logdir.name}.*"):  # left by a writer that was killed
+    shutil.rmtree(stale, ignore_errors=True)
   tmp = Path(tempfile.mkdtemp(dir=logdir.parent, prefix=f".{logdir.name}."))
   try:
     series = {"train": ("train_", ("loss", "accuracy", "epoch_seconds")),

@@ -35,3 +35,39 @@ def mnist(mnist_dir):
   from digits_jax import data
 
   return data.load_datasets("mnist", manual_dir=str(mnist_dir), backend="idx")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(mnist, tmp_path_factory):
+  """A finished tiny run (512 training images, 2 epochs) tested on the full test split.
+
+  Returns ``(workdir, results)``. Shared by the report, evaluate and notebook tests: a test
+  that writes into a run directory works on a copy.
+  """
+  from digits_jax import data, train
+  from digits_jax.config import Config
+
+  datasets = data.Datasets(
+      train=mnist.train,
+      validation=data.Split(mnist.validation.images[:500], mnist.validation.labels[:500]),
+      test=mnist.test, name=mnist.name, backend=mnist.backend)
+  workdir = tmp_path_factory.mktemp("tiny_run")
+  results = train.train_and_evaluate(Config(model="conv2_dense64", epochs=2, train_subset=512),
+                                     workdir, datasets=datasets)
+  return workdir, results
+
+
+@pytest.fixture(scope="session")
+def cli_run(mnist_dir, tmp_path_factory) -> pathlib.Path:
+  """A finished ``python -m experiments.train`` run with the flags of ``tests.cli.TINY``.
+
+  Never interrupted: the reference of the resume tests. Tests that change a run
+  directory work on a copy.
+  """
+  from tests import cli
+
+  workdir = tmp_path_factory.mktemp("cli_run") / "run"
+  out = cli.run("experiments.train", *cli.TINY, f"--manual_dir={mnist_dir}",
+                f"--workdir={workdir}")
+  assert out.returncode == 0, out.stderr[-3000:]
+  return workdir

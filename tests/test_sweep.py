@@ -51,6 +51,10 @@ def test_sweep_entry_point_writes_a_table(mnist_dir, tmp_path):
   assert markdown[0].startswith("| model | optimizer |")
   assert len(markdown) == 4
   assert len(list(tmp_path.glob("*/results.json"))) == 4
+  # The sweep's plots, and each run's report (their content: tests/test_report.py).
+  for name in ("comparison.png", "validation_curves.png"):
+    assert (tmp_path / name).stat().st_size > 0
+  assert len(list(tmp_path.glob("*/plots/confusion_matrix.png"))) == 4
 
 
 def test_unknown_model_fails_before_any_compute(tmp_path):
