@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from digits_jax import data, files, models, plots, train, workdirs
+from digits_jax import data, files, models, parallel, plots, train, workdirs
 from digits_jax.config import Config, resolve
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,8 @@ def finished_results(config: Config, run_dir: Path) -> dict[str, Any] | None:
 def run_sweep(configs: Iterable[Config], workdir: str | Path, *,
               load: Callable[[Config], data.Datasets],
               epoch_loop: str = "auto",
-              overwrite: bool = False) -> list[dict[str, Any]]:
+              overwrite: bool = False,
+              vmap: bool = False) -> list[dict[str, Any]]:
   """Trains every config (skipping finished ones, resuming interrupted ones).
 
   Args:
@@ -66,6 +67,9 @@ def run_sweep(configs: Iterable[Config], workdir: str | Path, *,
     load: returns the datasets for a config (called once per distinct dataset).
     epoch_loop: see :func:`digits_jax.train.make_epoch_fn`.
     overwrite: delete what the run directories hold and train every run again.
+    vmap: train the unfinished runs that differ only in seed and learning rate
+      together, in one vmapped step (:func:`digits_jax.parallel.train_group`). A
+      group that is interrupted starts again from its first epoch.
 
   Returns:
     The results of every run, in the order of ``configs``.
@@ -78,6 +82,28 @@ def run_sweep(configs: Iterable[Config], workdir: str | Path, *,
   # Every run directory is checked before the first run starts.
   finished = {c: workdirs.check(c, workdir / run_name(c), overwrite=overwrite) for c in configs}
   cache: dict[tuple, data.Datasets] = {}
+
+  def datasets(config: Config) -> data.Datasets:
+    key = (config.dataset, config.validation_size)
+    if key not in cache:
+      cache[key] = load(config)
+    return cache[key]
+
+  if vmap:
+    groups: dict[tuple, list[Config]] = {}
+    for config in configs:
+      if finished[config] is None:
+        groups.setdefault(parallel.group_key(config), []).append(config)
+    for group in groups.values():
+      if len(group) > 1:
+        run_dirs = [workdir / run_name(c) for c in group]
+        for run_dir in run_dirs:
+          workdirs.clear(run_dir)  # a group restarts from scratch: no stale checkpoints
+        log.info("training %s together (vmapped)", ", ".join(d.name for d in run_dirs))
+        for config, results in zip(group, parallel.train_group(
+            group, run_dirs, datasets=datasets(group[0]), epoch_loop=epoch_loop)):
+          finished[config] = results
+
   all_results = []
   for config in configs:
     run_dir = workdir / run_name(config)
@@ -85,10 +111,7 @@ def run_sweep(configs: Iterable[Config], workdir: str | Path, *,
     if results is not None:
       log.info("%s: already finished, skipped", run_dir.name)
     else:
-      key = (config.dataset, config.validation_size)
-      if key not in cache:
-        cache[key] = load(config)
-      results = train.train_and_evaluate(config, run_dir, datasets=cache[key],
+      results = train.train_and_evaluate(config, run_dir, datasets=datasets(config),
                                          epoch_loop=epoch_loop, overwrite=overwrite)
       log.info("%s: test accuracy %.4f", run_dir.name, results["test_accuracy"])
     all_results.append({**results, "dataset": config.dataset, "epochs": config.epochs,

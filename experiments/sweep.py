@@ -13,6 +13,7 @@ logic lives in :mod:`digits_jax.sweep`.
 
 import time
 
+import jax
 from absl import app, flags
 
 from digits_jax import models, sweep
@@ -26,10 +27,19 @@ QUICK_EPOCHS = 2
 flags.DEFINE_list("models", list(models.MODELS), "Comma-separated model names.")
 flags.DEFINE_list("optimizer", [], "Comma-separated optimizers (default: each model's own).")
 flags.DEFINE_list("seeds", ["0"], "Comma-separated integer seeds.")
+flags.DEFINE_enum("vmap", "auto", ["auto", "on", "off"],
+                  "Train runs that differ only in seed together in one vmapped step. auto: on "
+                  "accelerators, off on CPU, where it measured slower (see README, Speed).")
 flags.DEFINE_enum("preset", "quick", ["quick", "source"],
                   f"quick: {QUICK_EPOCHS} epochs per run unless --epochs is given; "
                   "source: each model's source recipe (the full table).")
 FLAGS = flags.FLAGS
+
+
+def _use_vmap() -> bool:
+  if FLAGS.vmap == "auto":
+    return jax.default_backend() != "cpu"
+  return FLAGS.vmap == "on"
 
 
 def main(argv):
@@ -49,7 +59,8 @@ def main(argv):
                            FLAGS.optimizer or [None], seeds)
     start = time.perf_counter()
     results = sweep.run_sweep(configs, workdir, load=common.load_data,
-                              epoch_loop=FLAGS.epoch_loop, overwrite=FLAGS.overwrite)
+                              epoch_loop=FLAGS.epoch_loop, overwrite=FLAGS.overwrite,
+                              vmap=_use_vmap())
   except common.USER_ERRORS as e:
     common.fail(e)
   markdown = sweep.write_tables(sweep.summarize(results), workdir)

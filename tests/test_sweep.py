@@ -35,7 +35,7 @@ def test_summarize_mean_and_std_over_seeds():
 
 def test_sweep_entry_point_writes_a_table(mnist_dir, tmp_path):
   cmd = [sys.executable, "-m", "experiments.sweep", "--models=conv2_dense64,conv3_dense100",
-         "--seeds=0,1", "--epochs=1", "--train_subset=512", "--validation_size=256",
+         "--seeds=0,1", "--vmap=on", "--epochs=1", "--train_subset=512", "--validation_size=256",
          f"--manual_dir={mnist_dir}", "--data_backend=idx", f"--workdir={tmp_path}"]
   out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
