@@ -11,6 +11,8 @@ Run from the repository root: ``python benchmarks/ops_timing.py``.
 
 from __future__ import annotations
 
+import functools
+import os
 import statistics
 import sys
 import time
@@ -19,7 +21,6 @@ from pathlib import Path
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import optax
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -31,12 +32,12 @@ REPEATS = 15  # timings are the median of this many runs of INNER calls each
 INNER = 3
 
 
-def median_ms(fn: Callable, *args) -> float:
+def median_ms(fn: Callable, *args, repeats: int = REPEATS) -> float:
   """Median wall time of ``fn(*args)`` in ms, after two warm-up calls (compilation)."""
   for _ in range(2):
     jax.block_until_ready(fn(*args))
   times = []
-  for _ in range(REPEATS):
+  for _ in range(repeats):
     start = time.perf_counter()
     for _ in range(INNER):
       out = fn(*args)
@@ -46,8 +47,14 @@ def median_ms(fn: Callable, *args) -> float:
 
 
 def fwd_bwd(op: Callable, ct: jax.Array, argnums: tuple[int, ...]) -> Callable:
-  """A jitted function returning the gradients of ``sum(op(*args) * ct)``."""
-  return jax.jit(jax.grad(lambda *args: jnp.sum(op(*args) * ct), argnums))
+  """A jitted ``args -> (op(*args), gradients of sum(op(*args) * ct) w.r.t. argnums)``."""
+
+  def run(*args):
+    y, vjp = jax.vjp(op, *args)
+    grads = vjp(ct)
+    return y, [grads[i] for i in argnums]
+
+  return jax.jit(run)
 
 
 def time_pools() -> None:
@@ -74,10 +81,10 @@ def time_convs() -> None:
     kernel = jax.random.normal(jax.random.key(1), (3, 3, shape[-1], cout)) * 0.1
     ct = jax.random.normal(jax.random.key(2), ops.conv2d(x, kernel, padding).shape)
     argnums = (0, 1) if input_grad else (1,)
-    plain = median_ms(
-        fwd_bwd(lambda x, k: ops.conv2d_reference(x, k, padding), ct, argnums), x, kernel
+    plain, fast = (
+        median_ms(fwd_bwd(functools.partial(op, padding=padding), ct, argnums), x, kernel)
+        for op in (ops.conv2d_reference, ops.conv2d)
     )
-    fast = median_ms(fwd_bwd(lambda x, k: ops.conv2d(x, k, padding), ct, argnums), x, kernel)
     wrt = "input+kernel" if input_grad else "kernel only"
     print(f"  {shape!s:12} -> {cout:3} {padding:5} ({wrt:12}) {plain:7.2f} / {fast:6.2f}")
 
@@ -141,13 +148,12 @@ def time_train_steps(padding: str) -> None:
   for fast in (False, True):
     model = CNN(fast=fast, padding=padding)
     step = make_train_step(model, tx)
-    init = lambda rng: model.init(rng, images[0, :1], train=False)["params"]  # noqa: E731
-    params = jax.vmap(init)(rngs)
+    params = jax.vmap(lambda rng, m=model: m.init(rng, images[0, :1], train=False)["params"])(rngs)
     opt_state = jax.vmap(tx.init)(params)
     one = jax.tree.map(lambda a: a[0], (params, opt_state))
     results[fast] = (
         median_ms(jax.jit(step), *one, images[0], labels[0], rngs[0]),
-        median_ms(jax.jit(jax.vmap(step)), params, opt_state, images, labels, rngs),
+        median_ms(jax.jit(jax.vmap(step)), params, opt_state, images, labels, rngs, repeats=5),
     )
   (plain, plain_k), (fast, fast_k) = results[False], results[True]
   print(f"  one model            {plain:7.2f} / {fast:6.2f}")
@@ -156,8 +162,10 @@ def time_train_steps(padding: str) -> None:
 
 
 if __name__ == "__main__":
-  print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}")
+  # Other processes on the machine inflate timings: the load average says how much.
+  print(f"jax {jax.__version__}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
   time_pools()
   time_convs()
   for padding in ("VALID", "SAME"):
     time_train_steps(padding)
+  print(f"load average at the end {os.getloadavg()[0]:.1f}")

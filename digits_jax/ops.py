@@ -1,29 +1,29 @@
 """Convolution and max-pooling whose backward passes are fast on XLA:CPU.
 
-Plain Flax trains the small MNIST CNNs of this project about five times slower than
-PyTorch on a CPU (google/flax#3551), and almost all of the gap is in two backward
-passes that XLA:CPU lowers badly:
+Plain Flax trains the small MNIST CNNs of this project several times slower than
+PyTorch on a CPU (google/flax#3551), and most of the gap is in two backward passes that
+XLA:CPU lowers badly. Measured at batch 128 on the project's 2-core machine:
 
-* ``nn.max_pool`` is a ``lax.reduce_window``; its gradient is a select-and-scatter,
-  which XLA:CPU runs as a slow scalar loop (about 31 ms for a 128x26x26x32 input).
-  :func:`max_pool_2x2` takes the maximum of the four strided quarter-images instead and
-  writes its gradient as four compares and one interleave (about 1 ms).
-* The weight gradient of ``lax.conv_general_dilated`` is another convolution, one
-  with a huge kernel (the output cotangent) and a tiny output, for which XLA:CPU has no
-  good kernel (about 21 ms for 128x13x13x32 -> 64). :func:`conv2d` computes it as the
-  matrix product of the input patches with the output cotangent instead (about 7 ms),
-  and its input gradient as a plain convolution of the padded cotangent with the
-  flipped kernel.
+* ``nn.max_pool`` is a ``lax.reduce_window``, whose gradient is a select-and-scatter
+  that XLA:CPU runs as a slow scalar loop: 31 ms forward+backward for a 128x26x26x32
+  input. :func:`max_pool_2x2` differentiates the maximum of the four strided quarters
+  of the input instead, with a gradient of four compares and one interleave: 1 ms.
+* The kernel gradient of ``lax.conv_general_dilated`` is another convolution, one with
+  a huge kernel (the output cotangent) and a 3x3 output, for which XLA:CPU has no good
+  kernel: 21 ms for 128x13x13x32 -> 64. :func:`conv2d` computes it as matrix products of
+  the input patches with the output cotangent instead: 7 ms.
 
-Both are numerically the same functions as their plain counterparts
-(:func:`max_pool_2x2_reference`, :func:`conv2d_reference`); the forward passes are
-bitwise equal and the gradients agree to float32 rounding. They work under ``jax.jit``
-and ``jax.vmap``. ``benchmarks/ops_timing.py`` measures them against the plain ops.
+Both compute the same functions as their plain counterparts (:func:`max_pool_2x2_reference`,
+:func:`conv2d_reference`, kept for tests and for switching back): the forward passes are
+bitwise equal and the gradients agree to float32 rounding (the max-pool gradient exactly,
+ties included). They work under ``jax.jit`` and ``jax.vmap``; ``benchmarks/ops_timing.py``
+times them against the plain ops.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
@@ -31,13 +31,14 @@ import jax.numpy as jnp
 from jax import lax
 
 _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
+Pads = tuple[tuple[int, int], ...]  # (low, high) zero padding per spatial dimension
 
-# With fewer input channels than this, the weight gradient is one im2col matrix product
+# With fewer input channels than this, the kernel gradient is one im2col matrix product
 # (its patches matrix is narrow and cheap to build); with more, it is one product per
 # kernel tap, which avoids XLA:CPU's slow concatenation of wide patches. Measured at
-# batch 128: Cin=1 1.3 vs 7.6 ms, Cin=3 2.4 vs 4.2 ms, Cin=8 20 vs 7 ms, Cin=32 9-26 vs
-# 7-12 ms.
-_IM2COL_MAX_CHANNELS = 4
+# batch 128, im2col vs per tap: Cin=1 1.3 vs 7.6 ms, Cin=3 2.4 vs 4.2 ms, Cin=8 20 vs
+# 7 ms, Cin=32 9-26 vs 7-12 ms.
+_PER_TAP_MIN_CHANNELS = 4
 
 
 def max_pool_2x2_reference(x: jax.Array) -> jax.Array:
@@ -63,12 +64,18 @@ def _quarters(x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]
 def max_pool_2x2(x: jax.Array) -> jax.Array:
   """2x2 max-pool with stride 2, equal to :func:`max_pool_2x2_reference`.
 
+  Undifferentiated (evaluation), this is the plain ``lax.reduce_window``, which XLA:CPU
+  fuses with the convolution before it (a forward pass of the source-5 network at batch
+  128: 6.5 ms, against 13 ms with the strided quarters). Under differentiation the
+  forward pass takes the maximum of the four strided quarters of ``x`` (the same values;
+  a train step measured slightly faster this way) and the backward pass routes each
+  window's cotangent by comparing the quarters with the maximum.
+
   The gradient goes to the first maximum of each window in row-major order, as in
   ``lax.reduce_window``'s select-and-scatter, so it equals the reference gradient also
   when a window holds tied maxima. (Autodiff of ``jnp.maximum`` would instead split the
   gradient between the tied elements.) Rows and columns cut off by an odd size get zero
-  gradient, as in the reference. A window containing NaN routes its gradient to its last
-  element, not necessarily where the reference puts it.
+  gradient, as in the reference. A window whose maximum is NaN passes no gradient.
 
   Args:
     x: NHWC input.
@@ -76,24 +83,23 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
   Returns:
     The pooled NHWC array; odd heights and widths are floored (``VALID``).
   """
-  a, b, c, d = _quarters(x)
-  return jnp.maximum(jnp.maximum(a, b), jnp.maximum(c, d))
+  return max_pool_2x2_reference(x)
 
 
 def _max_pool_2x2_fwd(x: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-  y = max_pool_2x2(x)
+  a, b, c, d = _quarters(x)
+  y = jnp.maximum(jnp.maximum(a, b), jnp.maximum(c, d))
   return y, (x, y)
 
 
 def _max_pool_2x2_bwd(res: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[jax.Array]:
   x, y = res
-  zero = jnp.zeros_like(g)
+  taken = jnp.zeros(y.shape, bool)  # windows whose maximum an earlier corner already holds
   grads = []
-  not_yet = None  # windows whose maximum has not been found in an earlier corner
   for corner in _quarters(x):
-    hit = corner == y
-    grads.append(jnp.where(hit if not_yet is None else hit & not_yet, g, zero))
-    not_yet = ~hit if not_yet is None else not_yet & ~hit
+    hit = (corner == y) & ~taken
+    grads.append(jnp.where(hit, g, 0))
+    taken = taken | hit
   ga, gb, gc, gd = grads
   n, h, w, ch = g.shape
   # (n, h, 2, w, 2, ch) -> (n, 2h, 2w, ch) puts each corner back in its place.
@@ -134,9 +140,11 @@ def conv2d(x: jax.Array, kernel: jax.Array, padding: str) -> jax.Array:
   * the input gradient as a forward convolution of the cotangent with the spatially
     flipped, in/out-transposed kernel, padded so the result has the input's size.
 
-  Under ``jax.vmap`` over models (kernel and input both batched) the forward and the
-  input gradient become grouped convolutions and the kernel-gradient products become
-  batched matrix products.
+  Under ``jax.vmap`` over models (kernel batched, input batched or not), the forward
+  pass and the input gradient run one convolution per model (a ``lax.map``) rather than
+  one grouped convolution, which XLA:CPU runs 2-4 times slower; the kernel-gradient
+  products become batched matrix products. Only first-order reverse mode is supported
+  (``jax.grad``, ``jax.vjp``), not ``jax.jvp`` or second derivatives.
 
   Args:
     x: NHWC input.
@@ -146,42 +154,70 @@ def conv2d(x: jax.Array, kernel: jax.Array, padding: str) -> jax.Array:
   Returns:
     The NHWC output, without bias.
   """
-  return conv2d_reference(x, kernel, padding)
+  return _conv(_pads(x, kernel, padding))(x, kernel)
 
 
 def _conv2d_fwd(
     x: jax.Array, kernel: jax.Array, padding: str
 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-  return conv2d_reference(x, kernel, padding), (x, kernel)
+  return conv2d(x, kernel, padding), (x, kernel)
 
 
 def _conv2d_bwd(
     padding: str, res: tuple[jax.Array, jax.Array], g: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
   x, kernel = res
-  kh, kw = kernel.shape[:2]
-  pads = lax.padtype_to_pads(x.shape[1:3], (kh, kw), (1, 1), padding)
+  pads = _pads(x, kernel, padding)
   return _input_grad(g, kernel, pads), _kernel_grad(x, g, kernel.shape, pads)
 
 
 conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
 
 
-def _input_grad(
-    g: jax.Array, kernel: jax.Array, pads: list[tuple[int, int]]
-) -> jax.Array:
+def _pads(x: jax.Array, kernel: jax.Array, padding: str) -> Pads:
+  return tuple(lax.padtype_to_pads(x.shape[1:3], kernel.shape[:2], (1, 1), padding))
+
+
+@functools.cache
+def _conv(pads: Pads) -> Callable[[jax.Array, jax.Array], jax.Array]:
+  """The plain convolution with explicit ``pads``, with a vmap rule that avoids grouped convs.
+
+  Plain ``jax.vmap`` over a batched kernel makes one grouped convolution
+  (``feature_group_count`` = number of models), which XLA:CPU runs 2-4 times slower than
+  the same convolutions one model after the other. (Measured, K=4 models at batch 128,
+  forward: 74 vs 38 ms for 13x13x32->64 VALID, 121 vs 39 ms for 14x14x32->64 SAME.)
+  """
+
+  @jax.custom_batching.custom_vmap
+  def conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    return lax.conv_general_dilated(x, kernel, (1, 1), pads, dimension_numbers=_DIMENSION_NUMBERS)
+
+  @conv.def_vmap
+  def conv_vmap(
+      axis_size: int, in_batched: tuple[bool, bool], x: jax.Array, kernel: jax.Array
+  ) -> tuple[jax.Array, bool]:
+    x_batched, kernel_batched = in_batched
+    if not kernel_batched:  # one kernel: fold the vmapped axis into the batch
+      y = conv(x.reshape(-1, *x.shape[2:]), kernel)
+      return y.reshape(axis_size, -1, *y.shape[1:]), True
+    if not x_batched:
+      return lax.map(lambda k: conv(x, k), kernel), True
+    return lax.map(lambda xk: conv(*xk), (x, kernel)), True
+
+  return conv
+
+
+def _input_grad(g: jax.Array, kernel: jax.Array, pads: Pads) -> jax.Array:
   """d(loss)/d(input): the cotangent convolved with the flipped, transposed kernel."""
   kh, kw = kernel.shape[:2]
   (top, bottom), (left, right) = pads
   flipped = jnp.flip(kernel, (0, 1)).swapaxes(2, 3)
   back_pads = ((kh - 1 - top, kh - 1 - bottom), (kw - 1 - left, kw - 1 - right))
-  return lax.conv_general_dilated(
-      g, flipped, (1, 1), back_pads, dimension_numbers=_DIMENSION_NUMBERS
-  )
+  return _conv(back_pads)(g, flipped)
 
 
 def _kernel_grad(
-    x: jax.Array, g: jax.Array, kernel_shape: tuple[int, ...], pads: list[tuple[int, int]]
+    x: jax.Array, g: jax.Array, kernel_shape: tuple[int, ...], pads: Pads
 ) -> jax.Array:
   """d(loss)/d(kernel): input patches times output cotangent, over batch and positions."""
   kh, kw, cin, cout = kernel_shape
@@ -190,9 +226,9 @@ def _kernel_grad(
   taps = [xp[:, i : i + ho, j : j + wo] for i in range(kh) for j in range(kw)]
   g = g.reshape(n * ho * wo, cout)
   over_rows = (((0,), (0,)), ((), ()))  # contract the (batch, position) rows
-  if cin < _IM2COL_MAX_CHANNELS:
+  if cin >= _PER_TAP_MIN_CHANNELS:
+    grad = jnp.stack([lax.dot_general(t.reshape(n * ho * wo, cin), g, over_rows) for t in taps])
+  else:
     patches = jnp.concatenate(taps, axis=-1).reshape(n * ho * wo, kh * kw * cin)
     grad = lax.dot_general(patches, g, over_rows)
-  else:
-    grad = jnp.stack([lax.dot_general(t.reshape(n * ho * wo, cin), g, over_rows) for t in taps])
   return grad.reshape(kernel_shape)

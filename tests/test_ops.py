@@ -1,0 +1,168 @@
+"""The fast ops of digits_jax.ops against their plain references.
+
+Forward passes must be bitwise equal; gradients of a scalar loss must equal ``jax.grad``
+of the plain version to float32 rounding (norm-relative error below 1e-5), under
+``jax.jit`` (and once eagerly) and under ``jax.vmap`` over a leading model axis. Each
+check runs the fast and the plain op in one jitted function, to keep compilations few.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from digits_jax import ops
+
+TOLERANCE = 1e-5
+
+
+def rel_err(a: jax.Array, b: jax.Array) -> float:
+  return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
+
+
+def normal(seed: int, shape: tuple[int, ...]) -> jax.Array:
+  """Random float32 values: continuous, so a 2x2 window has no tied maxima."""
+  return jax.random.normal(jax.random.key(seed), shape, jnp.float32)
+
+
+def forward_and_grads(op, *args):
+  """``op(*args)`` undifferentiated, then as computed under ``jax.vjp``, and the gradients
+  of ``sum(op(*args) * w)`` w.r.t. all ``args`` for a fixed random weighting ``w``."""
+  y, vjp = jax.vjp(op, *args)
+  return op(*args), y, vjp(normal(99, y.shape))
+
+
+# --- max-pool -----------------------------------------------------------------------
+
+POOLS = (ops.max_pool_2x2, ops.max_pool_2x2_reference)
+
+
+def check_pool(results):
+  (y, y_vjp, (dx,)), (y_ref, _, (dx_ref,)) = results
+  np.testing.assert_array_equal(y, y_ref)
+  np.testing.assert_array_equal(y_vjp, y_ref)
+  assert rel_err(dx, dx_ref) < TOLERANCE
+  np.testing.assert_array_equal(dx, dx_ref)  # one nonzero term per element: exact
+
+
+@pytest.mark.parametrize("shape", [(1, 2, 2, 1), (2, 8, 8, 3), (3, 7, 9, 4), (2, 26, 26, 8)])
+def test_max_pool_matches_reference(shape):
+  x = normal(0, shape)
+  results = jax.jit(lambda x: [forward_and_grads(op, x) for op in POOLS])(x)
+  assert results[0][0].shape == (shape[0], shape[1] // 2, shape[2] // 2, shape[3])
+  check_pool(results)
+
+
+def test_max_pool_ties_go_to_the_first_maximum_like_the_reference():
+  # Small integers tie often. Like select-and-scatter, the fast pool gives the whole
+  # gradient to the first maximum of a window in row-major order.
+  x = jax.random.randint(jax.random.key(0), (2, 9, 8, 3), 0, 3).astype(jnp.float32)
+  x = x.at[0, :2, :2, 0].set(1.0)  # an all-tied window
+  results = jax.jit(lambda x: [forward_and_grads(op, x) for op in POOLS])(x)
+  check_pool(results)
+  (dx,) = results[0][2]
+  assert dx[0, 0, 0, 0] != 0 and not dx[0, :2, :2, 0].ravel()[1:].any()
+
+
+def test_max_pool_vmapped_over_models():
+  x = normal(0, (3, 2, 7, 8, 4))  # (models, batch, H, W, C)
+  check_pool(jax.jit(lambda x: [jax.vmap(functools.partial(forward_and_grads, op))(x)
+                                for op in POOLS])(x))
+
+
+# --- conv ---------------------------------------------------------------------------
+
+CONV_CASES = [  # (input NHWC, kernel HWIO, padding)
+    ((1, 28, 28, 1), (3, 3, 1, 8), "VALID"),
+    ((2, 13, 13, 6), (3, 3, 6, 5), "VALID"),
+    ((3, 14, 14, 5), (3, 3, 5, 7), "SAME"),
+    ((2, 7, 9, 3), (3, 3, 3, 4), "SAME"),
+    ((2, 6, 5, 4), (2, 2, 4, 3), "SAME"),  # even kernel: asymmetric SAME padding
+    ((2, 9, 8, 4), (5, 3, 4, 2), "VALID"),
+    ((1, 5, 5, 8), (1, 1, 8, 4), "SAME"),
+]
+CONV_IDS = [f"{x}-{k}-{p}" for x, k, p in CONV_CASES]
+
+
+def conv_inputs(x_shape, k_shape, leading=()):
+  x = normal(0, (*leading, *x_shape))
+  kernel = normal(1, (*leading, *k_shape)) / np.sqrt(np.prod(k_shape[:3]))
+  return x, kernel
+
+
+def convs(padding):
+  return [lambda x, k, op=op: op(x, k, padding) for op in (ops.conv2d, ops.conv2d_reference)]
+
+
+def check_conv(results, x, kernel, vmapped=False):
+  (y, y_vjp, (dx, dk)), (y_ref, _, (dx_ref, dk_ref)) = results
+  if vmapped:
+    # The vmapped reference is one grouped convolution, the fast op one convolution per
+    # model: the same sums, rounded in a different order.
+    assert rel_err(y, y_ref) < TOLERANCE
+  else:
+    np.testing.assert_array_equal(y, y_ref)
+  np.testing.assert_array_equal(y_vjp, y)
+  assert dx.dtype == dk.dtype == jnp.float32
+  assert dx.shape == x.shape and dk.shape == kernel.shape
+  assert rel_err(dx, dx_ref) < TOLERANCE
+  assert rel_err(dk, dk_ref) < TOLERANCE
+
+
+@pytest.mark.parametrize("x_shape,k_shape,padding", CONV_CASES, ids=CONV_IDS)
+def test_conv_matches_reference(x_shape, k_shape, padding):
+  x, kernel = conv_inputs(x_shape, k_shape)
+  results = jax.jit(lambda x, k: [forward_and_grads(op, x, k) for op in convs(padding)])(x, kernel)
+  expected = jax.lax.conv_general_dilated(
+      x, kernel, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+  )
+  np.testing.assert_array_equal(results[1][0], expected)
+  check_conv(results, x, kernel)
+
+
+def test_conv_eager_matches_reference():
+  x, kernel = conv_inputs((1, 5, 4, 4), (3, 3, 4, 2))
+  check_conv([forward_and_grads(op, x, kernel) for op in convs("SAME")], x, kernel)
+
+
+@pytest.mark.parametrize(
+    "x_shape,k_shape,padding",
+    [((2, 28, 28, 1), (3, 3, 1, 4), "SAME"), ((2, 13, 13, 6), (3, 3, 6, 5), "VALID")],
+)
+def test_conv_vmapped_over_models(x_shape, k_shape, padding):
+  # Several models trained side by side: params and inputs both carry the model axis.
+  x, kernel = conv_inputs(x_shape, k_shape, leading=(3,))
+  results = jax.jit(lambda x, k: [jax.vmap(functools.partial(forward_and_grads, op))(x, k)
+                                  for op in convs(padding)])(x, kernel)
+  check_conv(results, x, kernel, vmapped=True)
+
+
+def test_conv_vmapped_over_models_sharing_the_input():
+  x, _ = conv_inputs((2, 13, 13, 6), (3, 3, 6, 5))
+  _, kernel = conv_inputs((2, 13, 13, 6), (3, 3, 6, 5), leading=(3,))
+  per_model = lambda op: jax.vmap(lambda k: forward_and_grads(op, x, k))  # noqa: E731
+  check_conv(jax.jit(lambda k: [per_model(op)(k) for op in convs("VALID")])(kernel),
+             jnp.broadcast_to(x, (3, *x.shape)), kernel, vmapped=True)
+
+
+def test_small_cnn_gradients_match_reference():
+  """conv-relu-pool twice then a weighted sum: the ops composed as in the models."""
+  x = normal(0, (4, 28, 28, 1))
+  k1 = normal(1, (3, 3, 1, 8)) / 3.0
+  k2 = normal(2, (3, 3, 8, 16)) / np.sqrt(72.0)
+
+  def loss(conv, pool, x, k1, k2):
+    h = pool(jax.nn.relu(conv(x, k1, "VALID")))
+    h = pool(jax.nn.relu(conv(h, k2, "VALID")))
+    return jnp.sum(h * normal(3, h.shape))
+
+  grads = jax.jit(lambda *args: [
+      jax.grad(loss, (2, 3, 4))(ops.conv2d, ops.max_pool_2x2, *args),
+      jax.grad(loss, (2, 3, 4))(ops.conv2d_reference, ops.max_pool_2x2_reference, *args),
+  ])
+  for fast, plain in zip(*grads(x, k1, k2), strict=True):
+    assert rel_err(fast, plain) < TOLERANCE
