@@ -18,7 +18,10 @@ Anything orbax cannot read, or a checkpoint of another run, raises
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +33,9 @@ class CheckpointError(RuntimeError):
   """A checkpoint directory that cannot be read as this run's checkpoint."""
 
 
-_FIX = "Move the work directory away, or pass --overwrite to delete its results and start again."
+# How a user gets past an unusable checkpoint; ends every CheckpointError message.
+FIX_HINT = ("Move the work directory away, or pass --overwrite to delete its results and "
+            "start again.")
 
 
 def _brief(e: BaseException, limit: int = 300) -> str:
@@ -38,6 +43,35 @@ def _brief(e: BaseException, limit: int = 300) -> str:
   lines = str(e).strip().splitlines()
   text = lines[0] if lines else ""
   return f"{type(e).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"
+
+
+# What asyncio logs about the futures of an abandoned read.
+_ABANDONED = ("Task exception was never retrieved", "Future exception was never retrieved",
+              "Task was destroyed but it is pending")
+
+
+def _drop_abandoned_read_noise() -> None:
+  """Silences what orbax leaves of a restore that failed; called before each restore.
+
+  When one array of a checkpoint cannot be read, orbax gives up on the others while
+  they are still being read; their callbacks then find orbax's event loop closed, and
+  Python prints each one as an unraisable ``RuntimeError`` traceback (or asyncio logs
+  "Future exception was never retrieved"), at any moment, often after the program's own
+  error message. That noise is dropped; every other unraisable exception and log
+  record is reported as before.
+  """
+  if not getattr(sys.unraisablehook, "_drops_closed_loop", False):
+    previous = sys.unraisablehook
+
+    def hook(args):
+      if not (isinstance(args.exc_value, RuntimeError)
+              and "Event loop is closed" in str(args.exc_value)):
+        previous(args)
+
+    hook._drops_closed_loop = True
+    sys.unraisablehook = hook
+    logging.getLogger("asyncio").addFilter(
+        lambda record: not record.getMessage().startswith(_ABANDONED))
 
 
 def _open_manager(directory: Path, **options: Any) -> ocp.CheckpointManager:
@@ -50,7 +84,7 @@ def _open_manager(directory: Path, **options: Any) -> ocp.CheckpointManager:
   except Exception as e:  # orbax raises many types for unreadable metadata
     raise CheckpointError(
         f"the checkpoint directory {directory} cannot be read ({_brief(e)}); it is corrupt "
-        f"or not an orbax checkpoint directory. {_FIX}") from e
+        f"or not an orbax checkpoint directory. {FIX_HINT}") from e
 
 
 class BestCheckpoint:
@@ -77,7 +111,7 @@ class BestCheckpoint:
     except Exception as e:  # a foreign manager's metrics: best_fn's KeyError, ...
       raise CheckpointError(
           f"the best-checkpoint directory {self.directory} cannot be read ({_brief(e)}); it is "
-          f"corrupt or not this program's. {_FIX}") from e
+          f"corrupt or not this program's. {FIX_HINT}") from e
 
   def maybe_save(self, epoch: int, variables: Any, score: float) -> bool:
     """Saves ``variables`` as epoch ``epoch`` if ``score`` beats the best so far."""
@@ -92,17 +126,23 @@ class BestCheckpoint:
   def best_epoch(self) -> int | None:
     return self._manager.best_step()
 
+  @staticmethod
+  def discard(directory: str | os.PathLike) -> None:
+    """Deletes the best checkpoint under ``directory`` (before a run starts from scratch)."""
+    shutil.rmtree(Path(directory).absolute() / "best", ignore_errors=True)
+
   def restore(self, like: Any) -> Any:
     """Restores the best checkpoint into the structure (shapes, dtypes) of ``like``."""
     step = self.best_epoch()
     if step is None:
       raise CheckpointError(f"no checkpoint in {self.directory}")
+    _drop_abandoned_read_noise()
     try:
       return self._manager.restore(step, args=ocp.args.StandardRestore(like))
     except Exception as e:  # orbax raises many types for unreadable or foreign trees
       raise CheckpointError(
           f"checkpoint {self.directory}/{step} cannot be restored as this model "
-          f"({_brief(e)}); it may be corrupt or from another config. {_FIX}") from e
+          f"({_brief(e)}); it may be corrupt or from another config. {FIX_HINT}") from e
 
 
 class LatestCheckpoint:
@@ -140,13 +180,14 @@ class LatestCheckpoint:
     if epoch is None:
       raise CheckpointError(f"no checkpoint in {self.directory}")
     path = self.directory / str(epoch)
+    _drop_abandoned_read_noise()
     try:
       run = self._manager.restore(epoch, args=ocp.args.Composite(run=ocp.args.JsonRestore())).run
       ours = run["identity"]
     except Exception as e:  # orbax raises many types for unreadable or foreign trees
       raise CheckpointError(
           f"checkpoint {path} cannot be read ({_brief(e)}); it is corrupt or was not written "
-          f"by this program. {_FIX}") from e
+          f"by this program. {FIX_HINT}") from e
     if ours != self._identity:
       if isinstance(ours, dict):
         diffs = "; ".join(f"{k}: {ours.get(k)!r} there, {self._identity.get(k)!r} here"
@@ -154,7 +195,7 @@ class LatestCheckpoint:
                           if ours.get(k) != self._identity.get(k))
       else:
         diffs = f"its identity is {ours!r}"
-      raise CheckpointError(f"checkpoint {path} belongs to another run ({diffs}). {_FIX}")
+      raise CheckpointError(f"checkpoint {path} belongs to another run ({diffs}). {FIX_HINT}")
     target = serialization.to_state_dict(like)
     try:
       saved = self._manager.restore(epoch, args=ocp.args.Composite(
@@ -163,4 +204,4 @@ class LatestCheckpoint:
     except Exception as e:  # orbax raises many types for unreadable or foreign trees
       raise CheckpointError(
           f"checkpoint {path} cannot be restored as this model ({_brief(e)}); it is corrupt "
-          f"or from another config. {_FIX}") from e
+          f"or from another config. {FIX_HINT}") from e

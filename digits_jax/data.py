@@ -355,24 +355,31 @@ def _parse_idx(data: bytes, where: str) -> np.ndarray:
   return np.frombuffer(data, dtype=np.uint8, count=expected, offset=header).reshape(dims)
 
 
-def _validate_arrays(name: str, split: str, images: np.ndarray, labels: np.ndarray) -> None:
-  """Checks decoded arrays: 28x28 images, one label per image, labels in range."""
+def _validate_arrays(name: str, split: str, images: np.ndarray, labels: np.ndarray,
+                     paths: tuple[str, str] | None = None) -> None:
+  """Checks decoded arrays: 28x28 images, one label per image, labels in range.
+
+  ``paths`` (images file, labels file), when the arrays come from files, are named in
+  the errors.
+  """
   where = f"{name} {split} split"
+  images_file, labels_file = (f"the images file {paths[0]}", f"the labels file {paths[1]}"
+                              ) if paths else ("the images file", "the labels file")
   if images.ndim != 3 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
     raise DataError(f"{where}: images have shape {images.shape}, expected "
-                    f"(N, {IMAGE_SIZE}, {IMAGE_SIZE}); the images file is wrong or corrupt")
+                    f"(N, {IMAGE_SIZE}, {IMAGE_SIZE}); {images_file} is wrong or corrupt")
   if labels.ndim != 1:
     raise DataError(f"{where}: labels have shape {labels.shape}, expected (N,); "
-                    "the labels file is wrong or corrupt")
+                    f"{labels_file} is wrong or corrupt")
   if len(images) != len(labels):
-    raise DataError(f"{where}: {len(images)} images but {len(labels)} labels; the image and "
-                    "label files do not belong together")
+    raise DataError(f"{where}: {len(images)} images but {len(labels)} labels; {images_file} "
+                    f"and {labels_file} do not belong together")
   if len(labels) == 0:
-    raise DataError(f"{where} is empty; the files are wrong or corrupt")
+    raise DataError(f"{where} is empty; {images_file} and {labels_file} are wrong or corrupt")
   lo, hi = int(labels.min()), int(labels.max())
   if lo < 0 or hi >= NUM_CLASSES:
     raise DataError(f"{where}: labels range over [{lo}, {hi}], expected [0, {NUM_CLASSES}); "
-                    "the labels file is corrupt: download it again")
+                    f"{labels_file} is corrupt: download it again")
 
 
 # --------------------------------------------------------------------------------------------
@@ -550,12 +557,14 @@ def _load_idx_raw(name: str, manual_dir: str | None) -> _RawSplits:
   """The ``idx`` backend: the four files from the manual dir or the default folder."""
   folder = pathlib.Path(manual_dir) if manual_dir is not None else _ensure_default_files(name)
   contents = _read_checked(folder, name)
-  arrays = {role: _parse_idx(data, str(folder / _SOURCES[name].files[role].name))
-            for role, data in contents.items()}
-  return {
-      "train": (arrays["train_images"], arrays["train_labels"]),
-      "test": (arrays["test_images"], arrays["test_labels"]),
-  }
+  paths = {role: str(folder / f.name) for role, f in _SOURCES[name].files.items()}
+  arrays = {role: _parse_idx(data, paths[role]) for role, data in contents.items()}
+  raw = {split: (arrays[f"{split}_images"], arrays[f"{split}_labels"])
+         for split in ("train", "test")}
+  for split, (images, labels) in raw.items():  # here, where the errors can name the files
+    _validate_arrays(name, split, images, labels,
+                     paths=(paths[f"{split}_images"], paths[f"{split}_labels"]))
+  return raw
 
 
 def _tfds_available() -> bool:

@@ -396,14 +396,16 @@ def resume(workdir: Path, state: TrainState, latest: checkpoints.LatestCheckpoin
   if epoch is not None:
     epoch, state = latest.restore(state)
     history = workdirs.resume_history(workdir, epoch)
-    files.write_jsonl(workdir / "metrics.jsonl", history)
     best.maybe_save(epoch, checkpoint_variables(state), _score(history[-1]))
+  files.write_jsonl(workdir / "metrics.jsonl", history)
   if best.best_epoch() != _best_epoch(history):
+    found = (f"there is no checkpoint in {latest.directory} to resume from" if epoch is None
+             else f"{workdir / 'metrics.jsonl'} and the latest checkpoint (epoch {epoch}) make "
+             f"epoch {_best_epoch(history)} the best")
     raise checkpoints.CheckpointError(
-        f"the best checkpoint in {best.directory} holds epoch {best.best_epoch()}, but "
-        f"{workdir / 'metrics.jsonl'} and the latest checkpoint make epoch "
-        f"{_best_epoch(history)} the best; the directory was changed by hand or by another "
-        f"program. {checkpoints._FIX}")
+        f"the best checkpoint in {best.directory} holds epoch {best.best_epoch()}, but {found}; "
+        "the directory was changed by hand or written by another program. "
+        f"{checkpoints.FIX_HINT}")
   if epoch is not None:
     log.info("%s: resuming after epoch %d, from its checkpoint", workdir, epoch)
   return state, history
@@ -414,8 +416,8 @@ def finish_run(config: Config, workdir: Path, state: TrainState,
                datasets: data.Datasets, *, num_params: int, **extra: Any) -> dict[str, Any]:
   """Evaluates the best-by-validation checkpoint on the test set; writes results.json.
 
-  Then writes the reports, plots and TensorBoard scalars of :mod:`digits_jax.report`
-  from the same test logits.
+  First writes the reports, plots and TensorBoard scalars of :mod:`digits_jax.report`
+  from the same test logits; ``results.json`` comes last, as it marks the run finished.
 
   ``extra`` items are added to the results.
   """
@@ -441,9 +443,11 @@ def finish_run(config: Config, workdir: Path, state: TrainState,
       "seconds_per_epoch": float(np.median([r["epoch_seconds"] for r in history])),
       **extra,
   }
-  files.write_json(workdir / "results.json", results)
   report.write_run_report(workdir, logits, datasets.test.labels, datasets.test.images, history,
                           best_epoch=best_epoch, test_metrics=test)
+  # Last: results.json marks the run finished (see workdirs.check); a run killed before
+  # it writes its reports again when started again.
+  files.write_json(workdir / "results.json", results)
   return results
 
 
@@ -514,6 +518,10 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
 
   epoch_fn = make_epoch_fn(config, epoch_loop)
   latest = checkpoints.LatestCheckpoint(workdir / "checkpoints", identity=config.to_dict())
+  if latest.epoch() is None:
+    # Nothing to resume from, so the run starts at epoch 1: a best checkpoint is then left
+    # by an interrupted run that saved no latest one (parallel.train_group saves none).
+    checkpoints.BestCheckpoint.discard(workdir / "checkpoints")
   best = checkpoints.BestCheckpoint(workdir / "checkpoints")
   state, history = resume(workdir, state, latest, best)
   for epoch in range(len(history) + 1, config.epochs + 1):

@@ -97,10 +97,10 @@ def check(config: Config, workdir: str | os.PathLike, *,
       ``config.json`` to say whose they are.
   """
   workdir = Path(workdir)
-  if overwrite:
-    return None
   if workdir.exists() and not workdir.is_dir():
     raise WorkdirError(f"--workdir {workdir} is a file, not a directory")
+  if overwrite:
+    return None
   saved = saved_config(workdir)
   if saved is None:
     leftovers = [name for name in RUN_FILES if (workdir / name).exists()]
@@ -118,7 +118,9 @@ def check(config: Config, workdir: str | os.PathLike, *,
 
 
 def clear(workdir: str | os.PathLike) -> None:
-  """Deletes a previous run's files from ``workdir`` (:data:`RUN_FILES` only).
+  """Deletes a previous run's files from ``workdir``: :data:`RUN_FILES` and their temporaries.
+
+  Nothing else in ``workdir`` is touched.
 
   ``config.json`` goes last, so an interrupted clear still leaves a directory that
   says whose its remaining files are.
@@ -132,8 +134,13 @@ def clear(workdir: str | os.PathLike) -> None:
       shutil.rmtree(path)
     elif path.exists() or path.is_symlink():
       path.unlink()
-  for tmp in workdir.glob(".*.tmp"):  # left by a writer of files.py that was killed
-    tmp.unlink(missing_ok=True)
+  for tmp in workdir.iterdir():  # temporary files and folders of writers that were killed
+    if not any(tmp.name.startswith(f".{name}.") for name in RUN_FILES):
+      continue
+    if tmp.is_dir() and not tmp.is_symlink():
+      shutil.rmtree(tmp)
+    else:
+      tmp.unlink()
   log.info("%s: deleted the previous run's files (--overwrite)", workdir)
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 
 from digits_jax import data
-from tests.conftest import MNIST_DIR, MNIST_FILES, REPO, real_mnist_dir
+from tests.conftest import MNIST_FILES, REPO, real_mnist_dir
 
 # Class counts of the official MNIST splits.
 MNIST_TRAIN_HIST = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
