@@ -71,3 +71,14 @@ def cli_run(mnist_dir, tmp_path_factory) -> pathlib.Path:
                 f"--workdir={workdir}")
   assert out.returncode == 0, out.stderr[-3000:]
   return workdir
+
+
+def tiny_datasets(mnist, n_train: int = 1024, n_val: int = 512, n_test: int = 1000):
+  """The first images of each split of ``mnist``: real data, small enough for seconds."""
+  from digits_jax import data
+
+  return data.Datasets(
+      train=data.Split(mnist.train.images[:n_train], mnist.train.labels[:n_train]),
+      validation=data.Split(mnist.validation.images[:n_val], mnist.validation.labels[:n_val]),
+      test=data.Split(mnist.test.images[:n_test], mnist.test.labels[:n_test]),
+      name=mnist.name, backend=mnist.backend)

@@ -9,19 +9,15 @@ import sys
 
 import pytest
 
-from digits_jax import data, files, parallel, train
+from digits_jax import files, parallel, train
 from digits_jax.config import Config, resolve
-from tests.conftest import REPO
+from tests.conftest import REPO, tiny_datasets
 
 COMPARED = ("test_accuracy", "test_loss", "val_accuracy", "val_loss", "best_epoch")
 
 
 def _tiny(mnist, n_train=1024, n_val=500):
-  return data.Datasets(
-      train=data.Split(mnist.train.images[:n_train], mnist.train.labels[:n_train]),
-      validation=data.Split(mnist.validation.images[:n_val], mnist.validation.labels[:n_val]),
-      test=data.Split(mnist.test.images[:2000], mnist.test.labels[:2000]),
-      name="mnist", backend=mnist.backend)
+  return tiny_datasets(mnist, n_train, n_val, 2000)
 
 
 def test_group_key_allows_only_seed_and_learning_rate():

@@ -9,16 +9,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from digits_jax import data, files, train
+from digits_jax import files, train
 from digits_jax.config import Config, ConfigError, resolve
+from tests.conftest import tiny_datasets
 
 
 def _tiny(mnist, n_train=1024, n_val=512):
-  return data.Datasets(
-      train=data.Split(mnist.train.images[:n_train], mnist.train.labels[:n_train]),
-      validation=data.Split(mnist.validation.images[:n_val], mnist.validation.labels[:n_val]),
-      test=data.Split(mnist.test.images[:1000], mnist.test.labels[:1000]),
-      name="mnist", backend=mnist.backend)
+  return tiny_datasets(mnist, n_train, n_val, 1000)
 
 
 def test_resolve_takes_the_recipe_and_overrides():
