@@ -34,7 +34,7 @@ import optax
 from flax import linen as nn
 from flax.training import train_state
 
-from digits_jax import augment, checkpoints, data, files, models, report, workdirs
+from digits_jax import augment, checkpoints, data, files, models, native, report, workdirs
 from digits_jax.config import Config, check_sizes, resolve
 
 log = logging.getLogger(__name__)
@@ -222,6 +222,8 @@ def make_epoch_fn(config: Config, epoch_loop: str = "auto", *, vmapped: bool = F
       model draws its own batches. Step metrics then have shape (models, steps).
     batch_sharding: split each batch over devices, see :func:`_indexed_step`.
   """
+  if jax.default_backend() == "cpu":
+    native.tune_allocator()  # keep step buffers mapped between steps (see its docstring)
   if epoch_loop == "auto":
     epoch_loop = "host" if jax.default_backend() == "cpu" else "scan"
   if epoch_loop not in ("scan", "host"):

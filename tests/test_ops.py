@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from digits_jax import ops
+from digits_jax import native, ops
 
 TOLERANCE = 1e-5
 
@@ -94,15 +94,27 @@ def conv_inputs(x_shape, k_shape, leading=()):
   return x, kernel
 
 
-def convs(padding):
-  return [lambda x, k, op=op: op(x, k, padding) for op in (ops.conv2d, ops.conv2d_reference)]
+# The fast convolutions: im2col products through the C++ kernels (the CPU default) and
+# XLA's forward convolution with per-tap kernel gradients (the fallback elsewhere).
+IMPLS = {"im2col": ops.conv2d_im2col, "xla": ops.conv2d_xla}
 
 
-def check_conv(results, x, kernel, vmapped=False):
+@pytest.fixture(params=list(IMPLS))
+def impl(request):
+  if request.param == "im2col" and not native.available():
+    pytest.fail("the C++ kernels did not build: see the warning logged by digits_jax.native")
+  return request.param
+
+
+def convs(padding, impl):
+  return [lambda x, k, op=op: op(x, k, padding) for op in (IMPLS[impl], ops.conv2d_reference)]
+
+
+def check_conv(results, x, kernel, vmapped=False, impl="xla"):
   (y, y_vjp, (dx, dk)), (y_ref, _, (dx_ref, dk_ref)) = results
-  if vmapped:
-    # The vmapped reference is one grouped convolution, the fast op one convolution per
-    # model: the same sums, rounded in a different order.
+  if vmapped or impl == "im2col":
+    # A matrix product, or one convolution per model against the vmapped reference's
+    # grouped convolution: the same sums, rounded in a different order.
     assert rel_err(y, y_ref) < TOLERANCE
   else:
     np.testing.assert_array_equal(y, y_ref)
@@ -114,38 +126,48 @@ def check_conv(results, x, kernel, vmapped=False):
 
 
 @pytest.mark.parametrize("x_shape,k_shape,padding", CONV_CASES, ids=CONV_IDS)
-def test_conv_matches_reference(x_shape, k_shape, padding):
+def test_conv_matches_reference(x_shape, k_shape, padding, impl):
   x, kernel = conv_inputs(x_shape, k_shape)
-  results = jax.jit(lambda x, k: [forward_and_grads(op, x, k) for op in convs(padding)])(x, kernel)
+  results = jax.jit(
+      lambda x, k: [forward_and_grads(op, x, k) for op in convs(padding, impl)])(x, kernel)
   expected = jax.lax.conv_general_dilated(
       x, kernel, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
   )
   np.testing.assert_array_equal(results[1][0], expected)
-  check_conv(results, x, kernel)
+  check_conv(results, x, kernel, impl=impl)
 
 
-def test_conv_eager_matches_reference():
+def test_conv_eager_matches_reference(impl):
   x, kernel = conv_inputs((1, 5, 4, 4), (3, 3, 4, 2))
-  check_conv([forward_and_grads(op, x, kernel) for op in convs("SAME")], x, kernel)
+  check_conv([forward_and_grads(op, x, kernel) for op in convs("SAME", impl)], x, kernel,
+             impl=impl)
+
+
+def test_conv_dispatches_to_im2col_on_cpu():
+  # What the models call: on the CPU backend with the kernels built, the im2col path.
+  assert jax.default_backend() == "cpu" and native.use_native()
+  x, kernel = conv_inputs((2, 13, 13, 6), (3, 3, 6, 5))
+  hlo = jax.jit(lambda x, k: ops.conv2d(x, k, "VALID")).lower(x, kernel).as_text()
+  assert "digits_im2col" in hlo and "convolution" not in hlo
 
 
 @pytest.mark.parametrize(
     "x_shape,k_shape,padding",
     [((2, 28, 28, 1), (3, 3, 1, 4), "SAME"), ((2, 13, 13, 6), (3, 3, 6, 5), "VALID")],
 )
-def test_conv_vmapped_over_models(x_shape, k_shape, padding):
+def test_conv_vmapped_over_models(x_shape, k_shape, padding, impl):
   # Several models trained side by side: params and inputs both carry the model axis.
   x, kernel = conv_inputs(x_shape, k_shape, leading=(3,))
   results = jax.jit(lambda x, k: [jax.vmap(functools.partial(forward_and_grads, op))(x, k)
-                                  for op in convs(padding)])(x, kernel)
+                                  for op in convs(padding, impl)])(x, kernel)
   check_conv(results, x, kernel, vmapped=True)
 
 
-def test_conv_vmapped_over_models_sharing_the_input():
+def test_conv_vmapped_over_models_sharing_the_input(impl):
   x, _ = conv_inputs((2, 13, 13, 6), (3, 3, 6, 5))
   _, kernel = conv_inputs((2, 13, 13, 6), (3, 3, 6, 5), leading=(3,))
   per_model = lambda op: jax.vmap(lambda k: forward_and_grads(op, x, k))  # noqa: E731
-  check_conv(jax.jit(lambda k: [per_model(op)(k) for op in convs("VALID")])(kernel),
+  check_conv(jax.jit(lambda k: [per_model(op)(k) for op in convs("VALID", impl)])(kernel),
              jnp.broadcast_to(x, (3, *x.shape)), kernel, vmapped=True)
 
 
