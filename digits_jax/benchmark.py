@@ -3,8 +3,9 @@
 Every timing trains the real network on real-shaped data for ``steps`` optimizer
 steps after a warm-up (compilation, first-call allocation) and reports the median
 of ``repeats`` such measurements, scaled to one epoch of 60,000 images. All
-frameworks run in the same process, one after another, so that a noisy machine
-affects the ratios as little as possible.
+frameworks run in the same process and take turns: repeat 1 of each, then repeat 2
+of each, and so on, so that a burst of load from elsewhere (this project's VMs show
+up to 20% steal time) lands on all of them rather than on one column.
 
 * ``ours``: :mod:`digits_jax` as it trains: fast ops, data on the device, batches
   gathered on the device (:func:`digits_jax.train.make_epoch_fn`).
@@ -34,13 +35,22 @@ from digits_jax.config import Config, resolve
 EPOCH_IMAGES = 60_000
 
 
-def _median_seconds(run: Callable[[], Any], repeats: int) -> float:
-  times = []
+Runner = Callable[[], Any]  # one measurement: trains ``steps`` steps, blocks until done
+
+
+def _seconds(run: Runner) -> float:
+  t0 = time.perf_counter()
+  run()
+  return time.perf_counter() - t0
+
+
+def interleaved_medians(runners: dict[str, Runner], repeats: int) -> dict[str, float]:
+  """Median seconds of each runner over ``repeats`` rounds in which every runner runs once."""
+  times: dict[str, list[float]] = {name: [] for name in runners}
   for _ in range(repeats):
-    t0 = time.perf_counter()
-    run()
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times)
+    for name, run in runners.items():
+      times[name].append(_seconds(run))
+  return {name: statistics.median(t) for name, t in times.items()}
 
 
 def _random_data(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -48,8 +58,8 @@ def _random_data(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
   return rng.random((n, 28, 28, 1), np.float32), rng.integers(0, 10, n).astype(np.int32)
 
 
-def time_ours(config: Config, steps: int, repeats: int) -> float:
-  """Seconds for ``steps`` steps of digits_jax's own training loop."""
+def prepare_ours(config: Config, steps: int) -> Runner:
+  """``steps`` steps of digits_jax's own training loop (compiled and warmed up)."""
   images, labels = _random_data(steps * config.batch_size)
   x, y = jnp.asarray(images), jnp.asarray(labels)
   state = train.create_train_state(config, jax.random.PRNGKey(0), steps)
@@ -60,11 +70,11 @@ def time_ours(config: Config, steps: int, repeats: int) -> float:
     holder["state"], metrics = epoch_fn(holder["state"], jax.random.PRNGKey(2), x, y)
     jax.block_until_ready(metrics)
 
-  return _median_seconds(run, repeats)
+  return run
 
 
-def time_plain_flax(config: Config, steps: int, repeats: int) -> float:
-  """Seconds for ``steps`` steps of a straightforward Flax loop (host batches)."""
+def prepare_plain_flax(config: Config, steps: int) -> Runner:
+  """``steps`` steps of a straightforward Flax loop (host batches), warmed up."""
   config = config.replace(fast_ops=False)
   images, labels = _random_data(steps * config.batch_size)
   bs = config.batch_size
@@ -81,7 +91,7 @@ def time_plain_flax(config: Config, steps: int, repeats: int) -> float:
                                       jax.random.fold_in(key, i))
     jax.block_until_ready(metrics)
 
-  return _median_seconds(run, repeats)
+  return run
 
 
 def _layers(name: str):
@@ -91,8 +101,8 @@ def _layers(name: str):
   return module.layers, module.dense, module.dropout
 
 
-def time_torch(config: Config, steps: int, repeats: int) -> float | None:
-  """Seconds for ``steps`` steps of the same network in PyTorch; None if unavailable."""
+def prepare_torch(config: Config, steps: int) -> Runner | None:
+  """``steps`` steps of the same network in PyTorch; None if unavailable."""
   try:
     import torch
   except ImportError:
@@ -139,11 +149,11 @@ def time_torch(config: Config, steps: int, repeats: int) -> float | None:
       opt.step()
 
   run()  # warm-up
-  return _median_seconds(run, repeats)
+  return run
 
 
-def time_keras(config: Config, steps: int, repeats: int) -> float | None:
-  """Seconds for ``steps`` steps of the same network in Keras; None if unavailable."""
+def prepare_keras(config: Config, steps: int) -> Runner | None:
+  """``steps`` steps of the same network in Keras (``model.fit``); None if unavailable."""
   try:
     import keras
   except ImportError:
@@ -173,7 +183,7 @@ def time_keras(config: Config, steps: int, repeats: int) -> float | None:
     net.fit(images, labels, batch_size=config.batch_size, epochs=1, shuffle=True, verbose=0)
 
   run()  # warm-up: traces the train function
-  return _median_seconds(run, repeats)
+  return run
 
 
 def time_vmap(config: Config, k: int, steps: int, repeats: int) -> tuple[float, float]:
@@ -199,7 +209,8 @@ def time_vmap(config: Config, k: int, steps: int, repeats: int) -> tuple[float, 
       singles[i], metrics = single_fn(singles[i], rngs[i], x, y)
     jax.block_until_ready(metrics)
 
-  return _median_seconds(run_group, repeats), _median_seconds(run_singles, repeats)
+  medians = interleaved_medians({"group": run_group, "singles": run_singles}, repeats)
+  return medians["group"], medians["singles"]
 
 
 def benchmark_model(name: str, *, steps: int, repeats: int, batch_size: int | None = None,
@@ -208,12 +219,14 @@ def benchmark_model(name: str, *, steps: int, repeats: int, batch_size: int | No
   """One row of the speed table: seconds per 60,000-image epoch in each framework."""
   config = resolve(Config(model=name, batch_size=batch_size, augment=False))
   per_epoch = EPOCH_IMAGES / (steps * config.batch_size)
-  timers = {"ours": time_ours, "flax": time_plain_flax, "torch": time_torch,
-            "keras": time_keras}
+  preparers = {"ours": prepare_ours, "flax": prepare_plain_flax, "torch": prepare_torch,
+               "keras": prepare_keras}
   row: dict[str, Any] = {"model": name, "batch_size": config.batch_size,
                          "optimizer": config.optimizer}
+  runners = {f: preparers[f](config, steps) for f in frameworks}
+  medians = interleaved_medians({f: r for f, r in runners.items() if r is not None}, repeats)
   for framework in frameworks:
-    seconds = timers[framework](config, steps, repeats)
+    seconds = medians.get(framework)
     row[f"{framework}_s_per_epoch"] = None if seconds is None else seconds * per_epoch
   ours = row.get("ours_s_per_epoch")
   if ours:

@@ -16,7 +16,7 @@ import time
 
 from absl import app, flags
 
-from digits_jax import benchmark, files, models, train
+from digits_jax import benchmark, files, models, native, train
 from digits_jax.config import Config, resolve
 
 flags.DEFINE_list("models", list(models.MODELS), "Models to time.")
@@ -80,8 +80,20 @@ def main(argv):
   files.write_text(f"{FLAGS.output_dir}/benchmark.md", table)
   files.write_text(f"{FLAGS.output_dir}/benchmark.csv", out.getvalue())
   files.write_json(f"{FLAGS.output_dir}/environment.json",
-                   {**env, "steps": FLAGS.steps, "repeats": FLAGS.repeats,
+                   {**env, **_other_frameworks(), "native_kernels": native.available(),
+                    "steps": FLAGS.steps, "repeats": FLAGS.repeats,
                     "date": time.strftime("%Y-%m-%d %H:%M")})
+
+
+def _other_frameworks() -> dict[str, str]:
+  """Versions of the optional frameworks that were timed."""
+  versions = {}
+  for name in ("torch", "keras", "tensorflow"):
+    try:
+      versions[name] = __import__(name).__version__
+    except ImportError:
+      pass
+  return versions
 
 
 if __name__ == "__main__":
