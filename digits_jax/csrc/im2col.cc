@@ -154,22 +154,17 @@ ffi::Error Col2imImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> patches,
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(DigitsIm2col, Im2colImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("kh")
-                                  .Attr<int64_t>("kw")
-                                  .Attr<int64_t>("pad_top")
-                                  .Attr<int64_t>("pad_left"));
+// Both kernels take one array and the window, and write one array.
+static auto PatchesBinding() {
+  return ffi::Ffi::Bind()
+      .Ctx<ffi::ThreadPool>()
+      .Arg<ffi::Buffer<ffi::F32>>()
+      .Ret<ffi::Buffer<ffi::F32>>()
+      .Attr<int64_t>("kh")
+      .Attr<int64_t>("kw")
+      .Attr<int64_t>("pad_top")
+      .Attr<int64_t>("pad_left");
+}
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(DigitsCol2im, Col2imImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("kh")
-                                  .Attr<int64_t>("kw")
-                                  .Attr<int64_t>("pad_top")
-                                  .Attr<int64_t>("pad_left"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(DigitsIm2col, Im2colImpl, PatchesBinding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(DigitsCol2im, Col2imImpl, PatchesBinding());
