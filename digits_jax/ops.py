@@ -188,20 +188,21 @@ def conv2d_im2col(x: jax.Array, kernel: jax.Array, padding: str) -> jax.Array:
 
 def _im2col_fwd(x: jax.Array, kernel: jax.Array, padding: str):
   kh, kw, cin, cout = kernel.shape
-  patches = native.im2col(x, kh, kw, _pads(x, kernel, padding))
+  pads = _pads(x, kernel, padding)
+  patches = native.im2col(x, kh, kw, pads)
   y = lax.dot_general(patches, kernel.reshape(kh * kw * cin, cout),
                       (((patches.ndim - 1,), (0,)), ((), ())))
-  return y, (patches, kernel, x.shape)
+  return y, (patches, kernel, x.shape, pads)
 
 
 def _im2col_bwd(padding: str, res, g: jax.Array) -> tuple[jax.Array, jax.Array]:
-  patches, kernel, x_shape = res
+  del padding  # the forward pass saved the pads it resolved from it
+  patches, kernel, x_shape, pads = res
   kh, kw, cin, cout = kernel.shape
   flat_kernel = kernel.reshape(kh * kw * cin, cout)
   rows = (((0,), (0,)), ((), ()))  # contract the (batch, position) rows
   d_kernel = lax.dot_general(patches.reshape(-1, kh * kw * cin), g.reshape(-1, cout), rows)
   d_patches = lax.dot_general(g, flat_kernel, (((g.ndim - 1,), (1,)), ((), ())))
-  pads = _pads(jax.ShapeDtypeStruct(x_shape, g.dtype), kernel, padding)
   return native.col2im(d_patches, x_shape, kh, kw, pads), d_kernel.reshape(kernel.shape)
 
 

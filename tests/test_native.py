@@ -12,13 +12,16 @@ import pytest
 from digits_jax import native
 
 
-def numpy_im2col(x: np.ndarray, kh: int, kw: int, pads) -> np.ndarray:
-  """The definition: patches[..., i, j, (di*kw + dj)*C + c] = padded[..., i+di, j+dj, c]."""
+def reference_im2col(x, kh: int, kw: int, pads, xnp=np):
+  """The definition: patches[..., i, j, (di*kw + dj)*C + c] = padded[..., i+di, j+dj, c].
+
+  ``xnp`` is ``np`` (for exact comparisons) or ``jnp`` (differentiable, for the adjoint).
+  """
   (top, bottom), (left, right) = pads
-  xp = np.pad(x, [(0, 0)] * (x.ndim - 3) + [(top, bottom), (left, right), (0, 0)])
-  ho, wo = xp.shape[-3] - kh + 1, xp.shape[-2] - kw + 1
-  taps = [xp[..., di:di + ho, dj:dj + wo, :] for di in range(kh) for dj in range(kw)]
-  return np.concatenate(taps, axis=-1)
+  padded = xnp.pad(x, [(0, 0)] * (x.ndim - 3) + [(top, bottom), (left, right), (0, 0)])
+  ho, wo = padded.shape[-3] - kh + 1, padded.shape[-2] - kw + 1
+  taps = [padded[..., di:di + ho, dj:dj + wo, :] for di in range(kh) for dj in range(kw)]
+  return xnp.concatenate(taps, axis=-1)
 
 
 CASES = [  # (shape, kh, kw, pads)
@@ -40,7 +43,7 @@ def kernels():
 def test_im2col_equals_its_definition_exactly(shape, kh, kw, pads):
   x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
   patches = jax.jit(native.im2col, static_argnums=(1, 2, 3))(jnp.asarray(x), kh, kw, pads)
-  np.testing.assert_array_equal(np.asarray(patches), numpy_im2col(x, kh, kw, pads))
+  np.testing.assert_array_equal(np.asarray(patches), reference_im2col(x, kh, kw, pads))
 
 
 @pytest.mark.parametrize("shape,kh,kw,pads", CASES)
@@ -50,22 +53,14 @@ def test_col2im_is_the_transpose_of_im2col(shape, kh, kw, pads):
   # pure-jnp im2col as well.
   rng = np.random.default_rng(1)
   x = jnp.asarray(rng.standard_normal(shape).astype(np.float32))
-  p = jnp.asarray(rng.standard_normal(numpy_im2col(np.asarray(x), kh, kw, pads).shape)
+  p = jnp.asarray(rng.standard_normal(reference_im2col(np.asarray(x), kh, kw, pads).shape)
                   .astype(np.float32))
   back = jax.jit(native.col2im, static_argnums=(1, 2, 3, 4))(p, shape, kh, kw, pads)
   assert back.shape == shape
-  _, vjp = jax.vjp(lambda x: jnp.asarray(_jnp_im2col(x, kh, kw, pads)), x)
+  _, vjp = jax.vjp(lambda x: reference_im2col(x, kh, kw, pads, xnp=jnp), x)
   np.testing.assert_allclose(back, vjp(p)[0], rtol=1e-5, atol=1e-5)
   lhs = jnp.vdot(native.im2col(x, kh, kw, pads), p)
   np.testing.assert_allclose(lhs, jnp.vdot(x, back), rtol=1e-4)
-
-
-def _jnp_im2col(x, kh, kw, pads):
-  (top, bottom), (left, right) = pads
-  xp = jnp.pad(x, [(0, 0)] * (x.ndim - 3) + [(top, bottom), (left, right), (0, 0)])
-  ho, wo = xp.shape[-3] - kh + 1, xp.shape[-2] - kw + 1
-  return jnp.concatenate([xp[..., di:di + ho, dj:dj + wo, :]
-                          for di in range(kh) for dj in range(kw)], axis=-1)
 
 
 def test_kernels_under_vmap_match_the_unbatched_calls():
