@@ -24,7 +24,7 @@ import jax
 import optax
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from digits_jax import ops  # noqa: E402
+from digits_jax.models import ops  # noqa: E402
 
 BATCH = 128
 VMAPPED_MODELS = 4

@@ -1,17 +1,24 @@
-"""Run configuration: one frozen dataclass, defaults in one place.
+"""Run configuration: every setting of a run, its default and its help, in one place.
 
-Fields left ``None`` take the value of the model's source recipe
-(:class:`digits_jax.models.Recipe`) when the config is :func:`resolve`-d, so
-``Config(model="conv3_dense100")`` trains that network the way its source did and
+:class:`Config` is the single list of settings. The command-line flags of the entry
+points are generated from its fields (:mod:`experiments.common`), and each network's
+source recipe (:attr:`digits_jax.models.ModelSpec.recipe`) is a dict of its field
+values. Fields marked as recipe fields default to ``None``, meaning "what the model's
+recipe says, else the recipe default given here", filled in by :func:`resolve`:
+``Config(model="conv3_dense100")`` trains that network the way its source did, and
 ``Config(model="conv3_dense100", optimizer="adam")`` changes only the optimizer.
-Every run writes its resolved config as ``config.json`` next to its results.
+
+Implementation fields (:data:`IMPLEMENTATION_FIELDS`) choose how the numbers are
+computed, not which numbers: they are not part of a run's identity, so a run may be
+resumed or compared under other values. Every run writes its resolved config as
+``config.json`` next to its results.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from digits_jax import data, models
@@ -26,37 +33,58 @@ OPTIMIZER_DEFAULTS = {
 }
 SCHEDULES = ("constant", "cosine", "onecycle")
 LOSSES = ("sparse", "onehot")
+EPOCH_LOOPS = ("auto", "scan", "host")
 
 
 class ConfigError(ValueError):
   """A config value that cannot work; the message names the field and the fix."""
 
 
+def _setting(default: Any, help: str, *, choices: tuple[str, ...] | None = None) -> Any:
+  return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+
+
+def _recipe(default: Any, help: str, *, choices: tuple[str, ...] | None = None) -> Any:
+  return dataclasses.field(default=None, metadata={"help": help, "choices": choices,
+                                                   "recipe_default": default})
+
+
+def _implementation(default: Any, help: str, *, choices: tuple[str, ...] | None = None) -> Any:
+  return dataclasses.field(default=default, metadata={"help": help, "choices": choices,
+                                                      "implementation": True})
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
-  """Everything that determines a run's numbers."""
+  """Everything that determines a run's numbers, and how they are computed."""
 
-  model: str = "conv2_dense128_dropout"
-  dataset: str = "mnist"
-  seed: int = 0
-  validation_size: int = 5000
-  # None: take the value from the model's source recipe.
-  optimizer: str | None = None
-  learning_rate: float | None = None
-  momentum: float | None = None
-  weight_decay: float | None = None
-  schedule: str | None = None
-  batch_size: int | None = None
-  epochs: int | None = None
-  loss: str | None = None
-  label_smoothing: float | None = None
-  augment: bool | None = None
-  # Implementation choices that do not change the maths.
-  fast_ops: bool = True
-  eval_batch_size: int = 1000
-  # Use only the first N training images (after the validation split); 0 = all.
-  # For smoke tests and quick looks, never for reported numbers.
-  train_subset: int = 0
+  model: str = _setting("conv2_dense128_dropout", "Registered model name.")
+  dataset: str = _setting("mnist", "Dataset.", choices=data.DATASETS)
+  seed: int = _setting(0, "Seed for initialisation, shuffling, dropout and augmentation.")
+  validation_size: int = _setting(
+      5000, "Training images held out for validation (model selection).")
+  train_subset: int = _setting(
+      0, "Train on only the first N training images (0: all). For smoke tests, never for "
+      "reported numbers.")
+  # Recipe fields: None takes the model's recipe value.
+  optimizer: str | None = _recipe("adam", "Optimizer.", choices=OPTIMIZERS)
+  learning_rate: float | None = _recipe(1e-3, "Peak learning rate.")
+  momentum: float | None = _recipe(0.9, "SGD momentum.")
+  weight_decay: float | None = _recipe(0.0, "Weight decay (adamw and sgd).")
+  schedule: str | None = _recipe("constant", "Learning-rate schedule.", choices=SCHEDULES)
+  batch_size: int | None = _recipe(128, "Batch size.")
+  epochs: int | None = _recipe(10, "Epochs.")
+  loss: str | None = _recipe(
+      "sparse", "Cross-entropy on integer labels (sparse) or one-hot targets.", choices=LOSSES)
+  label_smoothing: float | None = _recipe(0.0, "Label smoothing in [0, 1).")
+  augment: bool | None = _recipe(False, "Random rotations (+-10 deg) and shifts (+-2 px).")
+  # Implementation fields: how, not what (see IMPLEMENTATION_FIELDS).
+  fast_ops: bool = _implementation(
+      True, "Convolutions and pools through digits_jax.models.ops (same maths, faster).")
+  epoch_loop: str = _implementation(
+      "auto", "One compiled scan per epoch, or one compiled step per batch (host).",
+      choices=EPOCH_LOOPS)
+  eval_batch_size: int = _implementation(1000, "Batch size for validation and test.")
 
   def replace(self, **changes: Any) -> Config:
     return dataclasses.replace(self, **changes)
@@ -64,16 +92,42 @@ class Config:
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
 
-  def to_json(self) -> str:
-    return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+  def identity(self) -> dict[str, Any]:
+    """The fields that make two runs the same run (all but the implementation fields)."""
+    return {k: v for k, v in self.to_dict().items() if k not in IMPLEMENTATION_FIELDS}
 
   @classmethod
-  def from_dict(cls, d: dict[str, Any]) -> Config:
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(d) - names
+  def from_dict(cls, d: Mapping[str, Any]) -> Config:
+    """The config a ``config.json`` recorded; fields it lacks take their defaults.
+
+    Raises:
+      ConfigError: ``d`` names a field this version does not know.
+    """
+    unknown = set(d) - set(FIELDS)
     if unknown:
-      raise ConfigError(f"unknown config fields {sorted(unknown)}; known: {sorted(names)}")
-    return cls(**d)
+      raise ConfigError(f"unknown config fields {sorted(unknown)}; known: {sorted(FIELDS)}")
+    config = cls(**d)
+    return config.replace(model=models.canonical_name(config.model))
+
+
+FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(Config)}
+RECIPE_FIELDS = tuple(n for n, f in FIELDS.items() if "recipe_default" in f.metadata)
+IMPLEMENTATION_FIELDS = tuple(n for n, f in FIELDS.items() if f.metadata.get("implementation"))
+
+
+def identity_of(saved: Mapping[str, Any]) -> dict[str, Any]:
+  """The :meth:`Config.identity` of a config dict as a ``config.json`` recorded it.
+
+  Fields added since the file was written take their defaults and former model names
+  their current one, so the runs of earlier versions keep their identity.
+  """
+  return Config.from_dict(saved).identity()
+
+
+def differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+  """``field: value there, value here`` for every field in which two config dicts differ."""
+  return [f"{k}: {saved.get(k)!r} there, {current.get(k)!r} here"
+          for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
 
 
 def resolve(config: Config) -> Config:
@@ -83,17 +137,17 @@ def resolve(config: Config) -> Config:
     UnknownModelError: the model name is not registered.
     ConfigError: a value is out of range or not one of the valid names.
   """
-  recipe = models.get_spec(config.model).recipe
-  if config.optimizer is not None and config.optimizer != recipe.optimizer:
+  spec = models.get_spec(config.model)
+  unknown = set(spec.recipe) - set(RECIPE_FIELDS)
+  if unknown:
+    raise ConfigError(f"the recipe of {spec.name} sets {sorted(unknown)}, which are not "
+                      f"recipe fields ({', '.join(RECIPE_FIELDS)})")
+  recipe = {n: FIELDS[n].metadata["recipe_default"] for n in RECIPE_FIELDS} | dict(spec.recipe)
+  if config.optimizer is not None and config.optimizer != recipe["optimizer"]:
     _choice("optimizer", config.optimizer, OPTIMIZERS)
-    recipe = dataclasses.replace(recipe, optimizer=config.optimizer,
-                                 **OPTIMIZER_DEFAULTS[config.optimizer])
-  filled = {
-      f.name: getattr(recipe, f.name)
-      for f in dataclasses.fields(recipe)
-      if getattr(config, f.name) is None
-  }
-  config = config.replace(**filled)
+    recipe |= {"optimizer": config.optimizer, **OPTIMIZER_DEFAULTS[config.optimizer]}
+  filled = {n: recipe[n] for n in RECIPE_FIELDS if getattr(config, n) is None}
+  config = config.replace(model=spec.name, **filled)
   validate(config)
   return config
 
@@ -111,16 +165,15 @@ def _positive(name: str, value: float) -> None:
 def validate(config: Config) -> None:
   """Checks a resolved config; cheap, so it runs before any data or compute."""
   models.get_spec(config.model)
-  _choice("dataset", config.dataset, data.DATASETS)
-  _choice("optimizer", config.optimizer, OPTIMIZERS)
-  _choice("schedule", config.schedule, SCHEDULES)
-  _choice("loss", config.loss, LOSSES)
+  for name, field in FIELDS.items():
+    if field.metadata["choices"]:
+      _choice(name, getattr(config, name), field.metadata["choices"])
   _positive("learning_rate", config.learning_rate)
   _positive("batch_size", config.batch_size)
   _positive("epochs", config.epochs)
   _positive("eval_batch_size", config.eval_batch_size)
   for name in ("batch_size", "epochs", "eval_batch_size", "validation_size", "train_subset"):
-    if not isinstance(getattr(config, name), int):
+    if not isinstance(getattr(config, name), int) or isinstance(getattr(config, name), bool):
       raise ConfigError(f"{name} must be an integer, got {getattr(config, name)!r}")
   if config.validation_size < 0 or config.train_subset < 0:
     raise ConfigError("validation_size and train_subset must be >= 0")
@@ -139,10 +192,8 @@ def check_sizes(config: Config, num_train: int) -> None:
   if config.train_subset > num_train:
     raise ConfigError(
         f"train_subset {config.train_subset} is larger than the {num_train} training images "
-        "left after the validation split; lower --train_subset (0 uses them all)"
-    )
+        "left after the validation split; lower --train_subset (0 uses them all)")
   if config.batch_size > num_train:
     raise ConfigError(
         f"batch_size {config.batch_size} is larger than the {num_train} training images "
-        "(after the validation split and any train_subset); lower --batch_size"
-    )
+        "(after the validation split and any train_subset); lower --batch_size")

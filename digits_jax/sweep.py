@@ -1,13 +1,13 @@
-"""Sweeps: many runs (architectures x optimizers x seeds), one accuracy table.
+"""Sweeps: a grid of configs trained one after another, then one table.
 
-Each run gets its own work directory ``<workdir>/<model>-<optimizer>-seed<seed>``
-with the files of :func:`digits_jax.train.train_and_evaluate`. A run whose
-directory already holds results for the same config is not trained again and an
-interrupted run resumes from its last checkpoint, so a sweep started again picks
-up where it stopped. A run directory that holds another config's results stops
-the sweep before anything runs (unless ``overwrite``). The table groups runs by
-(model, optimizer) and gives the mean and standard deviation over seeds, each
-distinct run counted once.
+The grid is the product of lists of :class:`~digits_jax.config.Config` values (models,
+optimizers, seeds, and any recipe setting: ``learning_rate=[1e-3, 3e-3]``), each config
+validated before anything runs. Every run gets its own directory under the sweep's,
+named by what sets it apart (:func:`run_name`). Finished runs are skipped, an
+interrupted run resumes from its last checkpoint, so a sweep started again picks up
+where it stopped. A run directory holding another config's results stops the sweep
+before anything runs (unless ``overwrite``). The table groups runs by model, optimizer
+and every varied setting, and gives the mean and standard deviation over seeds.
 """
 
 from __future__ import annotations
@@ -18,12 +18,14 @@ import itertools
 import logging
 import math
 import statistics
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from digits_jax import data, files, models, parallel, plots, train, workdirs
-from digits_jax.config import Config, resolve
+from digits_jax import data, files, models, runs
+from digits_jax.analysis import plots
+from digits_jax.config import IMPLEMENTATION_FIELDS, Config, resolve
+from digits_jax.training import groups, workdirs
 
 log = logging.getLogger(__name__)
 
@@ -32,55 +34,122 @@ TABLE_COLUMNS = (
     "val_acc_mean", "best_epoch_mean", "epochs", "batch_size", "params",
     "seconds_per_run", "seconds_per_epoch", "reported",
 )
+# Short names for settings in run directory names.
+SHORT_NAMES = {"learning_rate": "lr", "batch_size": "bs", "epochs": "ep", "weight_decay": "wd",
+               "label_smoothing": "ls", "momentum": "mom", "validation_size": "val",
+               "train_subset": "sub"}
+# Fields that every run name carries, or that never name a run.
+_NAMED_ALWAYS = ("model", "optimizer", "seed")
 
 
-def expand(base: Config, model_names: Sequence[str], optimizers: Sequence[str | None],
-           seeds: Sequence[int]) -> list[Config]:
-  """The resolved configs of the grid, validated before anything runs.
+def expand(base: Config, grid: Mapping[str, Sequence[Any]]) -> list[Config]:
+  """The resolved configs of the product of ``grid``'s lists, validated before anything runs.
 
-  A name or seed listed twice gives its runs once.
+  Args:
+    base: the settings every run shares.
+    grid: Config field name to the values it takes (``{"model": [...], "seed": [0, 1]}``).
+
+  A value listed twice gives its runs once.
+
+  Raises:
+    ConfigError, UnknownModelError: a field or value that cannot work.
   """
-  configs = [resolve(base.replace(model=m, optimizer=o, seed=s))
-             for m, o, s in itertools.product(model_names, optimizers, seeds)]
+  names = list(grid)
+  configs = [resolve(base.replace(**dict(zip(names, values, strict=True))))
+             for values in itertools.product(*grid.values())]
   return list(dict.fromkeys(configs))
 
 
+def _recipe_config(config: Config) -> Config:
+  """``config``'s model and optimizer at their recipe settings."""
+  return resolve(Config(model=config.model, optimizer=config.optimizer, seed=config.seed))
+
+
+def own_settings(config: Config) -> dict[str, Any]:
+  """The settings of ``config`` that differ from its model's recipe (and the defaults)."""
+  recipe = _recipe_config(config).to_dict()
+  return {k: v for k, v in config.to_dict().items()
+          if k not in _NAMED_ALWAYS and k not in IMPLEMENTATION_FIELDS and v != recipe[k]}
+
+
+def _value(v: Any) -> str:
+  return f"{v:g}" if isinstance(v, float) else str(v).lower() if isinstance(v, bool) else str(v)
+
+
 def run_name(config: Config) -> str:
-  return f"{config.model}-{config.optimizer}-seed{config.seed}"
+  """``model-optimizer[-setting...]-seedN``: the settings that differ from the recipe."""
+  settings = "".join(f"-{SHORT_NAMES.get(k, k)}{_value(v)}"
+                     for k, v in own_settings(config).items())
+  return f"{config.model}-{config.optimizer}{settings}-seed{config.seed}"
 
 
-def finished_results(config: Config, run_dir: Path) -> dict[str, Any] | None:
-  """The results of an earlier identical run in ``run_dir``, if it finished."""
-  return workdirs.finished_results(config, run_dir)
+def _legacy_names(config: Config) -> list[str]:
+  """Names earlier versions gave this run's directory: ``model-optimizer-seedN``."""
+  names = [config.model] + [a for a, m in models.ALIASES.items() if m == config.model]
+  return [f"{m}-{config.optimizer}-seed{config.seed}" for m in names]
+
+
+def run_dir(workdir: Path, config: Config) -> Path:
+  """The directory of ``config``'s run: :func:`run_name`, or the name an earlier version gave.
+
+  A directory under an earlier name is used when it holds this very run, so sweeps
+  written before stay finished.
+  """
+  current = workdir / run_name(config)
+  if current.exists():
+    return current
+  for name in _legacy_names(config):
+    legacy = workdir / name
+    if legacy != current and workdirs.finished_results(config, legacy) is not None:
+      return legacy
+  return current
+
+
+def varied_settings(configs: Sequence[Config]) -> list[str]:
+  """The settings, besides model, optimizer and seed, that the grid varies.
+
+  A setting counts when the configs set it to different values away from their
+  recipes: two models whose recipes differ in batch size vary nothing.
+  """
+  own = [own_settings(c) for c in configs]
+  names = dict.fromkeys(k for o in own for k in o)
+  return [k for k in names if len({repr(o.get(k, "recipe")) for o in own}) > 1]
+
+
+def variant(config: Config, varied: Sequence[str]) -> str:
+  """The model's name with the values of the ``varied`` settings (``conv2_dense64 lr=0.003``)."""
+  return " ".join([config.model] + [f"{SHORT_NAMES.get(k, k)}={_value(getattr(config, k))}"
+                                    for k in varied])
 
 
 def run_sweep(configs: Iterable[Config], workdir: str | Path, *,
               load: Callable[[Config], data.Datasets],
-              epoch_loop: str = "auto",
               overwrite: bool = False,
               vmap: bool = False) -> list[dict[str, Any]]:
   """Trains every config (skipping finished ones, resuming interrupted ones).
 
   Args:
     configs: resolved configs, e.g. from :func:`expand`; each distinct one runs once.
-    workdir: the sweep's directory; each run gets a subdirectory.
+    workdir: the sweep's directory; each run gets a subdirectory (:func:`run_dir`).
     load: returns the datasets for a config (called once per distinct dataset).
-    epoch_loop: see :func:`digits_jax.train.make_epoch_fn`.
     overwrite: delete what the run directories hold and train every run again.
-    vmap: train the unfinished runs that differ only in seed and learning rate
-      together, in one vmapped step (:func:`digits_jax.parallel.train_group`). A
-      group that is interrupted starts again from its first epoch.
+    vmap: train the unfinished runs that differ only in seed and learning rate together,
+      in one vmapped step (:func:`digits_jax.training.groups.train_group`). A group that is
+      interrupted starts again from its first epoch.
 
   Returns:
-    The results of every run, in the order of ``configs``.
+    The results of every run, in the order of ``configs``, each with ``run`` (its
+    directory's name), ``variant``, ``dataset``, ``epochs``, ``batch_size`` and the
+    values of the varied settings.
 
   Raises:
     WorkdirError: before anything runs, if a run directory holds another config's run.
   """
   workdir = Path(workdir)
   configs = list(dict.fromkeys(configs))
+  dirs = {c: run_dir(workdir, c) for c in configs}
   # Every run directory is checked before the first run starts.
-  finished = {c: workdirs.check(c, workdir / run_name(c), overwrite=overwrite) for c in configs}
+  finished = {c: workdirs.check(c, dirs[c], overwrite=overwrite) for c in configs}
   cache: dict[tuple, data.Datasets] = {}
 
   def datasets(config: Config) -> data.Datasets:
@@ -90,32 +159,38 @@ def run_sweep(configs: Iterable[Config], workdir: str | Path, *,
     return cache[key]
 
   if vmap:
-    groups: dict[tuple, list[Config]] = {}
+    batches: dict[tuple, list[Config]] = {}
     for config in configs:
       if finished[config] is None:
-        groups.setdefault(parallel.group_key(config), []).append(config)
-    for group in groups.values():
-      if len(group) > 1:
-        run_dirs = [workdir / run_name(c) for c in group]
-        for run_dir in run_dirs:
-          workdirs.clear(run_dir)  # a group restarts from scratch: no stale checkpoints
-        log.info("training %s together (vmapped)", ", ".join(d.name for d in run_dirs))
-        for config, results in zip(group, parallel.train_group(
-            group, run_dirs, datasets=datasets(group[0]), epoch_loop=epoch_loop)):
-          finished[config] = results
+        batches.setdefault(groups.group_key(config), []).append(config)
+    for group in batches.values():
+      if len(group) < 2:
+        continue
+      run_dirs = [dirs[c] for c in group]
+      for path in run_dirs:
+        workdirs.clear(path)  # a group restarts from scratch: no stale checkpoints
+      log.info("training %s together (vmapped)", ", ".join(d.name for d in run_dirs))
+      trained = groups.train_group(group, run_dirs, datasets=datasets(group[0]))
+      group_seconds = sum(r["epoch_seconds"] for r in trained[0].history) * len(group)
+      for config, path, one in zip(group, run_dirs, trained, strict=True):
+        finished[config] = runs.finish(config, path, one, datasets(config),
+                                       group_size=len(group), group_seconds=group_seconds)
 
+  varied = varied_settings(configs)
   all_results = []
   for config in configs:
-    run_dir = workdir / run_name(config)
+    path = dirs[config]
     results = finished[config]
     if results is not None:
-      log.info("%s: already finished, skipped", run_dir.name)
+      log.info("%s: already finished, skipped", path.name)
     else:
-      results = train.train_and_evaluate(config, run_dir, datasets=datasets(config),
-                                         epoch_loop=epoch_loop, overwrite=overwrite)
-      log.info("%s: test accuracy %.4f", run_dir.name, results["test_accuracy"])
-    all_results.append({**results, "dataset": config.dataset, "epochs": config.epochs,
-                        "batch_size": config.batch_size, "run": run_dir.name})
+      results = runs.train_and_evaluate(config, path, datasets=datasets(config),
+                                        overwrite=overwrite)
+      log.info("%s: test accuracy %.4f", path.name, results["test_accuracy"])
+    all_results.append({**results, "model": config.model, "dataset": config.dataset,
+                        "epochs": config.epochs, "batch_size": config.batch_size,
+                        "run": path.name, "variant": variant(config, varied),
+                        **{k: getattr(config, k) for k in varied}})
   return all_results
 
 
@@ -124,29 +199,30 @@ def _std(xs: list[float]) -> float:
 
 
 def summarize(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-  """One row per (model, optimizer, dataset): mean and std over seeds."""
-  groups: dict[tuple, list[dict[str, Any]]] = {}
+  """One row per model, optimizer, dataset and varied settings: mean and std over seeds."""
+  by_config: dict[tuple, list[dict[str, Any]]] = {}
   for r in results:
-    groups.setdefault((r["model"], r["optimizer"], r["dataset"]), []).append(r)
+    key = (r.get("variant") or r["model"], r["optimizer"], r["dataset"])
+    by_config.setdefault(key, []).append(r)
   rows = []
-  for (model, optimizer, dataset), runs in groups.items():
-    test = [r["test_accuracy"] for r in runs]
-    val = [r["val_accuracy"] for r in runs if r["val_accuracy"] is not None]
+  for (name, optimizer, dataset), group in by_config.items():
+    test = [r["test_accuracy"] for r in group]
+    val = [r["val_accuracy"] for r in group if r["val_accuracy"] is not None]
     rows.append({
-        "model": model,
+        "model": name,
         "optimizer": optimizer,
         "dataset": dataset,
-        "seeds": len(runs),
+        "seeds": len(group),
         "test_acc_mean": statistics.fmean(test),
         "test_acc_std": _std(test),
         "val_acc_mean": statistics.fmean(val) if val else math.nan,
-        "best_epoch_mean": statistics.fmean(r["best_epoch"] for r in runs),
-        "epochs": runs[0]["epochs"],
-        "batch_size": runs[0]["batch_size"],
-        "params": runs[0]["num_params"],
-        "seconds_per_run": statistics.fmean(r["train_seconds"] for r in runs),
-        "seconds_per_epoch": statistics.fmean(r["seconds_per_epoch"] for r in runs),
-        "reported": models.get_spec(model).reported,
+        "best_epoch_mean": statistics.fmean(r["best_epoch"] for r in group),
+        "epochs": group[0]["epochs"],
+        "batch_size": group[0]["batch_size"],
+        "params": group[0]["num_params"],
+        "seconds_per_run": statistics.fmean(r["train_seconds"] for r in group),
+        "seconds_per_epoch": statistics.fmean(r["seconds_per_epoch"] for r in group),
+        "reported": models.get_spec(group[0]["model"]).reported,
     })
   return rows
 
@@ -192,10 +268,9 @@ def write_plots(results: Sequence[dict[str, Any]], workdir: str | Path) -> list[
   """Writes the sweep's figures next to ``results.md``.
 
   ``comparison.png``: test accuracy per architecture and optimizer with the spread over
-  seeds, and against the parameter count (:func:`digits_jax.plots.sweep_comparison`).
+  seeds, and against the parameter count (:func:`digits_jax.analysis.plots.sweep_comparison`).
   ``validation_curves.png``: every architecture/optimizer's validation accuracy and loss
-  per epoch, overlaid, read from each run's ``metrics.jsonl``
-  (:func:`digits_jax.plots.validation_curves`).
+  per epoch, overlaid, read from each run's ``metrics.jsonl``.
 
   Args:
     results: as :func:`run_sweep` returns them (``run`` names each run's directory).
@@ -207,9 +282,8 @@ def write_plots(results: Sequence[dict[str, Any]], workdir: str | Path) -> list[
   workdir = Path(workdir)
   histories: dict[tuple[str, str], list[list[dict[str, Any]]]] = {}
   for r in results:
-    run = r.get("run") or f"{r['model']}-{r['optimizer']}-seed{r['seed']}"
-    histories.setdefault((r["model"], r["optimizer"]), []).append(
-        files.read_jsonl(workdir / run / "metrics.jsonl"))
+    histories.setdefault((r.get("variant") or r["model"], r["optimizer"]), []).append(
+        files.read_jsonl(workdir / r["run"] / "metrics.jsonl"))
   title = f"Sweep {workdir.name}: {len(results)} runs"
   return [plots.sweep_comparison(results, workdir / "comparison.png", title=title),
           plots.validation_curves(histories, workdir / "validation_curves.png", title=title)]

@@ -1,29 +1,38 @@
-"""Flags shared by the entry points, so that scripts and notes agree.
+"""What the entry points share: flags generated from the Config, start-up, errors.
 
-Training flags left unset take the value of each model's source recipe
-(``digits_jax.models.Recipe``).
+Every field of :class:`digits_jax.config.Config` is a flag of the same name
+(:func:`define_config_flags`), with the field's help; recipe fields left unset take the
+value of each model's source recipe. The sweep takes comma-separated lists instead.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
+import types
+import typing
+from collections.abc import Sequence
+from typing import Any
 
 import absl.logging
+import jax
 from absl import flags
 
-from digits_jax import checkpoints, data
-from digits_jax.config import Config, ConfigError
-from digits_jax.models import UnknownModelError
-from digits_jax.train import TrainingDivergedError
+from digits_jax import data
+from digits_jax.config import FIELDS, RECIPE_FIELDS, Config, ConfigError
+from digits_jax.models import UnknownModelError, native
+from digits_jax.runs import RunDirError
+from digits_jax.training import checkpoints
+from digits_jax.training.history import TrainingDivergedError
 
-flags.DEFINE_string("dataset", "mnist", f"One of {', '.join(data.DATASETS)}.")
 flags.DEFINE_string("manual_dir", None,
-                    "Folder with the four original IDX .gz files; nothing then touches "
-                    f"the network. Default: the environment variable {data.MANUAL_DIR_ENV}.")
+                    "Folder with the four original MNIST IDX files (gzipped or not); nothing "
+                    f"then touches the network. Default: the environment variable "
+                    f"{data.MANUAL_DIR_ENV}.")
 flags.DEFINE_string("data_dir", None, "tensorflow-datasets data_dir (default: tfds' own).")
 flags.DEFINE_enum("data_backend", "auto", list(data.BACKENDS),
-                  "tfds, idx (reads the .gz files directly; no TensorFlow needed), or auto: "
+                  "tfds, idx (reads the IDX files directly; no TensorFlow needed), or auto: "
                   "tfds when TensorFlow is installed.")
 flags.DEFINE_string("workdir", None,
                     "Directory for the results (created). Started again on the same directory, "
@@ -31,51 +40,88 @@ flags.DEFINE_string("workdir", None,
 flags.DEFINE_bool("overwrite", False,
                   "Delete the results already in --workdir (of any config) and start from "
                   "scratch. Without it, a --workdir holding another config's run is refused.")
-flags.DEFINE_integer("epochs", None, "Epochs (default: the model's recipe).")
-flags.DEFINE_integer("batch_size", None, "Batch size (default: the model's recipe).")
-flags.DEFINE_float("learning_rate", None, "Peak learning rate (default: the recipe's).")
-flags.DEFINE_enum("schedule", None, ["constant", "cosine", "onecycle"],
-                  "Learning-rate schedule (default: the recipe's).")
-flags.DEFINE_float("momentum", None, "SGD momentum (default: the recipe's, 0.9).")
-flags.DEFINE_float("weight_decay", None, "Weight decay for adamw and sgd.")
-flags.DEFINE_enum("loss", None, ["sparse", "onehot"],
-                  "Cross-entropy on integer labels or one-hot targets.")
-flags.DEFINE_float("label_smoothing", None, "Label smoothing in [0, 1).")
-flags.DEFINE_bool("augment", None, "Random rotations (+-10 deg) and shifts (+-2 px).")
-flags.DEFINE_integer("validation_size", 5000,
-                     "Training images held out for validation (model selection).")
-flags.DEFINE_integer("train_subset", 0,
-                     "Train on only the first N training images (0: all). For smoke "
-                     "tests, never for reported numbers.")
-flags.DEFINE_bool("fast_ops", True, "Use digits_jax.ops' conv and pool (same maths).")
-flags.DEFINE_enum("epoch_loop", "auto", ["auto", "scan", "host"],
-                  "One compiled scan per epoch, or one compiled step per batch.")
+flags.DEFINE_bool("tune_malloc", True,
+                  "On CPU, keep freed memory mapped between training steps (glibc mallopt; "
+                  "the process keeps its peak heap). See docs/speed.md.")
 
 FLAGS = flags.FLAGS
 
 # The errors a user's input can cause; each message names the problem and the fix.
 USER_ERRORS = (ConfigError, UnknownModelError, data.DataError, checkpoints.CheckpointError,
-               TrainingDivergedError)
+               TrainingDivergedError, RunDirError)
 
 
-def base_config(**overrides) -> Config:
-  """The Config the common flags describe (model, optimizer and seed come separately)."""
-  values = dict(
-      dataset=FLAGS.dataset,
-      epochs=FLAGS.epochs,
-      batch_size=FLAGS.batch_size,
-      learning_rate=FLAGS.learning_rate,
-      schedule=FLAGS.schedule,
-      momentum=FLAGS.momentum,
-      weight_decay=FLAGS.weight_decay,
-      loss=FLAGS.loss,
-      label_smoothing=FLAGS.label_smoothing,
-      augment=FLAGS.augment,
-      validation_size=FLAGS.validation_size,
-      train_subset=FLAGS.train_subset,
-      fast_ops=FLAGS.fast_ops,
-  )
+def _field_type(field: dataclasses.Field) -> type:
+  """int, float, bool or str: the type of a Config field, ``None`` taken away."""
+  hint = typing.get_type_hints(Config)[field.name]
+  if isinstance(hint, types.UnionType):
+    hint = next(t for t in typing.get_args(hint) if t is not type(None))
+  return hint
+
+
+def _help(name: str) -> str:
+  field = FIELDS[name]
+  text = field.metadata["help"]
+  if field.metadata["choices"]:
+    text += f" One of: {', '.join(field.metadata['choices'])}."
+  if name in RECIPE_FIELDS:
+    text += " Default: the model's recipe."
+  return text
+
+
+def define_config_flags(*, lists: bool = False, skip: Sequence[str] = ()) -> None:
+  """Defines a flag for every Config field not in ``skip``.
+
+  Args:
+    lists: each flag takes a comma-separated list of values (a sweep's grid), and
+      defaults to ``None`` (the field's default, or the recipe's).
+    skip: fields the entry point defines itself.
+  """
+  for name, field in FIELDS.items():
+    if name in skip:
+      continue
+    kind = _field_type(field)
+    default = None if lists or name in RECIPE_FIELDS else field.default
+    if lists:
+      flags.DEFINE_list(name, default, _help(name) + " Comma-separated values: one run each.")
+    elif kind is bool:
+      flags.DEFINE_bool(name, default, _help(name))
+    elif kind is int:
+      flags.DEFINE_integer(name, default, _help(name))
+    elif kind is float:
+      flags.DEFINE_float(name, default, _help(name))
+    else:
+      flags.DEFINE_string(name, default, _help(name))
+
+
+def parse_value(name: str, text: str) -> Any:
+  """One value of a list flag as the Config field's type.
+
+  Raises:
+    ConfigError: naming the flag and the value.
+  """
+  kind = _field_type(FIELDS[name])
+  text = text.strip()
+  try:
+    if kind is bool:
+      if text.lower() not in ("true", "false", "1", "0"):
+        raise ValueError(text)
+      return text.lower() in ("true", "1")
+    return kind(text)
+  except ValueError:
+    raise ConfigError(f"--{name}: {text!r} is not a valid {kind.__name__}") from None
+
+
+def config_from_flags(skip: Sequence[str] = (), **overrides: Any) -> Config:
+  """The Config the scalar config flags describe (``overrides`` win)."""
+  values = {n: FLAGS[n].value for n in FIELDS if n not in skip and n in FLAGS}
   return Config(**(values | overrides))
+
+
+def grid_from_flags(names: Sequence[str]) -> dict[str, list[Any]]:
+  """The values of the list flags ``names`` that were given, parsed (a sweep's grid)."""
+  return {n: [parse_value(n, v) for v in FLAGS[n].value]
+          for n in names if FLAGS[n].value is not None}
 
 
 def load_data(config: Config) -> data.Datasets:
@@ -85,11 +131,21 @@ def load_data(config: Config) -> data.Datasets:
                             backend=FLAGS.data_backend)
 
 
-def setup_logging() -> None:
-  # Our progress lines on stderr; orbax's per-checkpoint chatter only when asked for.
+def setup() -> None:
+  """Start-up of every entry point: logging, and the process-wide settings it opts into.
+
+  Progress lines go to stderr (orbax's per-checkpoint chatter only when asked for);
+  orbax's noise after a failed restore is dropped
+  (:func:`digits_jax.training.checkpoints.quiet_abandoned_reads`); on CPU, with
+  ``--tune_malloc``, freed memory stays mapped between steps
+  (:func:`digits_jax.models.native.tune_allocator`).
+  """
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
                       datefmt="%H:%M:%S", stream=sys.stderr, force=True)
   absl.logging.set_verbosity(absl.logging.WARNING)
+  checkpoints.quiet_abandoned_reads()
+  if FLAGS.tune_malloc and jax.default_backend() == "cpu":
+    native.tune_allocator()
 
 
 def fail(error: Exception) -> None:

@@ -4,15 +4,15 @@
 
 Reads the run's config.json, restores its best-by-validation checkpoint, predicts the
 test split and writes the classification report, confusion matrix, calibration, plots
-and TensorBoard scalars again (see :mod:`digits_jax.report`). Prints the test accuracy
+and TensorBoard scalars again (see :mod:`digits_jax.analysis.report`). Prints the test accuracy
 and whether it equals the one results.json saved. A directory without a config or a
 checkpoint exits with status 1 and one ``error:`` line. The logic lives in
-:func:`digits_jax.report.rebuild`.
+:func:`digits_jax.runs.rebuild`.
 """
 
 from absl import app, flags
 
-from digits_jax import report
+from digits_jax import runs
 from experiments import common
 
 flags.mark_flag_as_required("workdir")
@@ -22,11 +22,11 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  common.setup_logging()
+  common.setup()
   try:
-    out = report.rebuild(FLAGS.workdir, manual_dir=FLAGS.manual_dir, data_dir=FLAGS.data_dir,
+    out = runs.rebuild(FLAGS.workdir, manual_dir=FLAGS.manual_dir, data_dir=FLAGS.data_dir,
                          backend=FLAGS.data_backend)
-  except (*common.USER_ERRORS, report.RunDirError) as e:
+  except common.USER_ERRORS as e:
     common.fail(e)
   summary = out["report"]
   print(f"{FLAGS.workdir}: test accuracy {100 * out['test_accuracy']:.2f}% "

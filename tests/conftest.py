@@ -44,7 +44,7 @@ def tiny_run(mnist, tmp_path_factory):
   Returns ``(workdir, results)``. Shared by the report, evaluate and notebook tests: a test
   that writes into a run directory works on a copy.
   """
-  from digits_jax import data, train
+  from digits_jax import data, runs
   from digits_jax.config import Config
 
   datasets = data.Datasets(
@@ -52,7 +52,7 @@ def tiny_run(mnist, tmp_path_factory):
       validation=data.Split(mnist.validation.images[:500], mnist.validation.labels[:500]),
       test=mnist.test, name=mnist.name, backend=mnist.backend)
   workdir = tmp_path_factory.mktemp("tiny_run")
-  results = train.train_and_evaluate(Config(model="conv2_dense64", epochs=2, train_subset=512),
+  results = runs.train_and_evaluate(Config(model="conv2_dense64", epochs=2, train_subset=512),
                                      workdir, datasets=datasets)
   return workdir, results
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from digits_jax import benchmark
+from benchmarks import frameworks as benchmark
 
 
 def test_frameworks_take_turns_in_every_round():

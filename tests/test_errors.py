@@ -23,8 +23,8 @@ import jax
 import numpy as np
 import pytest
 
-from digits_jax import checkpoints, train
 from digits_jax.config import Config, resolve
+from digits_jax.training import checkpoints, step
 from tests import cli
 from tests.conftest import MNIST_FILES
 
@@ -166,7 +166,7 @@ def test_no_data_and_no_network_fails_fast_with_instructions(tmp_path):
 
 BAD_FLAGS = {
     "unknown_model": (["--model=lenet"],
-                      "unknown model 'lenet'; registered models are: conv3_dense2, "
+                      "unknown model 'lenet'; registered models are: conv3_dense128_64, "
                       "conv3_dense100, conv2_dense64"),
     "unknown_optimizer": (["--optimizer=rmsprop"],
                           "unknown optimizer 'rmsprop'; valid values are: adam, adamw, sgd"),
@@ -314,7 +314,7 @@ def test_truncated_checkpoint_arrays_are_refused(cli_run, mnist_dir, tmp_path):
 def _save_foreign(workdir, model: str, identity: dict):
   """Replaces the run's latest checkpoint by epoch 4 of a fresh ``model``."""
   shutil.rmtree(workdir / "checkpoints/latest")
-  state = train.create_train_state(resolve(Config(model=model)), jax.random.PRNGKey(0), 32)
+  state = step.create_train_state(resolve(Config(model=model)), jax.random.PRNGKey(0), 32)
   checkpoints.LatestCheckpoint(workdir / "checkpoints", identity).save(4, state)
 
 

@@ -8,7 +8,9 @@ import sys
 
 import pytest
 
-from digits_jax import checkpoints, data, files, report
+from digits_jax import data, files, runs
+from digits_jax.analysis import report
+from digits_jax.training import checkpoints
 from tests.conftest import REPO
 from tests.test_report import RUN_PLOTS, check_png
 
@@ -51,7 +53,7 @@ def test_rebuild_gives_the_runs_exact_test_metrics(tiny_run, mnist, tmp_path):
   original, results = tiny_run
   workdir = tmp_path / "run"
   shutil.copytree(original, workdir)
-  out = report.rebuild(workdir, datasets=mnist)
+  out = runs.rebuild(workdir, datasets=mnist)
   assert out["reproduced"] is True
   assert out["test_accuracy"] == results["test_accuracy"]  # exactly, not approximately
   assert out["test_loss"] == results["test_loss"]
@@ -60,25 +62,25 @@ def test_rebuild_gives_the_runs_exact_test_metrics(tiny_run, mnist, tmp_path):
 
   # Without results.json there is nothing to compare with, but the reports are written.
   (workdir / "results.json").unlink()
-  assert report.rebuild(workdir, datasets=mnist)["reproduced"] is None
+  assert runs.rebuild(workdir, datasets=mnist)["reproduced"] is None
 
 
 def test_rebuild_refuses_what_is_not_a_finished_run(tiny_run, mnist, tmp_path):
-  with pytest.raises(report.RunDirError, match="has no config.json"):
-    report.rebuild(tmp_path, datasets=mnist)
+  with pytest.raises(runs.RunDirError, match="has no config.json"):
+    runs.rebuild(tmp_path, datasets=mnist)
   files.write_text(tmp_path / "config.json", "{not json")
-  with pytest.raises(report.RunDirError, match="is not a run's config"):
-    report.rebuild(tmp_path, datasets=mnist)
+  with pytest.raises(runs.RunDirError, match="is not a run's config"):
+    runs.rebuild(tmp_path, datasets=mnist)
   shutil.copy(tiny_run[0] / "config.json", tmp_path / "config.json")
   with pytest.raises(checkpoints.CheckpointError, match="has no checkpoint"):
-    report.rebuild(tmp_path, datasets=mnist)
+    runs.rebuild(tmp_path, datasets=mnist)
   assert not (tmp_path / "checkpoints").exists()  # nothing created by the failed attempt
   # Another test split than the run's: refused rather than reported as a different accuracy.
   small = data.Datasets(train=mnist.train, validation=mnist.validation,
                         test=data.Split(mnist.test.images[:100], mnist.test.labels[:100]),
                         name="mnist", backend="idx")
   with pytest.raises(data.DataError, match="tested on 10000 images.*has 100"):
-    report.rebuild(tiny_run[0], datasets=small)
+    runs.rebuild(tiny_run[0], datasets=small)
 
 
 def test_evaluate_without_a_run_fails_with_one_line(tmp_path):

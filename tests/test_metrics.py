@@ -9,7 +9,7 @@ import pytest
 from sklearn import calibration as sk_calibration
 from sklearn import metrics as sk_metrics
 
-from digits_jax import metrics
+from digits_jax.analysis import metrics
 
 K = 10
 

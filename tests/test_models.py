@@ -7,13 +7,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from digits_jax import models, train
+from digits_jax import models
 from digits_jax.config import Config, resolve
+from digits_jax.training import step
 
 # Counted by hand from the layer shapes (VALID 3x3 convs, 2x2 pools), so a change
 # in any layer fails here.
 EXPECTED_PARAMS = {
-    "conv3_dense2": 138_506,
+    "conv3_dense128_64": 138_506,
     "conv3_dense100": 159_254,
     "conv2_dense64": 121_930,
     "conv2_dense100": 179_926,
@@ -50,18 +51,18 @@ def test_fast_and_plain_agree(name):
 @pytest.mark.parametrize("name", list(models.MODELS))
 def test_one_step_lowers_the_loss(name):
   config = resolve(Config(model=name, batch_size=32, augment=False))
-  state = train.create_train_state(config, jax.random.PRNGKey(0), steps_per_epoch=10)
+  state = step.create_train_state(config, jax.random.PRNGKey(0), steps_per_epoch=10)
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.random((32, 28, 28, 1), np.float32))
   labels = jnp.asarray(rng.integers(0, 10, 32), jnp.int32)
   step_rng = jax.random.PRNGKey(3)
 
   def loss(state):  # the training loss, same dropout mask before and after
-    _, metrics = train.train_step(state, images, labels, step_rng, config=config)
+    _, metrics = step.train_step(state, images, labels, step_rng, config=config)
     return float(metrics["loss"])
 
   before = loss(state)
-  new_state, metrics = train.train_step(state, images, labels, step_rng, config=config)
+  new_state, metrics = step.train_step(state, images, labels, step_rng, config=config)
   assert float(metrics["loss"]) == pytest.approx(before)
   assert loss(new_state) < before
 

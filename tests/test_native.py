@@ -1,4 +1,4 @@
-"""The C++ kernels of digits_jax.native: build, cache, fallback, and exact numerics."""
+"""The C++ kernels of digits_jax.models.native: build, cache, fallback, and exact numerics."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from digits_jax import native
+from digits_jax.models import native
 
 
 def reference_im2col(x, kh: int, kw: int, pads, xnp=np):
@@ -92,7 +92,7 @@ def test_no_compiler_falls_back_with_a_warning(monkeypatch, caplog):
   monkeypatch.setattr(native, "_compiler", lambda: None)
   native.available.cache_clear()
   try:
-    with caplog.at_level(logging.WARNING, logger="digits_jax.native"):
+    with caplog.at_level(logging.WARNING, logger="digits_jax.models.native"):
       assert not native.available()
     assert "no C++ compiler" in caplog.text
   finally:

@@ -1,4 +1,4 @@
-"""The fast ops of digits_jax.ops against their plain references.
+"""The fast ops of digits_jax.models.ops against their plain references.
 
 Forward passes must be bitwise equal; gradients of a scalar loss must equal ``jax.grad``
 of the plain version to float32 rounding (norm-relative error below 1e-5), under
@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from digits_jax import native, ops
+from digits_jax.models import native, ops
 
 TOLERANCE = 1e-5
 
@@ -102,7 +102,7 @@ IMPLS = {"im2col": ops.conv2d_im2col, "xla": ops.conv2d_xla}
 @pytest.fixture(params=list(IMPLS))
 def impl(request):
   if request.param == "im2col" and not native.available():
-    pytest.fail("the C++ kernels did not build: see the warning logged by digits_jax.native")
+    pytest.fail("the C++ kernels did not build: see the warning logged by digits_jax.models.native")
   return request.param
 
 

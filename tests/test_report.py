@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 from sklearn import metrics as sk_metrics
 
-from digits_jax import files, metrics, plots, report, sweep
+from digits_jax import files, sweep
+from digits_jax.analysis import metrics, plots, report
 
 RUN_PLOTS = {kind: f"{report.PLOTS_DIR}/{name}" for kind, name in report.PLOT_FILES.items()}
 

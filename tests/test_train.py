@@ -9,8 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from digits_jax import files, train
+from digits_jax import files, runs
 from digits_jax.config import Config, ConfigError, resolve
+from digits_jax.training import step
 from tests.conftest import tiny_datasets
 
 
@@ -44,13 +45,13 @@ def test_bad_config_values_are_named(change, message):
 def test_cross_entropy_sparse_equals_onehot():
   logits = jax.random.normal(jax.random.PRNGKey(0), (8, 10))
   labels = jnp.arange(8) % 10
-  np.testing.assert_allclose(train.cross_entropy(logits, labels, loss="sparse"),
-                             train.cross_entropy(logits, labels, loss="onehot"), rtol=1e-6)
+  np.testing.assert_allclose(step.cross_entropy(logits, labels, loss="sparse"),
+                             step.cross_entropy(logits, labels, loss="onehot"), rtol=1e-6)
   # With smoothing the target is (1 - a) one_hot + a / K.
   a = 0.1
   targets = (1 - a) * jax.nn.one_hot(labels, 10) + a / 10
   expected = -(targets * jax.nn.log_softmax(logits)).sum(-1)
-  np.testing.assert_allclose(train.cross_entropy(logits, labels, label_smoothing=a), expected,
+  np.testing.assert_allclose(step.cross_entropy(logits, labels, label_smoothing=a), expected,
                              rtol=1e-6)
 
 
@@ -59,11 +60,12 @@ def test_scan_and_host_epochs_compute_the_same_steps():
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.random((64, 28, 28, 1), np.float32))
   labels = jnp.asarray(rng.integers(0, 10, 64), jnp.int32)
-  state = train.create_train_state(config, jax.random.PRNGKey(0), 4)
+  state = step.create_train_state(config, jax.random.PRNGKey(0), 4)
   results = {}
   for loop in ("scan", "host"):
     fresh = jax.tree_util.tree_map(jnp.copy, state)
-    results[loop] = train.make_epoch_fn(config, loop)(fresh, jax.random.PRNGKey(1), images, labels)
+    epoch_fn = step.make_epoch_fn(config.replace(epoch_loop=loop))
+    results[loop] = epoch_fn(fresh, jax.random.PRNGKey(1), images, labels)
   (s1, m1), (s2, m2) = results["scan"], results["host"]
   np.testing.assert_allclose(m1["loss"], m2["loss"], rtol=1e-5)
   for a, b in zip(jax.tree_util.tree_leaves(s1.params), jax.tree_util.tree_leaves(s2.params)):
@@ -72,19 +74,19 @@ def test_scan_and_host_epochs_compute_the_same_steps():
 
 def test_predict_pads_the_last_batch():
   config = resolve(Config(model="conv2_dense64"))
-  state = train.create_train_state(config, jax.random.PRNGKey(0), 1)
+  state = step.create_train_state(config, jax.random.PRNGKey(0), 1)
   images = jax.random.uniform(jax.random.PRNGKey(1), (23, 28, 28, 1))
-  full = train.forward(state, images)
-  np.testing.assert_allclose(train.predict(state, images, batch_size=10), full, rtol=1e-5,
+  full = step.forward(state, images)
+  np.testing.assert_allclose(step.predict(state, images, batch_size=10), full, rtol=1e-5,
                              atol=1e-6)
 
 
 def test_same_seed_same_numbers(mnist, tmp_path):
   tiny = _tiny(mnist)
   config = Config(model="conv2_dense128_dropout", epochs=2, batch_size=64, augment=True)
-  run = functools.partial(train.train_and_evaluate, config, datasets=tiny)
+  run = functools.partial(runs.train_and_evaluate, config, datasets=tiny)
   a, b = run(tmp_path / "a"), run(tmp_path / "b")
-  c = train.train_and_evaluate(config.replace(seed=1), tmp_path / "c", datasets=tiny)
+  c = runs.train_and_evaluate(config.replace(seed=1), tmp_path / "c", datasets=tiny)
   timeless = lambda rows: [{k: v for k, v in r.items() if "seconds" not in k} for r in rows]
   assert timeless([a]) == timeless([b])
   assert timeless(files.read_jsonl(tmp_path / "a/metrics.jsonl")) == timeless(
@@ -93,7 +95,7 @@ def test_same_seed_same_numbers(mnist, tmp_path):
 
 
 def test_run_writes_its_files(mnist, tmp_path):
-  results = train.train_and_evaluate(
+  results = runs.train_and_evaluate(
       Config(model="bn_conv3_wide", epochs=2, batch_size=64), tmp_path, datasets=_tiny(mnist))
   saved = files.read_json(tmp_path / "config.json")
   assert saved["config"]["model"] == "bn_conv3_wide"
@@ -109,12 +111,12 @@ def test_run_writes_its_files(mnist, tmp_path):
 
 def test_batch_larger_than_the_training_set(mnist, tmp_path):
   with pytest.raises(ConfigError, match="larger than the 100 training images"):
-    train.train_and_evaluate(Config(model="conv2_dense64", batch_size=128, train_subset=100),
+    runs.train_and_evaluate(Config(model="conv2_dense64", batch_size=128, train_subset=100),
                              tmp_path, datasets=mnist)
 
 
 def test_one_epoch_on_real_mnist_reaches_97_percent(mnist, tmp_path):
   """End to end: the full training set, one epoch of the smallest source network."""
-  results = train.train_and_evaluate(Config(model="conv2_dense64", epochs=1), tmp_path,
+  results = runs.train_and_evaluate(Config(model="conv2_dense64", epochs=1), tmp_path,
                                      datasets=mnist)
   assert results["test_accuracy"] >= 0.97, results

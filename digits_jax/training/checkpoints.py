@@ -28,6 +28,8 @@ from typing import Any
 import orbax.checkpoint as ocp
 from flax import serialization
 
+from digits_jax.config import ConfigError, differences, identity_of
+
 
 class CheckpointError(RuntimeError):
   """A checkpoint directory that cannot be read as this run's checkpoint."""
@@ -50,15 +52,17 @@ _ABANDONED = ("Task exception was never retrieved", "Future exception was never 
               "Task was destroyed but it is pending")
 
 
-def _drop_abandoned_read_noise() -> None:
-  """Silences what orbax leaves of a restore that failed; called before each restore.
+def quiet_abandoned_reads() -> None:
+  """Silences what orbax leaves of a restore that failed (a process-wide setting).
 
   When one array of a checkpoint cannot be read, orbax gives up on the others while
   they are still being read; their callbacks then find orbax's event loop closed, and
   Python prints each one as an unraisable ``RuntimeError`` traceback (or asyncio logs
   "Future exception was never retrieved"), at any moment, often after the program's own
-  error message. That noise is dropped; every other unraisable exception and log
-  record is reported as before.
+  error message. This replaces ``sys.unraisablehook`` and filters the ``asyncio``
+  logger so that noise is dropped; every other unraisable exception and log record is
+  reported as before. The entry points call it at start-up (``experiments.common``);
+  a library user opts in by calling it.
   """
   if not getattr(sys.unraisablehook, "_drops_closed_loop", False):
     previous = sys.unraisablehook
@@ -136,7 +140,6 @@ class BestCheckpoint:
     step = self.best_epoch()
     if step is None:
       raise CheckpointError(f"no checkpoint in {self.directory}")
-    _drop_abandoned_read_noise()
     try:
       return self._manager.restore(step, args=ocp.args.StandardRestore(like))
     except Exception as e:  # orbax raises many types for unreadable or foreign trees
@@ -149,8 +152,9 @@ class LatestCheckpoint:
   """The whole train state at the end of the last finished epoch: what a run resumes from.
 
   One is kept: orbax deletes the previous epoch's only after the new one is complete.
-  Each carries ``identity`` (the run's config as a dict), and :meth:`restore` refuses
-  a checkpoint with another identity, e.g. one copied from another run.
+  Each carries ``identity`` (the run's :meth:`digits_jax.config.Config.identity`), and
+  :meth:`restore` refuses a checkpoint with another identity, e.g. one copied from
+  another run.
   """
 
   def __init__(self, directory: str | os.PathLike, identity: dict[str, Any]):
@@ -180,7 +184,6 @@ class LatestCheckpoint:
     if epoch is None:
       raise CheckpointError(f"no checkpoint in {self.directory}")
     path = self.directory / str(epoch)
-    _drop_abandoned_read_noise()
     try:
       run = self._manager.restore(epoch, args=ocp.args.Composite(run=ocp.args.JsonRestore())).run
       ours = run["identity"]
@@ -188,13 +191,12 @@ class LatestCheckpoint:
       raise CheckpointError(
           f"checkpoint {path} cannot be read ({_brief(e)}); it is corrupt or was not written "
           f"by this program. {FIX_HINT}") from e
-    if ours != self._identity:
-      if isinstance(ours, dict):
-        diffs = "; ".join(f"{k}: {ours.get(k)!r} there, {self._identity.get(k)!r} here"
-                          for k in sorted(set(ours) | set(self._identity))
-                          if ours.get(k) != self._identity.get(k))
-      else:
-        diffs = f"its identity is {ours!r}"
+    try:
+      theirs = identity_of(ours)
+      diffs = "; ".join(differences(theirs, self._identity))
+    except (ConfigError, TypeError) as e:
+      diffs = f"its identity {ours!r} is not a config ({e})"
+    if diffs:
       raise CheckpointError(f"checkpoint {path} belongs to another run ({diffs}). {FIX_HINT}")
     target = serialization.to_state_dict(like)
     try:

@@ -1,4 +1,4 @@
-"""Vmapped groups and device sharding give the numbers of plain single runs."""
+"""Vmapped groups, also split over several devices, give the numbers of plain single runs."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import sys
 
 import pytest
 
-from digits_jax import files, parallel, train
+from digits_jax import files, runs, sweep
 from digits_jax.config import Config, resolve
+from digits_jax.training import groups
 from tests.conftest import REPO, tiny_datasets
 
 COMPARED = ("test_accuracy", "test_loss", "val_accuracy", "val_loss", "best_epoch")
@@ -22,8 +23,8 @@ def _tiny(mnist, n_train=1024, n_val=500):
 
 def test_group_key_allows_only_seed_and_learning_rate():
   a = resolve(Config(model="conv2_dense64"))
-  assert parallel.group_key(a) == parallel.group_key(a.replace(seed=3, learning_rate=0.01))
-  assert parallel.group_key(a) != parallel.group_key(a.replace(batch_size=32))
+  assert groups.group_key(a) == groups.group_key(a.replace(seed=3, learning_rate=0.01))
+  assert groups.group_key(a) != groups.group_key(a.replace(batch_size=32))
 
 
 # XLA:CPU runs the scan loop slowly, so it gets fewer steps.
@@ -33,36 +34,35 @@ def test_group_equals_separate_runs(mnist, tmp_path, epoch_loop, n_train):
   tiny = _tiny(mnist, n_train=n_train)
   configs = [resolve(Config(model="conv2_dense128_dropout", epochs=2, batch_size=64, seed=s,
                             learning_rate=lr)) for s, lr in ((0, 1e-3), (1, 3e-3))]
-  group = parallel.train_group(configs, [tmp_path / "g0", tmp_path / "g1"], datasets=tiny,
-                               epoch_loop=epoch_loop)
+  configs = [c.replace(epoch_loop=epoch_loop) for c in configs]
+  group = sweep.run_sweep(configs, tmp_path / "g", load=lambda c: tiny, vmap=True)
   for i, config in enumerate(configs):
-    alone = train.train_and_evaluate(config, tmp_path / f"s{i}", datasets=tiny,
-                                     epoch_loop=epoch_loop)
+    alone = runs.train_and_evaluate(config, tmp_path / f"s{i}", datasets=tiny)
     assert group[i]["group_size"] == 2
     for key in COMPARED:
       assert group[i][key] == pytest.approx(alone[key], rel=1e-4, abs=1e-6), key
-    rows = files.read_jsonl(tmp_path / f"g{i}/metrics.jsonl")
+    rows = files.read_jsonl(tmp_path / "g" / group[i]["run"] / "metrics.jsonl")
     assert [r["epoch"] for r in rows] == [1, 2]
 
 
 def test_group_refuses_configs_that_differ_in_more(mnist, tmp_path):
   configs = [resolve(Config(model="conv2_dense64")), resolve(Config(model="conv2_dense100"))]
   with pytest.raises(ValueError, match="may differ only in"):
-    parallel.train_group(configs, [tmp_path / "a", tmp_path / "b"], datasets=_tiny(mnist))
+    groups.train_group(configs, [tmp_path / "a", tmp_path / "b"], datasets=_tiny(mnist))
 
 
 SHARDED_RUN = """
 import json, sys, jax
-from digits_jax import data, files, parallel, train
+from digits_jax import data, runs, sweep
 from digits_jax.config import Config, resolve
 d = data.load_datasets("mnist", manual_dir=sys.argv[1], backend="idx", validation_size=500)
 tiny = data.Datasets(data.Split(d.train.images[:512], d.train.labels[:512]), d.validation,
                      data.Split(d.test.images[:1000], d.test.labels[:1000]), "mnist", "idx")
-single = train.train_and_evaluate(Config(model="conv2_dense64", epochs=1, batch_size=64),
+single = runs.train_and_evaluate(Config(model="conv2_dense64", epochs=1, batch_size=64),
                                   sys.argv[2] + "/single", datasets=tiny)
 configs = [resolve(Config(model="conv2_dense64", epochs=1, batch_size=64, seed=s))
            for s in range(4)]
-group = parallel.train_group(configs, [f"{sys.argv[2]}/g{s}" for s in range(4)], datasets=tiny)
+group = sweep.run_sweep(configs, sys.argv[2] + "/group", load=lambda c: tiny, vmap=True)
 print(json.dumps({"devices": jax.device_count(), "single": single, "group": group}))
 """
 
@@ -76,7 +76,7 @@ def _sharded(mnist_dir, tmp_path, devices):
 
 
 def test_four_devices_match_one(mnist_dir, tmp_path):
-  """Batches split over 4 CPU devices, and 4 vmapped models split over them."""
+  """A single run on a 4-device host, and 4 vmapped models split over the 4 devices."""
   one = _sharded(mnist_dir, tmp_path / "one", 1)
   four = _sharded(mnist_dir, tmp_path / "four", 4)
   assert (one["devices"], four["devices"]) == (1, 4)

@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from digits_jax import native
+from digits_jax.models import native
 
 _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 Pads = tuple[tuple[int, int], ...]  # (low, high) zero padding per spatial dimension

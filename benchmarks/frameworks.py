@@ -1,4 +1,10 @@
-"""Training-speed measurements: ours against plain Flax, PyTorch and Keras.
+"""Training speed: seconds per 60,000-image epoch, ours against plain Flax, PyTorch and
+Keras (when installed), and K vmapped models against K runs.
+
+    python -m benchmarks.frameworks                       # every registered model
+    python -m benchmarks.frameworks --models=conv2_dense128_dropout --steps=100
+
+Prints a Markdown table and writes it (with a CSV and the environment) to --output_dir.
 
 Every timing trains the real network on real-shaped data for ``steps`` optimizer
 steps after a warm-up (compilation, first-call allocation) and reports the median
@@ -8,18 +14,21 @@ of each, and so on, so that a burst of load from elsewhere (this project's VMs s
 up to 20% steal time) lands on all of them rather than on one column.
 
 * ``ours``: :mod:`digits_jax` as it trains: fast ops, data on the device, batches
-  gathered on the device (:func:`digits_jax.train.make_epoch_fn`).
+  gathered on the device (:func:`digits_jax.training.step.make_epoch_fn`).
 * ``flax``: the straightforward Flax version: ``nn.Conv``/``nn.max_pool``, one
   jitted step per batch, NumPy batches sent from the host.
 * ``torch``/``keras``: the same layers in PyTorch (plain training loop) and Keras 3
   (``model.fit``), when those are installed; they are optional.
 * ``vmap``: K models of one architecture in one vmapped step
-  (:mod:`digits_jax.parallel`), against the same K trained one after another.
+  (:mod:`digits_jax.training.groups`), against the same K trained one after another.
 """
 
 from __future__ import annotations
 
+import csv
 import functools
+import io
+import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -28,9 +37,16 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import app, flags
 
-from digits_jax import models, sharding, train
+from digits_jax import files, models
 from digits_jax.config import Config, resolve
+from digits_jax.environment import environment
+from digits_jax.models import native
+from digits_jax.models.cnn import ConvNet
+from digits_jax.training import sharding
+from digits_jax.training.optim import make_optimizer
+from digits_jax.training.step import create_train_state, make_epoch_fn, train_step
 
 EPOCH_IMAGES = 60_000
 
@@ -62,8 +78,8 @@ def prepare_ours(config: Config, steps: int) -> Runner:
   """``steps`` steps of digits_jax's own training loop (compiled and warmed up)."""
   images, labels = _random_data(steps * config.batch_size)
   x, y = jnp.asarray(images), jnp.asarray(labels)
-  state = train.create_train_state(config, jax.random.PRNGKey(0), steps)
-  epoch_fn = train.make_epoch_fn(config)
+  state = create_train_state(config, jax.random.PRNGKey(0), steps)
+  epoch_fn = make_epoch_fn(config)
   holder = {"state": epoch_fn(state, jax.random.PRNGKey(1), x, y)[0]}  # warm-up
 
   def run():
@@ -78,8 +94,8 @@ def prepare_plain_flax(config: Config, steps: int) -> Runner:
   config = config.replace(fast_ops=False)
   images, labels = _random_data(steps * config.batch_size)
   bs = config.batch_size
-  state = train.create_train_state(config, jax.random.PRNGKey(0), steps)
-  step = jax.jit(functools.partial(train.train_step, config=config), donate_argnums=0)
+  state = create_train_state(config, jax.random.PRNGKey(0), steps)
+  step = jax.jit(functools.partial(train_step, config=config), donate_argnums=0)
   key = jax.random.PRNGKey(1)
   holder = {"state": step(state, images[:bs], labels[:bs], key)[0]}
 
@@ -96,7 +112,7 @@ def prepare_plain_flax(config: Config, steps: int) -> Runner:
 
 def _layers(name: str):
   module = models.get_spec(name).module
-  if not issubclass(module, models.ConvNet):
+  if not issubclass(module, ConvNet):
     return None
   return module.layers, module.dense, module.dropout
 
@@ -190,13 +206,13 @@ def time_vmap(config: Config, k: int, steps: int, repeats: int) -> tuple[float, 
   """Seconds for ``steps`` steps of K models: (vmapped together, one after another)."""
   images, labels = _random_data(steps * config.batch_size)
   x, y = jnp.asarray(images), jnp.asarray(labels)
-  tx = train.make_optimizer(config, steps)
+  tx = make_optimizer(config, steps)
   model = models.create_model(config.model, fast=config.fast_ops)
-  states = [train.create_train_state(config, jax.random.PRNGKey(i), steps, tx=tx, model=model)
+  states = [create_train_state(config, jax.random.PRNGKey(i), steps, tx=tx, model=model)
             for i in range(k)]
   rngs = jax.random.split(jax.random.PRNGKey(1), k)
-  group_fn = train.make_epoch_fn(config, vmapped=True)
-  single_fn = train.make_epoch_fn(config)
+  group_fn = make_epoch_fn(config, vmapped=True)
+  single_fn = make_epoch_fn(config)
   group = {"state": group_fn(sharding.stack_models(states), rngs, x, y)[0]}
   singles = [single_fn(s, r, x, y)[0] for s, r in zip(states, rngs)]
 
@@ -235,3 +251,88 @@ def benchmark_model(name: str, *, steps: int, repeats: int, batch_size: int | No
       other = row.get(f"{framework}_s_per_epoch")
       row[f"{framework}_over_ours"] = None if other is None else other / ours
   return row
+
+
+# --- the command line ---------------------------------------------------------
+
+flags.DEFINE_list("models", list(models.MODELS), "Models to time.")
+flags.DEFINE_list("frameworks", ["ours", "flax", "torch", "keras"],
+                  "Which implementations to time (ours is always first).")
+flags.DEFINE_integer("steps", 60, "Optimizer steps per measurement.")
+flags.DEFINE_integer("repeats", 3, "Measurements per figure (the median is reported).")
+flags.DEFINE_integer("batch_size", None, "Batch size (default: each model's recipe).")
+flags.DEFINE_integer("vmap_models", 4, "K for the vmapped-sweep measurement (0: skip).")
+flags.DEFINE_string("vmap_model", "conv2_dense128_dropout", "Model for the vmap measurement.")
+flags.DEFINE_string("output_dir", "benchmark_results", "Where the table is written.")
+FLAGS = flags.FLAGS
+
+COLUMNS = ("model", "batch_size", "optimizer", "ours_s_per_epoch", "flax_s_per_epoch",
+           "torch_s_per_epoch", "keras_s_per_epoch", "ours_images_per_s", "flax_over_ours",
+           "torch_over_ours", "keras_over_ours")
+
+
+def _fmt(value):
+  if value is None:
+    return "-"
+  return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  for name in FLAGS.models + [FLAGS.vmap_model]:
+    try:
+      models.get_spec(name)
+    except models.UnknownModelError as e:
+      raise app.UsageError(str(e)) from None
+  frameworks = tuple(["ours"] + [f for f in FLAGS.frameworks if f != "ours"])
+  if jax.default_backend() == "cpu":
+    native.tune_allocator()  # as training does (experiments.common.setup); all columns share it
+  env = environment()
+  print(f"# {platform.node()} {env['cpu']} ({env['cpu_count']} cores), "
+        f"{env['devices']}, jax {env['jax']}, {time.strftime('%Y-%m-%d %H:%M')}")
+  rows = []
+  for name in FLAGS.models:
+    row = benchmark_model(name, steps=FLAGS.steps, repeats=FLAGS.repeats,
+                                    batch_size=FLAGS.batch_size, frameworks=frameworks)
+    print(" | ".join(f"{c}={_fmt(row.get(c))}" for c in COLUMNS), flush=True)
+    rows.append(row)
+
+  lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+  lines += ["| " + " | ".join(_fmt(r.get(c)) for c in COLUMNS) + " |" for r in rows]
+  table = "\n".join(lines) + "\n"
+  if FLAGS.vmap_models:
+    config = resolve(Config(model=FLAGS.vmap_model, batch_size=FLAGS.batch_size,
+                            augment=False))
+    k = FLAGS.vmap_models
+    together, apart = time_vmap(config, k, FLAGS.steps, FLAGS.repeats)
+    images = k * FLAGS.steps * config.batch_size
+    table += (f"\nvmap, {k} x {config.model} (batch {config.batch_size}): "
+              f"{images / together:.0f} images/s together, {images / apart:.0f} images/s "
+              f"one after another: {apart / together:.2f}x\n")
+  print(table)
+  out = io.StringIO()
+  writer = csv.DictWriter(out, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
+  writer.writeheader()
+  writer.writerows(rows)
+  files.write_text(f"{FLAGS.output_dir}/benchmark.md", table)
+  files.write_text(f"{FLAGS.output_dir}/benchmark.csv", out.getvalue())
+  files.write_json(f"{FLAGS.output_dir}/environment.json",
+                   {**env, **_other_frameworks(), "native_kernels": native.available(),
+                    "steps": FLAGS.steps, "repeats": FLAGS.repeats,
+                    "date": time.strftime("%Y-%m-%d %H:%M")})
+
+
+def _other_frameworks() -> dict[str, str]:
+  """Versions of the optional frameworks that were timed."""
+  versions = {}
+  for name in ("torch", "keras", "tensorflow"):
+    try:
+      versions[name] = __import__(name).__version__
+    except ImportError:
+      pass
+  return versions
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,6 +1,9 @@
 """A run's work directory: whose it is, whether it finished, what to resume from.
 
-A work directory belongs to one config, the one its ``config.json`` records.
+A work directory belongs to one config, the one its ``config.json`` records; two
+configs are the same run when their :meth:`~digits_jax.config.Config.identity` agrees
+(implementation fields such as ``fast_ops`` may differ, and a ``config.json`` written
+by an earlier version keeps its identity).
 
 * Another config's directory is refused (:class:`WorkdirError`, naming the fields
   that differ) rather than mixed with, unless ``overwrite`` asks to delete the old
@@ -19,16 +22,17 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from digits_jax import files
-from digits_jax.config import Config, ConfigError
+from digits_jax import data, files
+from digits_jax.config import Config, ConfigError, differences, identity_of
+from digits_jax.environment import environment
 
 log = logging.getLogger(__name__)
 
 # Everything a run writes into its work directory; :func:`clear` deletes these and
 # nothing else. A module that writes more files into a run directory adds them here.
 RUN_FILES = [
-    "config.json", "metrics.jsonl", "results.json", "checkpoints",
-    # digits_jax.report.write_run_report
+    "config.json", "metrics.jsonl", "results.json", "checkpoints", "test_outputs.npz",
+    # digits_jax.analysis.report.write_run_report
     "classification_report.txt", "classification_report.json", "confusion_matrix.csv",
     "calibration.json", "plots", "tensorboard",
 ]
@@ -62,21 +66,37 @@ def saved_config(workdir: str | os.PathLike) -> dict[str, Any] | None:
   return saved
 
 
-def differences(saved: dict[str, Any], config: dict[str, Any]) -> list[str]:
-  """``field: value there, value here`` for every field in which two config dicts differ."""
-  return [f"{k}: {saved.get(k)!r} there, {config.get(k)!r} here"
-          for k in sorted(set(saved) | set(config)) if saved.get(k) != config.get(k)]
+def _same_run(saved: dict[str, Any], config: Config) -> list[str]:
+  """The differences between a saved config dict's identity and ``config``'s."""
+  try:
+    return differences(identity_of(saved), config.identity())
+  except (ConfigError, TypeError) as e:
+    return [f"config.json holds no config this version can read ({e})"]
 
 
 def finished_results(config: Config, workdir: str | os.PathLike) -> dict[str, Any] | None:
-  """The results of a finished run of exactly ``config`` in ``workdir``, else ``None``."""
+  """The results of a finished run of ``config`` in ``workdir``, else ``None``."""
   workdir = Path(workdir)
   try:
-    if saved_config(workdir) != config.to_dict():
+    saved = saved_config(workdir)
+    if saved is None or _same_run(saved, config):
       return None
     return files.read_json(workdir / "results.json")
   except (WorkdirError, OSError, ValueError):
     return None
+
+
+def write_config(workdir: str | os.PathLike, config: Config, datasets: data.Datasets,
+                 num_train: int, **extra: Any) -> None:
+  """Writes ``config.json``: the resolved config, the environment and the data sizes."""
+  workdir = Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  files.write_json(workdir / "config.json",
+                   {"config": config.to_dict(), "environment": environment(),
+                    "data": {"backend": datasets.backend, "train": num_train,
+                             "validation": len(datasets.validation.labels),
+                             "test": len(datasets.test.labels)},
+                    **extra})
 
 
 def check(config: Config, workdir: str | os.PathLike, *,
@@ -109,11 +129,11 @@ def check(config: Config, workdir: str | os.PathLike, *,
           f"{workdir} holds {', '.join(leftovers)} but no config.json, so it cannot be told "
           f"whose they are; {_fix(workdir)}")
     return None
-  if saved != config.to_dict():
+  diffs = _same_run(saved, config)
+  if diffs:
     raise WorkdirError(
-        f"{workdir} holds the results of a different config ("
-        f"{'; '.join(differences(saved, config.to_dict()))}); refusing to mix them: "
-        f"{_fix(workdir)}")
+        f"{workdir} holds the results of a different config ({'; '.join(diffs)}); refusing "
+        f"to mix them: {_fix(workdir)}")
   return finished_results(config, workdir)
 
 

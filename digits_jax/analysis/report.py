@@ -14,9 +14,9 @@ researcher opens, next to ``config.json``, ``metrics.jsonl`` and ``results.json`
     plots/reliability.png       reliability diagram with the ECE
     tensorboard/                scalars per epoch: train/, validation/, test/
 
-:func:`digits_jax.train.train_and_evaluate` calls it at the end of every run;
-:func:`rebuild` (``python -m experiments.evaluate``) writes the same files again from the
-saved checkpoint without training, and checks the test accuracy against ``results.json``.
+:func:`digits_jax.runs.train_and_evaluate` calls it at the end of every run;
+:func:`digits_jax.runs.rebuild` (``python -m experiments.evaluate``) writes the same files
+again from the saved checkpoint without training.
 """
 
 from __future__ import annotations
@@ -33,8 +33,10 @@ from typing import Any
 
 import numpy as np
 
-from digits_jax import checkpoints, data, files, metrics, plots
-from digits_jax.config import Config
+from digits_jax import files
+from digits_jax.analysis import metrics, plots
+from digits_jax.training import history as run_history
+from digits_jax.training import summaries
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +50,7 @@ CLASS_NAMES: dict[str, tuple[str, ...]] = {
 }
 
 PLOTS_DIR = "plots"
-TENSORBOARD_DIR = "tensorboard"
+TENSORBOARD_DIR = summaries.LOG_DIR
 PLOT_FILES = {
     "training_curves": "training_curves.png",
     "confusion_matrices": "confusion_matrix.png",
@@ -56,10 +58,6 @@ PLOT_FILES = {
     "predictions_grid": "predictions.png",
     "reliability_diagram": "reliability.png",
 }
-
-
-class RunDirError(Exception):
-  """A directory that is not a run's work directory (no config.json)."""
 
 
 def class_names(dataset: str | None, num_classes: int) -> list[str]:
@@ -76,15 +74,6 @@ def run_title(saved_config: Mapping[str, Any] | None) -> str:
     return ""
   return (f"{saved_config.get('model')} / {saved_config.get('optimizer')} / seed "
           f"{saved_config.get('seed')} ({saved_config.get('dataset')})")
-
-
-def _best_epoch(history: Sequence[Mapping[str, Any]]) -> int | None:
-  """The epoch :class:`digits_jax.checkpoints.BestCheckpoint` keeps: first best validation."""
-  if not history:
-    return None
-  if any(r.get("val_accuracy") is None for r in history):
-    return history[-1]["epoch"]
-  return max(history, key=lambda r: (r["val_accuracy"], -r["epoch"]))["epoch"]
 
 
 def _confusion_csv(cm: np.ndarray, names: Sequence[str]) -> str:
@@ -110,7 +99,8 @@ def write_run_report(workdir: str | os.PathLike, logits: Any, labels: Any, image
     history: the rows of ``metrics.jsonl``, one per epoch.
     best_epoch: the epoch of the tested checkpoint; default: the best by validation.
     test_metrics: ``loss`` and ``accuracy`` on the test set, logged to TensorBoard at
-      ``best_epoch`` (:func:`digits_jax.train.metrics_from_logits` of the same logits).
+      ``best_epoch`` (:func:`digits_jax.training.step.metrics_from_logits` of the same
+      logits).
 
   Returns:
     A summary: ``accuracy``, ``macro_f1``, ``ece``, ``num_test`` and ``files`` (the paths
@@ -130,7 +120,7 @@ def write_run_report(workdir: str | os.PathLike, logits: Any, labels: Any, image
   names = class_names((saved_config or {}).get("dataset"), num_classes)
   title = run_title(saved_config)
   if best_epoch is None:
-    best_epoch = _best_epoch(history)
+    best_epoch = run_history.best_epoch(history)
 
   probs = metrics.softmax(logits)
   predicted = metrics.predictions(logits)
@@ -170,45 +160,29 @@ def write_run_report(workdir: str | os.PathLike, logits: Any, labels: Any, image
 def write_tensorboard(logdir: str | os.PathLike, history: Sequence[Mapping[str, Any]], *,
                       best_epoch: int | None = None,
                       test_metrics: Mapping[str, float] | None = None) -> bool:
-  """Writes the per-epoch scalars as TensorBoard event files under ``logdir``.
+  """Writes a run's scalars (:mod:`digits_jax.training.summaries`) anew under ``logdir``.
 
-  One subdirectory per split, ``train/``, ``validation/`` and ``test/``, each with the tags
-  ``loss`` and ``accuracy``, so TensorBoard draws training and validation in one chart
-  (the test metrics are one point, at the best epoch); ``train/`` also has
-  ``epoch_seconds``. ``logdir`` is replaced whole, so writing again (``evaluate``) does not
-  add duplicate curves. Uses ``tensorboardX``, which needs neither TensorFlow nor
-  TensorBoard.
+  The run loop adds each epoch as it ends; at the end of a run ``logdir`` is replaced
+  whole by this complete copy (with the test point), so epochs trained again after a
+  resume, or a second ``evaluate``, leave no duplicate curves.
 
   Returns:
     ``False`` (with a warning) when tensorboardX is not installed, else ``True``.
   """
-  try:
-    from tensorboardX import SummaryWriter
-  except ImportError:
-    log.warning("tensorboardX is not installed: no TensorBoard scalars written "
-                "(pip install tensorboardX)")
-    return False
   logdir = Path(logdir)
   logdir.parent.mkdir(parents=True, exist_ok=True)
   for stale in logdir.parent.glob(f".{logdir.name}.*"):  # left by a writer that was killed
     shutil.rmtree(stale, ignore_errors=True)
   tmp = Path(tempfile.mkdtemp(dir=logdir.parent, prefix=f".{logdir.name}."))
   try:
-    series = {"train": ("train_", ("loss", "accuracy", "epoch_seconds")),
-              "validation": ("val_", ("loss", "accuracy"))}
-    for split, (prefix, names) in series.items():
-      writer = SummaryWriter(str(tmp / split))
-      for row in history:
-        for name in names:
-          key = name if name == "epoch_seconds" else prefix + name
-          if row.get(key) is not None:
-            writer.add_scalar(name, float(row[key]), int(row["epoch"]))
-      writer.close()
+    scalars = summaries.Scalars(tmp)
+    if not scalars.enabled:
+      return False
+    for row in history:
+      scalars.add_epoch(row)
     if test_metrics is not None and best_epoch is not None:
-      writer = SummaryWriter(str(tmp / "test"))
-      for name in ("loss", "accuracy"):
-        writer.add_scalar(name, float(test_metrics[name]), int(best_epoch))
-      writer.close()
+      scalars.add_test(test_metrics, best_epoch)
+    scalars.close()
     if logdir.exists():
       old = Path(tempfile.mkdtemp(dir=logdir.parent, prefix=f".{logdir.name}.old."))
       logdir.rename(old / logdir.name)
@@ -220,80 +194,3 @@ def write_tensorboard(logdir: str | os.PathLike, history: Sequence[Mapping[str, 
     if tmp.exists():
       shutil.rmtree(tmp, ignore_errors=True)
   return True
-
-
-def rebuild(workdir: str | os.PathLike, *, datasets: data.Datasets | None = None,
-            manual_dir: str | None = None, data_dir: str | None = None,
-            backend: str = "auto") -> dict[str, Any]:
-  """Writes a run's reports and plots again from its best checkpoint, without training.
-
-  Reads ``config.json``, rebuilds the model, restores ``checkpoints/best``, predicts the
-  test split and calls :func:`write_run_report`; then compares the test accuracy with the
-  one ``results.json`` saved.
-
-  Args:
-    workdir: a run's work directory, as :func:`digits_jax.train.train_and_evaluate` wrote it.
-    datasets: the data; default: loaded as the run's config says, with the arguments below.
-    manual_dir, data_dir, backend: where the data comes from, see
-      :func:`digits_jax.data.load_datasets`.
-
-  Returns:
-    ``test_accuracy`` and ``test_loss`` of the checkpoint now, ``best_epoch``,
-    ``saved_test_accuracy`` (``None`` without ``results.json``) and ``reproduced``: whether
-    the two accuracies are equal (``None`` without ``results.json``); plus the
-    :func:`write_run_report` summary under ``report``.
-
-  Raises:
-    RunDirError: ``workdir`` has no ``config.json``.
-    digits_jax.checkpoints.CheckpointError: no checkpoint, or one that does not fit.
-    digits_jax.config.ConfigError, digits_jax.data.DataError: a bad config or data.
-  """
-  import jax
-  import jax.numpy as jnp
-
-  from digits_jax import train  # train imports this module: import it when first needed
-
-  workdir = Path(workdir)
-  if not (workdir / "config.json").is_file():
-    raise RunDirError(f"{workdir} has no config.json: it is not a run's work directory "
-                      "(python -m experiments.train --workdir=... makes one)")
-  try:
-    saved = files.read_json(workdir / "config.json")
-    config = Config.from_dict(saved["config"])
-  except (ValueError, KeyError, TypeError) as e:  # bad JSON, no "config", wrong fields
-    raise RunDirError(f"{workdir}/config.json is not a run's config ({type(e).__name__}: "
-                      f"{e})") from e
-  if not (workdir / "checkpoints" / "best").is_dir():
-    raise checkpoints.CheckpointError(
-        f"{workdir} has no checkpoint (checkpoints/best): the run stopped before its first "
-        "epoch ended; train it again")
-  if datasets is None:
-    datasets = data.load_datasets(config.dataset, manual_dir=manual_dir, data_dir=data_dir,
-                                  validation_size=config.validation_size, backend=backend)
-  test = datasets.test
-  expected = saved.get("data", {}).get("test")
-  if expected is not None and expected != len(test):
-    raise data.DataError(f"the run was tested on {expected} images, the {config.dataset} test "
-                         f"split loaded now has {len(test)}")
-
-  state = train.create_train_state(config, jax.random.PRNGKey(0), 1, datasets.num_classes)
-  best = checkpoints.BestCheckpoint(workdir / "checkpoints")
-  variables = best.restore({"params": state.params, "batch_stats": state.batch_stats})
-  state = state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
-  logits = train.predict(state, jnp.asarray(test.images), config.eval_batch_size)
-  test_metrics = train.metrics_from_logits(logits, jnp.asarray(test.labels))
-
-  summary = write_run_report(workdir, logits, test.labels, test.images,
-                             files.read_jsonl(workdir / "metrics.jsonl"),
-                             best_epoch=best.best_epoch(), test_metrics=test_metrics)
-  saved_accuracy = None
-  if (workdir / "results.json").is_file():
-    saved_accuracy = files.read_json(workdir / "results.json").get("test_accuracy")
-  return {
-      "test_accuracy": test_metrics["accuracy"],
-      "test_loss": test_metrics["loss"],
-      "best_epoch": best.best_epoch(),
-      "saved_test_accuracy": saved_accuracy,
-      "reproduced": None if saved_accuracy is None else saved_accuracy == test_metrics["accuracy"],
-      "report": summary,
-  }

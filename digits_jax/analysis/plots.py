@@ -26,7 +26,8 @@ from matplotlib import colors, ticker
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from digits_jax import files, metrics
+from digits_jax import files
+from digits_jax.analysis import metrics
 
 DPI = 100
 # Width and height in pixels of each figure.
@@ -309,8 +310,13 @@ def reliability_diagram(bins: Mapping[str, np.ndarray], ece: float, path: str | 
 # A sweep
 
 
+def _variant(r: Mapping[str, Any]) -> str:
+  """The architecture label of a sweep result: the model, with any varied settings."""
+  return r.get("variant") or r["model"]
+
+
 def _group_key(r: Mapping[str, Any]) -> tuple[str, str]:
-  return r["model"], r["optimizer"]
+  return _variant(r), r["optimizer"]
 
 
 def sweep_comparison(results: Sequence[Mapping[str, Any]], path: str | os.PathLike, *,
@@ -323,11 +329,12 @@ def sweep_comparison(results: Sequence[Mapping[str, Any]], path: str | os.PathLi
 
   Args:
     results: one ``results.json`` per run (``model``, ``optimizer``, ``seed``,
-      ``test_accuracy``, ``num_params``), as :func:`digits_jax.sweep.run_sweep` returns.
+      ``test_accuracy``, ``num_params``; ``variant`` names a model with varied settings),
+      as :func:`digits_jax.sweep.run_sweep` returns.
     path: the PNG to write.
     title: the figure's title.
   """
-  models = list(dict.fromkeys(r["model"] for r in results))
+  models = list(dict.fromkeys(_variant(r) for r in results))
   optimizers = list(dict.fromkeys(r["optimizer"] for r in results))
   groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
   for r in results:
