@@ -6,8 +6,8 @@ Two backends produce them:
 
 * ``"tfds"``: ``tensorflow_datasets`` builds and caches the dataset in its ``data_dir``
   (needs TensorFlow, which many GPU/TPU hosts with JAX do not have).
-* ``"idx"``: reads the four original ``.gz`` IDX files directly with NumPy, after checking
-  their SHA-256 digests against the ones tensorflow-datasets has registered.
+* ``"idx"``: reads the four IDX files directly with NumPy, gzipped or not, after checking
+  their SHA-256 digests (see "Accepted files" below).
 
 ``"auto"`` (the default) uses ``"tfds"`` when TensorFlow and tensorflow-datasets import and
 ``"idx"`` otherwise. Both backends return *identical* arrays, so results do not depend on
@@ -28,8 +28,21 @@ Validation split:
   split. Both keep the canonical order (the training loop shuffles anyway). Test images are
   never touched.
 
+Accepted files:
+  each of the four files may be the official ``.gz`` (``train-images-idx3-ubyte.gz``), the
+  same file uncompressed (``train-images-idx3-ubyte``), or either under the dotted name many
+  copies use (``train-images.idx3-ubyte[.gz]``); gzip is recognised by its magic bytes. When
+  a folder holds several of these for one file, the first in that order is used (the
+  official ``.gz`` first) and the others are named in a debug log. For ``mnist`` the digests
+  of the decompressed IDX data are recorded as well as those of the official ``.gz`` files,
+  so an uncompressed or re-compressed copy is verified byte for byte. For ``fashion_mnist``
+  and ``kmnist`` only the digests of the official ``.gz`` files are recorded: their files
+  must be those ``.gz`` files (under either name), and any other form is refused because it
+  cannot be verified. The ``tfds`` backend prepares only from the official ``.gz`` files
+  under their official names; ``"auto"`` uses ``"idx"`` for a folder holding another form.
+
 Finding the data offline:
-  the four ``.gz`` files go in a folder named with ``--manual_dir`` or the environment variable
+  the four files go in a folder named with ``--manual_dir`` or the environment variable
   ``DIGITS_MANUAL_DIR`` (see :func:`resolve_manual_dir`). Without one, the ``idx`` backend
   looks in ``~/.digits_jax/<name>`` and otherwise downloads there; ``tfds`` uses data already
   prepared in its ``data_dir`` and otherwise downloads. Either way, when the download host is
@@ -65,6 +78,7 @@ DATASETS: tuple[str, ...] = ("mnist", "fashion_mnist", "kmnist")
 BACKENDS: tuple[str, ...] = ("auto", "tfds", "idx")
 
 MANUAL_DIR_ENV = "DIGITS_MANUAL_DIR"
+# Number of label values in every dataset here; the one definition other modules import.
 NUM_CLASSES = 10
 IMAGE_SIZE = 28
 
@@ -75,6 +89,7 @@ NETWORK_TIMEOUT_S = 3.0
 _IDX_IMAGES_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions (count, rows, cols)
 _IDX_LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension (count)
 _IDX_NDIM = {_IDX_IMAGES_MAGIC: 3, _IDX_LABELS_MAGIC: 1}
+_GZIP_MAGIC = b"\x1f\x8b"
 
 
 class DataError(Exception):
@@ -120,11 +135,15 @@ class Datasets:
 
 @dataclasses.dataclass(frozen=True)
 class _File:
-  """One source file: the name tensorflow-datasets expects in a manual dir, size, SHA-256."""
+  """One source file: the official ``.gz`` name (the one tensorflow-datasets expects in a
+  manual dir), its size and SHA-256, and, where recorded, the size and SHA-256 of the IDX
+  data it decompresses to (``None``: only the official ``.gz`` can be verified)."""
 
   name: str
   size: int
   sha256: str
+  raw_size: int | None = None
+  raw_sha256: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,26 +154,31 @@ class _Source:
   files: Mapping[str, _File]  # keys: train_images, train_labels, test_images, test_labels
 
 
-# URLs, sizes and SHA-256 digests as registered in tensorflow-datasets 4.9.10
-# (tensorflow_datasets/url_checksums/{mnist,fashion_mnist,kmnist}.txt). The mnist digests
-# also match the README of the offline copy in ../shared/datasets/mnist. Using tfds' file names
-# means one folder serves as manual_dir for both backends.
+# URLs, sizes and SHA-256 digests of the .gz files as registered in tensorflow-datasets 4.9.10
+# (tensorflow_datasets/url_checksums/{mnist,fashion_mnist,kmnist}.txt). Using tfds' file names
+# means one folder serves as manual_dir for both backends. For mnist, the sizes and SHA-256
+# digests of the decompressed IDX data were computed from those official .gz files; for
+# fashion_mnist and kmnist they are not recorded, so only their official .gz files verify.
 _SOURCES: dict[str, _Source] = {
     "mnist": _Source(
         base_url="https://storage.googleapis.com/cvdf-datasets/mnist/",
         files={
             "train_images": _File(
                 "train-images-idx3-ubyte.gz", 9912422,
-                "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609"),
+                "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609", 47040016,
+                "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db"),
             "train_labels": _File(
                 "train-labels-idx1-ubyte.gz", 28881,
-                "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c"),
+                "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c", 60008,
+                "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5"),
             "test_images": _File(
                 "t10k-images-idx3-ubyte.gz", 1648877,
-                "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6"),
+                "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6", 7840016,
+                "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7"),
             "test_labels": _File(
                 "t10k-labels-idx1-ubyte.gz", 4542,
-                "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"),
+                "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6", 10008,
+                "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"),
         },
     ),
     "fashion_mnist": _Source(
@@ -253,22 +277,26 @@ def load_datasets(
 
   Args:
     name: one of :data:`DATASETS`.
-    manual_dir: folder with the four original ``.gz`` files (the names tensorflow-datasets
-      uses, e.g. ``train-images-idx3-ubyte.gz``); falls back to ``DIGITS_MANUAL_DIR``, see
-      :func:`resolve_manual_dir`. When given, nothing is downloaded.
+    manual_dir: folder with the four IDX files: the official ``.gz`` files (the names
+      tensorflow-datasets uses, e.g. ``train-images-idx3-ubyte.gz``) or, for the ``idx``
+      backend, the other forms the module docstring lists; falls back to
+      ``DIGITS_MANUAL_DIR``, see :func:`resolve_manual_dir`. When given, nothing is
+      downloaded.
     data_dir: tensorflow-datasets' cache folder (``tfds`` backend only); ``None`` uses tfds'
       default, ``~/tensorflow_datasets``.
     validation_size: number of training examples held out as the validation split; 0 gives an
       empty validation split.
     seed: seed of the permutation that chooses the validation examples.
-    backend: one of :data:`BACKENDS`.
+    backend: one of :data:`BACKENDS`; ``"auto"`` picks ``"idx"`` when the data folder holds
+      anything but the official ``.gz`` files, which only ``"idx"`` reads.
 
   Returns:
     The train, validation and test splits; identical arrays whichever backend loaded them.
 
   Raises:
     DataError: unknown name or backend, bad ``validation_size``, files missing (and no network
-      to download them), a checksum mismatch, or corrupt data.
+      to download them), a checksum mismatch, corrupt data, or (``tfds`` backend) files not
+      in the official ``.gz`` form.
   """
   if name not in DATASETS:
     raise DataError(f"unknown dataset {name!r}; valid names are: {', '.join(DATASETS)}")
@@ -280,12 +308,13 @@ def load_datasets(
     raise DataError(f"validation_size must be >= 0, got {validation_size}")
   manual = resolve_manual_dir(manual_dir)
 
+  checked = None
   if backend == "auto":
-    backend = "tfds" if _tfds_available() else "idx"
+    backend, checked = _auto_backend(name, manual)
   if backend == "tfds":
     raw = _load_tfds_raw(name, manual, data_dir)
   else:
-    raw = _load_idx_raw(name, manual)
+    raw = _load_idx_raw(name, manual, checked)
 
   for split, (images, labels) in raw.items():
     _validate_arrays(name, split, images, labels)
@@ -317,7 +346,7 @@ def load_datasets(
 
 def _parse_idx(data: bytes, where: str) -> np.ndarray:
   """Decodes the bytes of an IDX file (gzipped or raw); ``where`` names it in errors."""
-  if data[:2] == b"\x1f\x8b":
+  if data[:2] == _GZIP_MAGIC:
     try:
       data = gzip.decompress(data)
     except EOFError as e:  # the gzip stream stops early: an interrupted download
@@ -448,30 +477,131 @@ def _missing_data_error(name: str, reason: str) -> DataError:
       f"{_default_dir(name)}.")
 
 
-def _read_checked(folder: pathlib.Path, name: str) -> dict[str, bytes]:
-  """Reads the four files of ``name`` from ``folder`` and checks their SHA-256 digests."""
+def _candidate_names(f: _File) -> tuple[str, ...]:
+  """The names accepted for one file, preferred first: the official ``.gz``, the same name
+  uncompressed, then the dotted variant (``train-images.idx3-ubyte``) gzipped and not."""
+  stem = f.name.removesuffix(".gz")
+  dotted = ".idx".join(stem.rsplit("-idx", 1))
+  return (f"{stem}.gz", stem, f"{dotted}.gz", dotted)
+
+
+def _has_any_file(folder: pathlib.Path, name: str) -> bool:
+  return any(
+    (folder / n).is_file() for f in _SOURCES[name].files.values() for n in _candidate_names(f)
+  )
+
+
+def _forms_note(name: str) -> str:
+  f = _SOURCES[name].files["train_images"]
+  names = _candidate_names(f)
+  if f.raw_sha256 is None:
+    return (
+      f"the dotted names ({names[2]}) are accepted too; for {name} only the official "
+      ".gz files can be verified, so uncompressed or re-compressed copies are not"
+    )
+  return f"each may also be uncompressed ({names[1]}) or use the dotted name ({names[3]}[.gz])"
+
+
+def _locate(folder: pathlib.Path, name: str) -> dict[str, pathlib.Path]:
+  """Finds the four files of ``name`` in ``folder`` under any accepted name, preferring the
+  official ``.gz``; raises a :class:`DataError` naming what is missing."""
   source = _SOURCES[name]
   if not folder.is_dir():
     raise DataError(
-        f"data folder {folder} for {name} does not exist (or is not a folder); it must hold "
-        f"{_file_list(source)}. Fix --manual_dir / {MANUAL_DIR_ENV}")
-  missing = [f.name for f in source.files.values() if not (folder / f.name).is_file()]
+      f"data folder {folder} for {name} does not exist (or is not a folder); it must hold "
+      f"{_file_list(source)}. Fix --manual_dir / {MANUAL_DIR_ENV}"
+    )
+  found, missing = {}, []
+  for role, f in source.files.items():
+    present = [folder / n for n in _candidate_names(f) if (folder / n).is_file()]
+    if not present:
+      missing.append(f.name)
+      continue
+    found[role] = present[0]
+    if len(present) > 1:
+      _log.debug(
+        "%s: using %s, ignoring %s", folder, present[0].name, ", ".join(p.name for p in present[1:])
+      )
   if missing:
     raise DataError(
-        f"data folder {folder} lacks {', '.join(missing)}; {name} needs the four files "
-        f"{_file_list(source)} (download them from {source.base_url})")
-  contents = {}
-  for role, f in source.files.items():
-    path = folder / f.name
+      f"data folder {folder} lacks {', '.join(missing)}; {name} needs the four files "
+      f"{_file_list(source)} (download them from {source.base_url}); {_forms_note(name)}"
+    )
+  return found
+
+
+@dataclasses.dataclass(frozen=True)
+class _Checked:
+  """One file that passed its checksum.
+
+  Attributes:
+    path: the file.
+    data: its bytes for :func:`_parse_idx`: gzipped as read, or the verified IDX data.
+    form: ``"official"`` (the official ``.gz``, byte for byte, under its official name),
+      ``"renamed"`` (the same bytes under the dotted name), ``"re-compressed"`` (another gzip
+      of the official IDX data) or ``"uncompressed"``.
+  """
+
+  path: pathlib.Path
+  data: bytes
+  form: str
+
+
+def _check_file(path: pathlib.Path, f: _File, name: str) -> _Checked:
+  """Reads ``path`` and verifies it against ``f``: the ``.gz`` digest, else (when recorded)
+  the digest of the IDX data it holds, gzipped or not."""
+  url = _SOURCES[name].base_url + f.name
+  try:
     data = path.read_bytes()
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != f.sha256:
+  except OSError as e:
+    raise DataError(f"cannot read {path}: {e}") from e
+  gzipped = data[:2] == _GZIP_MAGIC
+  digest = hashlib.sha256(data).hexdigest()
+  if gzipped and digest == f.sha256:
+    return _Checked(path, data, "official" if path.name == f.name else "renamed")
+  refetch = (
+    f"the file is corrupt, truncated or not the official {name} file: delete it and "
+    f"download it again from {url}"
+  )
+  gz_mismatch = (
+    f"checksum mismatch for {path}: expected sha256 {f.sha256}, got {digest} "
+    f"({len(data)} bytes, expected {f.size})"
+  )
+  if f.raw_sha256 is None:
+    if not gzipped:
       raise DataError(
-          f"checksum mismatch for {path}: expected sha256 {f.sha256}, got {digest} "
-          f"({len(data)} bytes, expected {f.size}); the file is corrupt, truncated or not the "
-          f"official {name} file: delete it and download it again from {source.base_url}{f.name}")
-    contents[role] = data
-  return contents
+        f"cannot verify {path}: it is not gzipped, and for {name} only the SHA-256 digests "
+        f"of the official .gz files are recorded; replace it with the official {f.name} "
+        f"from {url}"
+      )
+    raise DataError(
+      f"{gz_mismatch}; {refetch} (for {name} only the official .gz files can "
+      "be verified, not re-compressed copies)"
+    )
+  raw = data
+  if gzipped:
+    try:
+      raw = gzip.decompress(data)
+    except (EOFError, OSError, zlib.error) as e:  # so not a re-compression of the official data
+      raise DataError(f"{gz_mismatch}, and it does not decompress ({e}); {refetch}") from e
+  raw_digest = hashlib.sha256(raw).hexdigest()
+  if raw_digest != f.raw_sha256:
+    what = "its decompressed IDX data" if gzipped else "its IDX data"
+    raise DataError(
+      f"checksum mismatch for {path}: expected sha256 {f.raw_sha256} for {what}, got "
+      f"{raw_digest} ({len(raw)} bytes, expected {f.raw_size}); {refetch}"
+    )
+  form = "re-compressed" if gzipped else "uncompressed"
+  _log.debug(
+    "%s: %s copy of the official %s, verified by its IDX data's sha256", path, form, f.name
+  )
+  return _Checked(path, raw, form)
+
+
+def _read_checked(folder: pathlib.Path, name: str) -> dict[str, _Checked]:
+  """Finds and reads the four files of ``name`` in ``folder`` and checks their SHA-256."""
+  located = _locate(folder, name)
+  return {role: _check_file(located[role], f, name) for role, f in _SOURCES[name].files.items()}
 
 
 def _network_reachable(url: str, timeout: float = NETWORK_TIMEOUT_S) -> bool:
@@ -536,7 +666,8 @@ def _ensure_default_files(name: str) -> pathlib.Path:
   """Makes sure ``~/.digits_jax/<name>`` holds the four files, downloading the missing ones."""
   source = _SOURCES[name]
   folder = _default_dir(name)
-  missing = [f for f in source.files.values() if not (folder / f.name).is_file()]
+  missing = [f for f in source.files.values()
+             if not any((folder / n).is_file() for n in _candidate_names(f))]
   if not missing:
     return folder
   if not _network_reachable(source.base_url):
@@ -553,12 +684,39 @@ def _ensure_default_files(name: str) -> pathlib.Path:
 # Backends
 
 
-def _load_idx_raw(name: str, manual_dir: str | None) -> _RawSplits:
-  """The ``idx`` backend: the four files from the manual dir or the default folder."""
-  folder = pathlib.Path(manual_dir) if manual_dir is not None else _ensure_default_files(name)
-  contents = _read_checked(folder, name)
-  paths = {role: str(folder / f.name) for role, f in _SOURCES[name].files.items()}
-  arrays = {role: _parse_idx(data, paths[role]) for role, data in contents.items()}
+def _auto_backend(name: str, manual_dir: str | None) -> tuple[str, dict[str, _Checked] | None]:
+  """Picks the backend for ``"auto"``: ``"tfds"`` when it imports and the data folder, if
+  there is one, holds exactly the official ``.gz`` files; ``"idx"`` otherwise. Also returns
+  the files it checked, when the idx backend can reuse them."""
+  folder = pathlib.Path(manual_dir) if manual_dir is not None else _default_dir(name)
+  if manual_dir is None and not _has_any_file(folder, name):
+    return ("tfds" if _tfds_available() else "idx"), None
+  try:
+    checked = _read_checked(folder, name)
+  except DataError:
+    return "idx", None  # the idx backend reports the problem (or downloads what is missing)
+  others = sorted(c.path.name for c in checked.values() if c.form != "official")
+  if others:
+    _log.info(
+      "%s holds %s, which tensorflow-datasets cannot prepare from; using the idx "
+      "backend (identical arrays)",
+      folder,
+      ", ".join(others),
+    )
+    return "idx", checked
+  return ("tfds" if _tfds_available() else "idx"), checked
+
+
+def _load_idx_raw(
+  name: str, manual_dir: str | None, checked: dict[str, _Checked] | None = None
+) -> _RawSplits:
+  """The ``idx`` backend: the four files from the manual dir or the default folder (or
+  ``checked``, the files already read and verified from there)."""
+  if checked is None:
+    folder = pathlib.Path(manual_dir) if manual_dir is not None else _ensure_default_files(name)
+    checked = _read_checked(folder, name)
+  paths = {role: str(c.path) for role, c in checked.items()}
+  arrays = {role: _parse_idx(c.data, paths[role]) for role, c in checked.items()}
   raw = {split: (arrays[f"{split}_images"], arrays[f"{split}_labels"])
          for split in ("train", "test")}
   for split, (images, labels) in raw.items():  # here, where the errors can name the files
@@ -611,7 +769,14 @@ def _load_tfds_raw(name: str, manual_dir: str | None,
     if manual_dir is not None:
       # Checked here because tfds silently falls back to downloading a missing or mismatching
       # file, which hangs offline; this also gives the same errors as the idx backend.
-      _read_checked(pathlib.Path(manual_dir), name)
+      checked = _read_checked(pathlib.Path(manual_dir), name)
+      others = [f"{c.path.name} ({c.form})" for c in checked.values() if c.form != "official"]
+      if others:
+        raise DataError(
+            f"the tfds backend prepares {name} only from its official .gz files, but "
+            f"{manual_dir} holds {', '.join(others)}; use --data_backend=idx (backend='idx' "
+            "in Python), which reads these files and gives identical arrays, or put the "
+            f"official files ({_file_list(source)}, from {source.base_url}) in {manual_dir}")
     elif not _network_reachable(source.base_url):
       raise _missing_data_error(
           name, f"{name} is not prepared in the tensorflow-datasets folder {builder.data_dir} "

@@ -442,3 +442,175 @@ def test_no_data_no_network_fails_fast_tfds(tmp_path, monkeypatch):
   assert time.monotonic() - start < 30  # includes importing TensorFlow
   msg = str(e.value)
   assert "not prepared" in msg and "DIGITS_MANUAL_DIR" in msg and "--manual_dir" in msg
+
+
+# ------------------------------------------------------------------------------------------
+# MNIST in other forms: uncompressed, dotted names, re-compressed, mixed
+
+
+DOTTED = {name: name.replace("-idx", ".idx") for name in MNIST_FILES}  # still ending in .gz
+
+
+@pytest.fixture(scope="module")
+def mnist_raw() -> dict[str, bytes]:
+  """The decompressed IDX data of the four official files, by official .gz name."""
+  return {name: gzip.decompress((real_mnist_dir() / name).read_bytes()) for name in MNIST_FILES}
+
+
+def _write(folder: pathlib.Path, files: dict[str, bytes]) -> pathlib.Path:
+  folder.mkdir(parents=True, exist_ok=True)
+  for name, blob in files.items():
+    (folder / name).write_bytes(blob)
+  return folder
+
+
+def _flip(blob: bytes, at: int) -> bytes:
+  out = bytearray(blob)
+  out[at] ^= 0x01
+  return bytes(out)
+
+
+def _assert_same(a: data.Datasets, b: data.Datasets) -> None:
+  for split in ("train", "validation", "test"):
+    np.testing.assert_array_equal(getattr(a, split).images, getattr(b, split).images)
+    np.testing.assert_array_equal(getattr(a, split).labels, getattr(b, split).labels)
+
+
+def test_recorded_idx_digests_match_the_official_files(mnist_raw):
+  for f in data._SOURCES["mnist"].files.values():
+    raw = mnist_raw[f.name]
+    assert (len(raw), hashlib.sha256(raw).hexdigest()) == (f.raw_size, f.raw_sha256), f.name
+
+
+@pytest.mark.parametrize(
+  "names, where", [("official", "manual"), ("dotted", "manual"), ("dotted", "default")]
+)
+def test_uncompressed_files_load_identically(
+  names, where, mnist_raw, mnist_idx, tmp_path, monkeypatch
+):
+  renamed = {n: n if names == "official" else DOTTED[n] for n in MNIST_FILES}
+  files = {renamed[n].removesuffix(".gz"): raw for n, raw in mnist_raw.items()}
+  if where == "manual":
+    folder = _write(tmp_path / "m", files)
+  else:  # ~/.digits_jax/mnist, with no network: used as it is, nothing downloaded
+    folder = _write(pathlib.Path.home() / ".digits_jax" / "mnist", files)
+    source = data._SOURCES["mnist"]
+    monkeypatch.setitem(data._SOURCES, "mnist", dataclasses.replace(source, base_url=UNREACHABLE))
+  ds = data.load_datasets(manual_dir=folder if where == "manual" else None, backend="idx")
+  _assert_same(ds, mnist_idx)
+  assert sorted(p.name for p in folder.iterdir()) == sorted(files)
+
+
+def test_recompressed_and_renamed_gz_load_identically(mnist_raw, mnist_idx, tmp_path):
+  recompressed = {
+    n: gzip.compress(raw, compresslevel=1, mtime=123456789) for n, raw in mnist_raw.items()
+  }
+  for n, blob in recompressed.items():  # really different files with the same content
+    assert blob != (real_mnist_dir() / n).read_bytes()
+  _assert_same(
+    data.load_datasets(manual_dir=_write(tmp_path / "a", recompressed), backend="idx"), mnist_idx
+  )
+  renamed = {DOTTED[n]: (real_mnist_dir() / n).read_bytes() for n in MNIST_FILES}
+  _assert_same(
+    data.load_datasets(manual_dir=_write(tmp_path / "b", renamed), backend="idx"), mnist_idx
+  )
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_corrupt_copy_is_refused_naming_the_file(compress, mnist_raw, tmp_path):
+  target = "t10k-images-idx3-ubyte.gz"
+  files = dict(mnist_raw, **{target: _flip(mnist_raw[target], 5000)})  # one pixel
+  if compress:
+    files = {DOTTED[n]: gzip.compress(raw, compresslevel=1, mtime=1) for n, raw in files.items()}
+    path = tmp_path / "m" / DOTTED[target]
+  else:
+    files = {n.removesuffix(".gz"): raw for n, raw in files.items()}
+    path = tmp_path / "m" / target.removesuffix(".gz")
+  folder = _write(tmp_path / "m", files)
+  with pytest.raises(data.DataError) as e:
+    data.load_datasets(manual_dir=folder, backend="idx")
+  msg = str(e.value)
+  expected = data._SOURCES["mnist"].files["test_images"].raw_sha256
+  actual = hashlib.sha256(_flip(mnist_raw[target], 5000)).hexdigest()
+  assert msg.startswith(f"checksum mismatch for {path}: expected sha256 {expected}"), msg
+  assert f"got {actual}" in msg and "download it again" in msg
+
+
+def test_official_gz_is_preferred_to_other_copies(mnist_raw, mnist_idx, tmp_path, caplog):
+  folder = _write(tmp_path / "m", {n: (real_mnist_dir() / n).read_bytes() for n in MNIST_FILES})
+  bad = folder / "t10k-labels.idx1-ubyte"  # a corrupt extra copy, never read
+  bad.write_bytes(_flip(mnist_raw["t10k-labels-idx1-ubyte.gz"], 100))
+  with caplog.at_level("DEBUG", logger=data.__name__):
+    ds = data.load_datasets(manual_dir=folder, backend="idx")
+  _assert_same(ds, mnist_idx)
+  assert "using t10k-labels-idx1-ubyte.gz, ignoring t10k-labels.idx1-ubyte" in caplog.text
+
+
+def test_other_datasets_verify_only_the_official_gz(tmp_path):
+  """fashion_mnist and kmnist record no digests of the IDX data: other forms are refused."""
+  images = _idx_bytes(np.zeros((3, 28, 28), np.uint8))
+  labels = _idx_bytes(np.zeros(3, np.uint8))
+  raw = {
+    "train-images-idx3-ubyte": images,
+    "train-labels-idx1-ubyte": labels,
+    "t10k-images-idx3-ubyte": images,
+    "t10k-labels-idx1-ubyte": labels,
+  }
+  folder = _write(tmp_path / "raw", raw)
+  with pytest.raises(data.DataError) as e:
+    data.load_datasets("fashion_mnist", manual_dir=folder, backend="idx")
+  assert str(e.value).startswith(
+    f"cannot verify {folder / 'train-images-idx3-ubyte'}: it is not gzipped, and for "
+    "fashion_mnist only the SHA-256 digests of the official .gz files are recorded"
+  )
+  folder = _write(tmp_path / "gz", {n + ".gz": _gz(b) for n, b in raw.items()})
+  with pytest.raises(
+    data.DataError,
+    match=r"checksum mismatch for .*train-images-idx3-ubyte\.gz: "
+    r"expected sha256 51467d22.*only the official \.gz files can be verified",
+  ):
+    data.load_datasets("kmnist", manual_dir=folder, backend="idx")
+  folder = tmp_path / "none"
+  folder.mkdir()
+  with pytest.raises(data.DataError, match=r"lacks .*dotted names \(train-images\.idx3-ubyte\.gz"):
+    data.load_datasets("kmnist", manual_dir=folder, backend="idx")
+
+
+@pytest.fixture(scope="module")
+def mixed_dir(mnist_raw, tmp_path_factory) -> pathlib.Path:
+  """Each file in another form: official, re-compressed, uncompressed dotted, renamed .gz."""
+  official = {n: (real_mnist_dir() / n).read_bytes() for n in MNIST_FILES}
+  return _write(
+    tmp_path_factory.mktemp("mixed"),
+    {
+      "train-images-idx3-ubyte.gz": official["train-images-idx3-ubyte.gz"],
+      "train-labels-idx1-ubyte.gz": gzip.compress(mnist_raw["train-labels-idx1-ubyte.gz"], 1),
+      "t10k-images.idx3-ubyte": mnist_raw["t10k-images-idx3-ubyte.gz"],
+      "t10k-labels.idx1-ubyte.gz": official["t10k-labels-idx1-ubyte.gz"],
+    },
+  )
+
+
+def test_auto_uses_idx_for_other_forms(mixed_dir, mnist_idx, tmp_path):
+  ds = data.load_datasets(manual_dir=mixed_dir, backend="auto", data_dir=tmp_path / "tfds")
+  assert ds.backend == "idx"
+  _assert_same(ds, mnist_idx)
+
+
+def test_tfds_refuses_other_forms_clearly(mixed_dir, tmp_path):
+  _require_tfds()
+  with pytest.raises(data.DataError) as e:
+    data.load_datasets(manual_dir=mixed_dir, backend="tfds", data_dir=tmp_path / "tfds")
+  msg = str(e.value)
+  assert msg.startswith(
+    f"the tfds backend prepares mnist only from its official .gz files, but {mixed_dir} holds "
+    "train-labels-idx1-ubyte.gz (re-compressed), t10k-images.idx3-ubyte (uncompressed), "
+    "t10k-labels.idx1-ubyte.gz (renamed); use --data_backend=idx"
+  ), msg
+  assert "put the official files (train-images-idx3-ubyte.gz, " in msg
+  assert not (tmp_path / "tfds" / "mnist").exists()  # refused before tfds began preparing
+
+
+def test_auto_keeps_tfds_for_the_official_files():
+  _require_tfds()
+  assert data._auto_backend("mnist", str(real_mnist_dir()))[0] == "tfds"
