@@ -1,0 +1,59 @@
+"""Compares finished runs with confidence intervals and significance tests.
+
+    python -m experiments.compare --workdir=runs/sweep-quick
+    python -m experiments.compare --workdir=runs/sweep-a --workdir=runs/sweep-b --output_dir=cmp
+
+Searches every --workdir recursively for finished run directories, groups them into
+configurations (runs that differ only in seed are seeds of one), and writes compare.md,
+compare.csv, compare_pairs.csv, compare.json, compare_forest.png and compare_pairs.png into
+--output_dir (default: the first --workdir); prints compare.md. Runs that cannot be compared
+(other datasets or test sets, no stored test outputs) stop it with one ``error:`` line and
+exit status 1. The logic and the statistics are in :mod:`digits_jax.compare`.
+"""
+
+import logging
+import sys
+
+from absl import app, flags
+
+from digits_jax import compare
+
+flags.DEFINE_multi_string(
+  "workdir",
+  None,
+  "Folder of finished runs (a sweep, a run, or a folder of sweeps), "
+  "searched recursively; give it several times to compare runs of "
+  "several sweeps.",
+)
+flags.DEFINE_string("output_dir", None, "Where to write the files (default: the first --workdir).")
+flags.mark_flag_as_required("workdir")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.basicConfig(
+    level=logging.INFO,
+    format="%(asctime)s %(message)s",
+    datefmt="%H:%M:%S",
+    stream=sys.stderr,
+    force=True,
+  )
+  output_dir = FLAGS.output_dir or FLAGS.workdir[0]
+  try:
+    comparison = compare.compare_runs(compare.find_runs(FLAGS.workdir))
+    markdown = compare.write_comparison(comparison, output_dir)
+  except compare.ComparisonError as e:
+    sys.exit(f"error: {e}")
+  except OSError as e:  # an output folder that cannot be written, a file that cannot be read
+    sys.exit(f"error: {e}")
+  print(markdown)
+  print(
+    f"wrote compare.md, compare.csv, compare_pairs.csv, compare.json, compare_forest.png "
+    f"and compare_pairs.png into {output_dir}"
+  )
+
+
+if __name__ == "__main__":
+  app.run(main)

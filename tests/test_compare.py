@@ -1,0 +1,485 @@
+"""The comparison of runs: statistics against known values, behaviour on synthetic runs whose
+truth is known, the files and plots, the entry point, and every refusal."""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import stats
+
+from digits_jax import compare, files
+from tests import cli
+
+K = 10
+BASE_CONFIG = {
+  "model": "conv2_dense64",
+  "optimizer": "adam",
+  "learning_rate": 0.001,
+  "dataset": "mnist",
+  "epochs": 2,
+  "batch_size": 64,
+  "seed": 0,
+  "fast_ops": True,
+  "eval_batch_size": 1000,
+}
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+  e = np.exp(logits - logits.max(axis=1, keepdims=True))
+  return e / e.sum(axis=1, keepdims=True)
+
+
+def probabilities(
+  rng: np.random.Generator, labels: np.ndarray, difficulty: np.ndarray, skill: float
+) -> np.ndarray:
+  """A network's test probabilities: the true class's logit is raised by ``skill`` minus the
+  image's difficulty (shared by every network), plus this network's own noise."""
+  logits = rng.normal(size=(len(labels), K))
+  logits[np.arange(len(labels)), labels] += skill - difficulty
+  return softmax(logits)
+
+
+def synthetic_test_set(rng: np.random.Generator, n: int) -> tuple[np.ndarray, ...]:
+  """Labels, per-image difficulty and small stand-in images (only their digest is used)."""
+  labels = rng.integers(0, K, n)
+  difficulty = rng.exponential(1.0, n)
+  images = rng.random((n, 4), dtype=np.float32)
+  return labels, difficulty, images
+
+
+def run(
+  config: dict, probs: np.ndarray, labels: np.ndarray, images: np.ndarray, path: str = "run"
+) -> compare.Run:
+  outputs = compare.make_test_outputs(probs, labels, images)
+  results = {"test_accuracy": outputs.accuracy, "seed": config["seed"], "num_params": 1000}
+  return compare.Run(Path(path), config, results, outputs)
+
+
+def configuration_runs(rng, labels, difficulty, images, skill: float, seeds, **config):
+  return [
+    run(
+      BASE_CONFIG | config | {"seed": s},
+      probabilities(rng, labels, difficulty, skill),
+      labels,
+      images,
+      f"{config.get('model', 'm')}-{s}",
+    )
+    for s in seeds
+  ]
+
+
+def write_run(
+  run_dir: Path,
+  config: dict,
+  probs: np.ndarray,
+  labels: np.ndarray,
+  images: np.ndarray,
+  *,
+  outputs: bool = True,
+) -> Path:
+  """A finished run directory as training writes it (config.json, results.json, outputs)."""
+  run_dir.mkdir(parents=True)
+  files.write_json(
+    run_dir / "config.json", {"config": config, "environment": {}, "data": {"test": len(labels)}}
+  )
+  accuracy = float(np.mean(probs.argmax(axis=1) == labels))
+  if outputs:
+    compare.save_test_outputs(run_dir, probs, labels, images)
+  files.write_json(
+    run_dir / "results.json",
+    {
+      "test_accuracy": accuracy,
+      "seed": config["seed"],
+      "model": config["model"],
+      "optimizer": config["optimizer"],
+      "num_params": 121930,
+    },
+  )
+  return run_dir
+
+
+def write_sweep(root: Path, rng, n: int = 1000, seeds=(0, 1)) -> Path:
+  """Two configurations (one clearly better) with ``seeds`` each, in ``root``."""
+  labels, difficulty, images = synthetic_test_set(rng, n)
+  for model, skill in (("good", 6.0), ("weak", 3.0)):
+    for s in seeds:
+      write_run(
+        root / f"{model}-adam-seed{s}",
+        BASE_CONFIG | {"model": model, "seed": s},
+        probabilities(rng, labels, difficulty, skill),
+        labels,
+        images,
+      )
+  return root
+
+
+def check_png(path: Path) -> None:
+  assert path.is_file(), path
+  with Image.open(path) as image:
+    assert image.format == "PNG"
+    assert min(image.size) >= 300
+    pixels = np.asarray(image.convert("RGB")).astype(np.int32)
+  assert pixels.std() > 5, f"{path} looks blank"
+  colours = np.unique((pixels[..., 0] << 16) | (pixels[..., 1] << 8) | pixels[..., 2])
+  assert len(colours) > 20, f"{path} has almost no content"
+
+
+# --------------------------------------------------------------------------------------------
+# Statistics against known values
+
+
+def test_exact_mcnemar_on_a_textbook_table():
+  # 161 paired outcomes, 6 and 16 discordant: the exact two-sided p is 2 P(X <= 6), X ~ B(22, .5).
+  a = np.array([1] * 59 + [1] * 6 + [0] * 16 + [0] * 80, bool)
+  b = np.array([1] * 59 + [0] * 6 + [1] * 16 + [0] * 80, bool)
+  table = compare.mcnemar_table(a, b)
+  np.testing.assert_array_equal(table, [[59, 6], [16, 80]])
+  expected = 2 * sum(math.comb(22, k) for k in range(7)) / 2**22
+  assert compare.mcnemar_pvalue(table) == pytest.approx(expected, rel=1e-12)
+  assert compare.mcnemar_pvalue(table) == pytest.approx(0.0525, abs=1e-4)
+  assert compare.mcnemar_pvalue([[10, 0], [0, 5]]) == 1.0  # no disagreement: no evidence
+
+
+def test_holm_adjusts_as_the_textbook_step_down():
+  assert compare.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+  assert compare.holm([0.2]) == [0.2]
+  assert compare.holm([]) == []
+
+
+def test_binomial_interval_is_clopper_pearson():
+  for k, n in ((9912, 10000), (10000, 10000), (0, 50), (37, 40)):
+    iv = compare.binomial_interval(k, n)
+    low = stats.beta.ppf(0.025, k, n - k + 1) if k else 0.0
+    high = stats.beta.ppf(0.975, k + 1, n - k) if k < n else 1.0
+    assert (iv.low, iv.high) == pytest.approx((low, high), abs=1e-9)
+    assert "binomial" in iv.method
+
+
+def test_seed_interval_is_student_t():
+  iv = compare.seed_interval([0.990, 0.991, 0.992])
+  half = 4.302652729749464 * 0.001 / math.sqrt(3)  # t(0.975, 2 df) * s / sqrt(n)
+  assert (iv.low, iv.high) == pytest.approx((0.991 - half, 0.991 + half), abs=1e-12)
+  assert iv.method == "t over 3 seeds"
+  assert compare.seed_interval([0.99, 0.99]) == compare.Interval(0.99, 0.99, "t over 2 seeds")
+
+
+def test_difference_interval_paired_welch_and_not_applicable():
+  n = 10000
+  a = {0: 9913, 1: 9920, 2: 9915}
+  b = {0: 9910, 1: 9915, 2: 9911}  # differences 3, 5, 4: mean 4, sd 1
+  iv = compare.difference_interval(a, b, n)
+  half = stats.t.ppf(0.975, 2) / math.sqrt(3)
+  assert (iv.low, iv.high) == pytest.approx(((4 - half) / n, (4 + half) / n), abs=1e-12)
+  assert iv.method.startswith("paired t")
+  # Other seeds: Welch, with the Welch-Satterthwaite degrees of freedom.
+  c = {5: 9900, 6: 9906}
+  iv = compare.difference_interval(a, c, n)
+  xa, xc = np.array(list(a.values()), float), np.array(list(c.values()), float)
+  va, vc = xa.var(ddof=1) / 3, xc.var(ddof=1) / 2
+  df = (va + vc) ** 2 / (va**2 / 2 + vc**2 / 1)
+  half = stats.t.ppf(0.975, df) * math.sqrt(va + vc)
+  d = xa.mean() - xc.mean()
+  assert (iv.low, iv.high) == pytest.approx(((d - half) / n, (d + half) / n), abs=1e-12)
+  assert iv.method.startswith("Welch")
+  assert compare.difference_interval({0: 9900}, {0: 9890}, n) is None
+  assert compare.difference_interval(a, {7: 9890}, n) is None
+
+
+def test_discordant_interval_is_dual_to_the_exact_mcnemar_test():
+  for a_only, b_only in ((6, 16), (3, 14), (20, 20), (0, 9), (40, 22), (2, 0), (0, 0)):
+    table = np.array([[900, a_only], [b_only, 50]])
+    iv = compare.discordant_interval(table)
+    n = table.sum()
+    assert iv.low <= (a_only - b_only) / n <= iv.high
+    if a_only + b_only:
+      excluded = not iv.low <= 0 <= iv.high
+      assert excluded == (compare.mcnemar_pvalue(table) < 0.05), (a_only, b_only)
+
+
+# --------------------------------------------------------------------------------------------
+# Stored test outputs
+
+
+def test_test_outputs_round_trip(tmp_path):
+  rng = np.random.default_rng(0)
+  labels, difficulty, _ = synthetic_test_set(rng, 300)
+  images = rng.integers(0, 256, (300, 28, 28, 1), dtype=np.uint8)
+  probs = probabilities(rng, labels, difficulty, 3.0)
+  path = compare.save_test_outputs(tmp_path, probs, labels, images)
+  assert path == tmp_path / "test_outputs.npz"
+  out = compare.load_test_outputs(tmp_path)
+  assert out.probabilities.dtype == np.float16 and out.probabilities.shape == (300, K)
+  np.testing.assert_allclose(out.probabilities, probs, atol=1e-3)
+  np.testing.assert_array_equal(out.predictions, probs.argmax(axis=1))
+  np.testing.assert_array_equal(out.labels, labels)
+  assert out.accuracy == np.mean(probs.argmax(axis=1) == labels)
+  assert out.images_dtype == "uint8" and out.images_shape == (300, 28, 28, 1)
+  assert out.test_set == compare.make_test_outputs(probs, labels, images).test_set
+  # Another order of the same images and labels is another test set.
+  order = rng.permutation(300)
+  shuffled = compare.make_test_outputs(probs[order], labels[order], images[order])
+  assert shuffled.images_sha256 != out.images_sha256
+  assert shuffled.labels_sha256 != out.labels_sha256
+  assert not list(tmp_path.glob(".*.tmp"))  # written atomically: no temporary file left
+
+
+def test_test_outputs_refuse_what_is_not_probabilities(tmp_path):
+  labels = np.array([0, 1, 2])
+  images = np.zeros((3, 2), np.float32)
+  with pytest.raises(ValueError, match="softmax of the logits"):
+    compare.save_test_outputs(tmp_path, np.array([[3.0, -1, 0]] * 3), labels, images)
+  with pytest.raises(ValueError, match="same test examples"):
+    compare.save_test_outputs(tmp_path, np.full((3, 3), 1 / 3), labels[:2], images)
+  with pytest.raises(ValueError, match="lie in"):
+    compare.save_test_outputs(tmp_path, np.full((3, 3), 1 / 3), np.array([0, 1, 3]), images)
+  assert not (tmp_path / "test_outputs.npz").exists()
+
+
+def test_unreadable_test_outputs_name_the_file_and_the_fix(tmp_path):
+  (tmp_path / "test_outputs.npz").write_bytes(b"not a zip file")
+  with pytest.raises(compare.ComparisonError, match="experiments.evaluate --workdir="):
+    compare.load_test_outputs(tmp_path)
+
+
+# --------------------------------------------------------------------------------------------
+# Comparisons of synthetic runs whose truth is known
+
+
+def test_a_truly_better_model_is_found():
+  rng = np.random.default_rng(1)
+  labels, difficulty, images = synthetic_test_set(rng, 10000)
+  weak = configuration_runs(rng, labels, difficulty, images, 4.0, (0, 1, 2), model="weak")
+  good = configuration_runs(rng, labels, difficulty, images, 5.0, (0, 1, 2), model="good")
+  result = compare.compare(weak + good)  # the worse listed first: the order must not matter
+  assert [c.label for c in result.configurations] == ["good adam", "weak adam"]
+  good_c, weak_c = result.configurations
+  assert good_c.seeds == (0, 1, 2) and good_c.interval.method == "t over 3 seeds"
+  assert good_c.mean == pytest.approx(np.mean(good_c.accuracies))
+  assert good_c.ensemble_accuracy >= max(good_c.accuracies) - 0.002
+  (pair,) = result.pairs
+  assert (pair.a, pair.b, pair.verdict) == ("good adam", "weak adam", "A better")
+  assert pair.pvalue_holm < 1e-6
+  assert pair.difference_interval.method == "paired t over 3 seeds"
+  assert pair.difference_interval.low > 0  # every seed agrees
+  assert all(p < 0.001 for p in pair.seed_pvalues) and len(pair.seed_pvalues) == 3
+  assert pair.ensemble_interval.low > 0
+  assert pair.notes == ()
+
+
+def test_two_configurations_of_the_same_model_are_mostly_called_equal(monkeypatch):
+  # statsmodels' Holm correction ends with gc.collect(), which would take most of the time of
+  # 200 repetitions; garbage collection changes no number.
+  monkeypatch.setattr(gc, "collect", lambda *args: 0)
+  rng = np.random.default_rng(2)
+  repetitions, calls = 200, []
+  for _ in range(repetitions):
+    labels, difficulty, images = synthetic_test_set(rng, 2000)
+    runs = [
+      *configuration_runs(rng, labels, difficulty, images, 4.0, (0, 1, 2), model="a"),
+      *configuration_runs(rng, labels, difficulty, images, 4.0, (0, 1, 2), model="b"),
+    ]
+    calls.append(compare.compare(runs).pairs[0].verdict)
+  rate = calls.count("no significant difference") / repetitions
+  # At the 5% level about 95% (the exact test is a little conservative); a band of 99.9%
+  # of a binomial(200, 0.95) around it.
+  low, high = stats.binom.ppf([0.0005, 0.9995], repetitions, 0.95) / repetitions
+  assert low <= rate <= high, (rate, calls.count("A better"), calls.count("B better"))
+
+
+def test_labels_name_only_what_varies_and_seeds_group():
+  rng = np.random.default_rng(3)
+  labels, difficulty, images = synthetic_test_set(rng, 500)
+  runs = [
+    run(
+      BASE_CONFIG | {"learning_rate": lr, "seed": s, "fast_ops": s == 0},
+      probabilities(rng, labels, difficulty, 3.0),
+      labels,
+      images,
+      f"{lr}-{s}",
+    )
+    for lr in (0.001, 0.003)
+    for s in (0, 1)
+  ]
+  runs.append(
+    run(
+      BASE_CONFIG | {"optimizer": "sgd", "learning_rate": 0.01},
+      probabilities(rng, labels, difficulty, 3.0),
+      labels,
+      images,
+      "sgd",
+    )
+  )
+  result = compare.compare(runs)
+  assert sorted(c.label for c in result.configurations) == [
+    "conv2_dense64 adam lr=0.001",
+    "conv2_dense64 adam lr=0.003",
+    "conv2_dense64 sgd lr=0.01",
+  ]
+  assert sorted(len(c.seeds) for c in result.configurations) == [1, 2, 2]
+  assert len(result.pairs) == 3
+  single = next(c for c in result.configurations if len(c.seeds) == 1)
+  assert single.interval.method == "binomial over 500 test images"
+  assert math.isnan(single.std)
+
+
+def test_one_configuration_and_one_seed_are_tables_without_tests(tmp_path):
+  rng = np.random.default_rng(4)
+  labels, difficulty, images = synthetic_test_set(rng, 500)
+  only = compare.compare(
+    [run(BASE_CONFIG, probabilities(rng, labels, difficulty, 3.0), labels, images)]
+  )
+  assert only.pairs == ()
+  markdown = compare.write_comparison(only, tmp_path)
+  assert "not applicable" in markdown and "binomial over 500 test images" in markdown
+  check_png(tmp_path / "compare_forest.png")
+  check_png(tmp_path / "compare_pairs.png")
+
+  seeds = compare.compare(
+    [
+      run(BASE_CONFIG | {"model": m}, probabilities(rng, labels, difficulty, s), labels, images, m)
+      for m, s in (("a", 3.0), ("b", 2.0))
+    ]
+  )
+  (pair,) = seeds.pairs
+  assert pair.difference_interval is None and len(pair.seed_pvalues) == 1
+  assert pair.seed_pvalues[0] == pair.pvalue  # one seed: its ensemble is the run
+  assert "one seed each" in pair.notes[0]
+  assert "| n/a |" in compare.to_markdown(seeds)
+
+
+# --------------------------------------------------------------------------------------------
+# Files and the entry point
+
+
+def test_entry_point_end_to_end(tmp_path):
+  rng = np.random.default_rng(5)
+  sweep = write_sweep(tmp_path / "sweep", rng)
+  (sweep / "unfinished-seed0").mkdir()  # a run still training: left out, not an error
+  files.write_json(sweep / "unfinished-seed0" / "config.json", {"config": BASE_CONFIG})
+  out = cli.run("experiments.compare", f"--workdir={sweep}")
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "| good adam | weak adam |" in out.stdout and "**A better**" in out.stdout
+  assert "unfinished-seed0" in out.stderr
+  markdown = (sweep / "compare.md").read_text()
+  assert markdown in out.stdout
+  rows = (sweep / "compare.csv").read_text().splitlines()
+  assert rows[0].startswith("configuration,seeds,n,mean_accuracy") and len(rows) == 3
+  pairs = (sweep / "compare_pairs.csv").read_text().splitlines()
+  assert len(pairs) == 2 and pairs[1].startswith("good adam,weak adam,")
+  saved = json.loads((sweep / "compare.json").read_text())
+  assert len(saved["runs"]) == 4 and saved["pairs"][0]["verdict"] == "A better"
+  check_png(sweep / "compare_forest.png")
+  check_png(sweep / "compare_pairs.png")
+  # Several sweeps at once, written elsewhere: the runs of both are found.
+  write_sweep(tmp_path / "more", np.random.default_rng(5), seeds=(2,))
+  out = cli.run(
+    "experiments.compare",
+    f"--workdir={sweep}",
+    f"--workdir={tmp_path / 'more'}",
+    f"--output_dir={tmp_path / 'both'}",
+  )
+  assert out.returncode == 0, out.stderr[-3000:]
+  saved = json.loads((tmp_path / "both" / "compare.json").read_text())
+  assert len(saved["runs"]) == 6
+  assert [c["seeds"] for c in saved["configurations"]] == [[0, 1, 2], [0, 1, 2]]
+
+
+def test_entry_point_names_runs_without_outputs_and_writes_nothing(tmp_path):
+  rng = np.random.default_rng(6)
+  sweep = write_sweep(tmp_path / "sweep", rng, n=200)
+  labels, difficulty, images = synthetic_test_set(np.random.default_rng(6), 200)
+  old = write_run(
+    sweep / "old-adam-seed0",
+    BASE_CONFIG | {"model": "old"},
+    probabilities(rng, labels, difficulty, 3.0),
+    labels,
+    images,
+    outputs=False,
+  )
+  before = cli.snapshot(sweep)
+  out = cli.run("experiments.compare", f"--workdir={sweep}")
+  assert out.returncode == 1
+  line = cli.error_line(out)
+  assert str(old) in line and f"python -m experiments.evaluate --workdir={old}" in line
+  assert "1 of 5 runs" in line
+  assert cli.snapshot(sweep) == before
+
+
+def test_find_runs_refuses_empty_and_missing_folders(tmp_path):
+  with pytest.raises(compare.ComparisonError, match="not a folder"):
+    compare.find_runs([tmp_path / "nowhere"])
+  with pytest.raises(compare.ComparisonError, match="no finished runs"):
+    compare.find_runs([tmp_path])
+  sweep = write_sweep(tmp_path / "sweep", np.random.default_rng(7), n=100)
+  found = compare.find_runs([sweep, sweep / "good-adam-seed0"])  # overlapping: each once
+  assert [p.name for p in found] == [
+    "good-adam-seed0",
+    "good-adam-seed1",
+    "weak-adam-seed0",
+    "weak-adam-seed1",
+  ]
+
+
+def test_runs_of_other_datasets_are_refused_by_name():
+  rng = np.random.default_rng(8)
+  labels, difficulty, images = synthetic_test_set(rng, 200)
+  probs = probabilities(rng, labels, difficulty, 3.0)
+  runs = [
+    run(BASE_CONFIG, probs, labels, images, "digits"),
+    run(BASE_CONFIG | {"dataset": "fashion_mnist"}, probs, labels, images, "clothes"),
+  ]
+  with pytest.raises(compare.ComparisonError, match="different datasets") as error:
+    compare.compare(runs)
+  assert "digits" in str(error.value) and "clothes" in str(error.value)
+
+
+def test_other_test_sets_or_label_orders_are_refused_by_name():
+  rng = np.random.default_rng(9)
+  labels, difficulty, images = synthetic_test_set(rng, 200)
+  probs = probabilities(rng, labels, difficulty, 3.0)
+  order = rng.permutation(200)
+  first = run(BASE_CONFIG, probs, labels, images, "first")
+  shuffled = run(
+    BASE_CONFIG | {"model": "b"}, probs[order], labels[order], images[order], "shuffled"
+  )
+  with pytest.raises(compare.ComparisonError, match="different order") as error:
+    compare.compare([first, shuffled])
+  assert "first" in str(error.value) and "shuffled" in str(error.value)
+  other = run(BASE_CONFIG | {"model": "c"}, probs, labels, images + 1, "other_images")
+  with pytest.raises(compare.ComparisonError, match="not tested on the same test set"):
+    compare.compare([first, other])
+
+
+def test_duplicate_runs_are_refused_by_name():
+  rng = np.random.default_rng(10)
+  labels, difficulty, images = synthetic_test_set(rng, 200)
+  probs = probabilities(rng, labels, difficulty, 3.0)
+  a = run(BASE_CONFIG, probs, labels, images, "sweep1/run")
+  b = run(BASE_CONFIG | {"fast_ops": False}, probs, labels, images, "sweep2/run")
+  with pytest.raises(compare.ComparisonError, match="same configuration with the same seed"):
+    compare.compare([a, b])
+  with pytest.raises(compare.ComparisonError, match="no runs"):
+    compare.compare([])
+
+
+def test_outputs_that_disagree_with_results_json_are_flagged():
+  rng = np.random.default_rng(11)
+  labels, difficulty, images = synthetic_test_set(rng, 200)
+  a = run(BASE_CONFIG, probabilities(rng, labels, difficulty, 3.0), labels, images, "fine")
+  stale = compare.Run(
+    Path("stale"),
+    BASE_CONFIG | {"model": "b"},
+    {"test_accuracy": 0.5},
+    run(BASE_CONFIG, probabilities(rng, labels, difficulty, 3.0), labels, images).outputs,
+  )
+  result = compare.compare([a, stale])
+  (warning,) = result.warnings
+  assert warning.startswith("stale:") and "experiments.evaluate --workdir=stale" in warning
+  assert f"**Warning:** {warning}" in compare.to_markdown(result)
+  assert compare.compare([a]).warnings == ()
