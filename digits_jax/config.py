@@ -34,6 +34,10 @@ OPTIMIZER_DEFAULTS = {
 SCHEDULES = ("constant", "cosine", "onecycle")
 LOSSES = ("sparse", "onehot")
 EPOCH_LOOPS = ("auto", "scan", "host")
+# Short names of settings in run directory names and table labels.
+SHORT_NAMES = {"learning_rate": "lr", "batch_size": "bs", "epochs": "ep", "weight_decay": "wd",
+               "label_smoothing": "ls", "momentum": "mom", "validation_size": "val",
+               "train_subset": "sub"}
 
 
 class ConfigError(ValueError):

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from digits_jax import data, files
-from digits_jax.analysis import report
+from digits_jax.analysis import compare, report
 from digits_jax.config import Config, ConfigError, check_sizes, resolve
 from digits_jax.training import checkpoints, loop, workdirs
 from digits_jax.training.step import (
@@ -71,13 +71,18 @@ def test_logits(config: Config, state: TrainState, datasets: data.Datasets) -> j
 def write_evaluation(workdir: Path, config: Config, logits: jax.Array,
                      datasets: data.Datasets, history: list[dict[str, Any]],
                      best_epoch: int) -> dict[str, Any]:
-  """Writes what a run's test logits give: the reports and plots.
+  """Writes what a run's test logits give: the stored test outputs, reports and plots.
+
+  ``test_outputs.npz`` (:func:`digits_jax.analysis.compare.save_test_outputs`) keeps the
+  class probabilities for comparisons between runs.
 
   Returns:
     ``test`` (loss and accuracy) and ``report`` (the summary of
     :func:`digits_jax.analysis.report.write_run_report`).
   """
   test = metrics_from_logits(logits, jnp.asarray(datasets.test.labels))
+  compare.save_test_outputs(workdir, jax.nn.softmax(logits.astype(jnp.float32), axis=-1),
+                            datasets.test.labels, datasets.test.images)
   summary = report.write_run_report(workdir, logits, datasets.test.labels, datasets.test.images,
                                     history, best_epoch=best_epoch, test_metrics=test)
   return {"test": test, "report": summary}

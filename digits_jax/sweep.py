@@ -24,7 +24,7 @@ from typing import Any
 
 from digits_jax import data, files, models, runs
 from digits_jax.analysis import plots
-from digits_jax.config import IMPLEMENTATION_FIELDS, Config, resolve
+from digits_jax.config import IMPLEMENTATION_FIELDS, SHORT_NAMES, Config, resolve
 from digits_jax.training import groups, workdirs
 
 log = logging.getLogger(__name__)
@@ -34,10 +34,6 @@ TABLE_COLUMNS = (
     "val_acc_mean", "best_epoch_mean", "epochs", "batch_size", "params",
     "seconds_per_run", "seconds_per_epoch", "reported",
 )
-# Short names for settings in run directory names.
-SHORT_NAMES = {"learning_rate": "lr", "batch_size": "bs", "epochs": "ep", "weight_decay": "wd",
-               "label_smoothing": "ls", "momentum": "mom", "validation_size": "val",
-               "train_subset": "sub"}
 # Fields that every run name carries, or that never name a run.
 _NAMED_ALWAYS = ("model", "optimizer", "seed")
 
@@ -103,6 +99,11 @@ def run_dir(workdir: Path, config: Config) -> Path:
     if legacy != current and workdirs.finished_results(config, legacy) is not None:
       return legacy
   return current
+
+
+def run_dirs(workdir: str | Path, configs: Sequence[Config]) -> list[Path]:
+  """The directories of ``configs``' runs under the sweep's ``workdir``."""
+  return [run_dir(Path(workdir), c) for c in dict.fromkeys(configs)]
 
 
 def varied_settings(configs: Sequence[Config]) -> list[str]:

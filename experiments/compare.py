@@ -8,7 +8,7 @@ configurations (runs that differ only in seed are seeds of one), and writes comp
 compare.csv, compare_pairs.csv, compare.json, compare_forest.png and compare_pairs.png into
 --output_dir (default: the first --workdir); prints compare.md. Runs that cannot be compared
 (other datasets or test sets, no stored test outputs) stop it with one ``error:`` line and
-exit status 1. The logic and the statistics are in :mod:`digits_jax.compare`.
+exit status 1. The logic and the statistics are in :mod:`digits_jax.analysis.compare`.
 """
 
 import logging
@@ -16,7 +16,7 @@ import sys
 
 from absl import app, flags
 
-from digits_jax import compare
+from digits_jax.analysis import compare
 
 flags.DEFINE_multi_string(
   "workdir",

@@ -19,6 +19,7 @@ import jax
 from absl import app, flags
 
 from digits_jax import models, sweep
+from digits_jax.analysis import compare
 from digits_jax.config import FIELDS, ConfigError
 from experiments import common
 
@@ -68,6 +69,14 @@ def main(argv):
   print(f"{len(results)} runs in {time.perf_counter() - start:.0f} s; "
         f"tables in {workdir}/results.md and results.csv, "
         "plots in comparison.png and validation_curves.png")
+  try:
+    comparison = compare.compare_runs(sweep.run_dirs(workdir, configs))
+  except compare.ComparisonError as e:  # e.g. runs of an earlier version without test outputs
+    print(f"no comparison: {e}")
+    return
+  compare.write_comparison(comparison, workdir)
+  print(compare.headline(comparison))
+  print(f"comparison with intervals and paired tests in {workdir}/compare.md")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 from scipy import stats
 
-from digits_jax import compare, files
+from digits_jax import files
+from digits_jax.analysis import compare
 from tests import cli
 
 K = 10

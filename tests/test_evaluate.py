@@ -6,10 +6,11 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from digits_jax import data, files, runs
-from digits_jax.analysis import report
+from digits_jax.analysis import compare, report
 from digits_jax.training import checkpoints
 from tests.conftest import REPO
 from tests.test_report import RUN_PLOTS, check_png
@@ -29,7 +30,7 @@ def test_evaluate_rebuilds_the_reports_and_reproduces_the_test_accuracy(tiny_run
   original, results = tiny_run
   workdir = tmp_path / "run"
   shutil.copytree(original, workdir)
-  for name in PREDICTION_FILES:
+  for name in (*PREDICTION_FILES, "test_outputs.npz"):
     (workdir / name).unlink()
   shutil.rmtree(workdir / report.PLOTS_DIR)
   shutil.rmtree(workdir / report.TENSORBOARD_DIR)
@@ -44,6 +45,10 @@ def test_evaluate_rebuilds_the_reports_and_reproduces_the_test_accuracy(tiny_run
     check_png(workdir / name, kind)
   for split in ("train", "validation", "test"):
     assert any((workdir / report.TENSORBOARD_DIR / split).glob("events.out.tfevents.*"))
+  # The stored test outputs of a run that lacks them (an earlier version's) are written.
+  outputs, saved = compare.load_test_outputs(workdir), compare.load_test_outputs(original)
+  assert np.array_equal(outputs.probabilities, saved.probabilities)
+  assert np.mean(outputs.predictions == outputs.labels) == results["test_accuracy"]
   # Training's own files are read, never written.
   for name in ("config.json", "metrics.jsonl", "results.json"):
     assert (workdir / name).read_bytes() == (original / name).read_bytes(), name

@@ -55,6 +55,13 @@ def test_sweep_entry_point_writes_a_table(mnist_dir, tmp_path):
   for name in ("comparison.png", "validation_curves.png"):
     assert (tmp_path / name).stat().st_size > 0
   assert len(list(tmp_path.glob("*/plots/confusion_matrix.png"))) == 4
+  # The comparison of the two configurations, from the runs' stored test outputs.
+  assert "comparison with intervals and paired tests" in out.stdout, out.stdout[-2000:]
+  with open(tmp_path / "compare.csv") as f:
+    configurations = list(csv.DictReader(f))
+  assert sorted(c["n"] for c in configurations) == ["2", "2"]
+  for name in ("compare.md", "compare_pairs.csv", "compare_forest.png", "compare_pairs.png"):
+    assert (tmp_path / name).stat().st_size > 0
 
 
 def test_unknown_model_fails_before_any_compute(tmp_path):

@@ -1,6 +1,6 @@
 """The project's C++ kernels for XLA:CPU: built on first use, then loaded from a cache.
 
-:mod:`digits_jax.ops` computes convolutions on the CPU as im2col matrix products. XLA:CPU
+:mod:`digits_jax.models.ops` computes convolutions on the CPU as im2col matrix products. XLA:CPU
 builds the patches matrix (and sums its gradient back) from slices, pads and
 concatenations several times slower than two plain loops do, so those two loops are
 C++ (``csrc/im2col.cc``), called through XLA's FFI (``jax.ffi``) on XLA's own thread pool.
@@ -12,9 +12,10 @@ compiler and the processor, so a changed source or another machine sharing the h
 directory rebuilds. Without a compiler, or with ``DIGITS_NATIVE=0``, :func:`available`
 returns False and the ops fall back to XLA's own convolution: the same numbers, slower.
 
-:func:`tune_allocator` is the other CPU lever measured here: glibc returns large freed
-blocks to the kernel and maps them again on the next step, and the page faults of
-re-touching tens of MB of fresh memory cost more than some of the arithmetic.
+:func:`tune_allocator` is the other CPU lever: glibc returns large freed blocks to the
+kernel and maps them again on the next step, and the page faults of re-touching tens of
+MB of fresh memory cost more than some of the arithmetic. It changes a process-wide
+setting, so nothing here calls it: the entry points do, at start-up (``--tune_malloc``).
 """
 
 from __future__ import annotations
@@ -163,9 +164,8 @@ def tune_allocator() -> bool:
   By default glibc serves blocks above a few MB with ``mmap`` and unmaps them when they
   are freed; XLA:CPU allocates each step's activations and temporaries anew, so every
   step page-faults its whole working set in again. Raising the mmap and trim thresholds
-  to 1 GiB keeps that memory mapped: measured here, a ``conv2_dense128_dropout`` step
-  went from about 55 to about 36 ms with XLA's ops alone. The cost is that the process
-  keeps its peak heap. A no-op off glibc or with ``DIGITS_TUNE_MALLOC=0``.
+  to 1 GiB keeps that memory mapped (docs/speed.md has what it saved). The cost is that
+  the process keeps its peak heap. A no-op off glibc or with ``DIGITS_TUNE_MALLOC=0``.
 
   Returns:
     Whether the thresholds were set.

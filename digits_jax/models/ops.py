@@ -1,31 +1,24 @@
 """Convolution and max-pooling whose backward passes are fast on XLA:CPU.
 
-Plain Flax trains the small MNIST CNNs of this project several times slower than
-PyTorch on a CPU (google/flax#3551). Measured at batch 128 on the project's 2-core
-machine, where the time goes and what replaces it here:
+Plain Flax trains the small MNIST CNNs of this project several times slower than PyTorch
+on a CPU (google/flax#3551): XLA:CPU runs ``reduce_window``'s gradient and its own
+convolutions slowly at these shapes, while it runs matrix products fast. So here:
 
-* ``nn.max_pool`` is a ``lax.reduce_window``, whose gradient is a select-and-scatter
-  that XLA:CPU runs as a slow scalar loop: 31 ms forward+backward for a 128x26x26x32
-  input. :func:`max_pool_2x2` differentiates the maximum of the four strided quarters
-  of the input instead, with a gradient of four compares and one interleave: 1 ms.
-* XLA:CPU's own convolution runs at about 60 GFLOP/s at these shapes (9.6 ms for the
-  128x13x13x32 -> 64 forward pass), its kernel gradient is slower still (21 ms), while a
-  matrix product of the same size runs at 160-180 GFLOP/s (3.2 ms).
-  :func:`conv2d_im2col` therefore computes the convolution and both its gradients as
-  matrix products of the im2col patches matrix, whose two data-movement loops (build the
-  patches, sum their gradient back) are C++ kernels (:mod:`digits_jax.native`): XLA:CPU
-  built the same patches from slices and concatenations at about 2 GB/s. A train step
-  of the source-5 network went from about 54 ms (previous fast ops) to about 24 ms,
-  together with :func:`digits_jax.native.tune_allocator`.
+* :func:`max_pool_2x2` differentiates the maximum of the four strided quarters of the
+  input, with a gradient of four compares and one interleave, instead of a
+  select-and-scatter.
+* :func:`conv2d_im2col` computes the convolution and both its gradients as matrix
+  products of the im2col patches matrix, whose two data-movement loops (build the
+  patches, sum their gradient back) are C++ kernels (:mod:`digits_jax.models.native`).
 * Where the C++ kernels are not available (another backend, no compiler),
-  :func:`conv2d_xla` keeps XLA's forward convolution and computes the kernel gradient
-  as per-tap matrix products: 7 ms instead of 21 for that layer.
+  :func:`conv2d_xla` keeps XLA's forward convolution and computes the kernel gradient as
+  per-tap matrix products.
 
 All compute the same functions as their plain counterparts (:func:`max_pool_2x2_reference`,
 :func:`conv2d_reference`, kept for tests and for switching back): the max-pool forward
 pass is bitwise equal and its gradient exactly equal, ties included; the convolutions
-agree to float32 rounding. They work under ``jax.jit`` and ``jax.vmap``;
-``benchmarks/ops_timing.py`` times them against the plain ops.
+agree to float32 rounding. They work under ``jax.jit`` and ``jax.vmap``. What each
+choice measured is in docs/speed.md; ``benchmarks/ops_timing.py`` times them.
 """
 
 from __future__ import annotations
@@ -45,9 +38,7 @@ Pads = tuple[tuple[int, int], ...]  # (low, high) zero padding per spatial dimen
 
 # With fewer input channels than this, the kernel gradient is one im2col matrix product
 # (its patches matrix is narrow and cheap to build); with more, it is one product per
-# kernel tap, which avoids XLA:CPU's slow concatenation of wide patches. Measured at
-# batch 128, im2col vs per tap: Cin=1 1.3 vs 7.6 ms, Cin=3 2.4 vs 4.2 ms, Cin=8 20 vs
-# 7 ms, Cin=32 9-26 vs 7-12 ms.
+# kernel tap, which avoids XLA:CPU's slow concatenation of wide patches (docs/speed.md).
 _PER_TAP_MIN_CHANNELS = 4
 
 
@@ -75,11 +66,9 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
   """2x2 max-pool with stride 2, equal to :func:`max_pool_2x2_reference`.
 
   Undifferentiated (evaluation), this is the plain ``lax.reduce_window``, which XLA:CPU
-  fuses with the convolution before it (a forward pass of the source-5 network at batch
-  128: 6.5 ms, against 13 ms with the strided quarters). Under differentiation the
-  forward pass takes the maximum of the four strided quarters of ``x`` (the same values;
-  a train step measured slightly faster this way) and the backward pass routes each
-  window's cotangent by comparing the quarters with the maximum.
+  fuses with the convolution before it. Under differentiation the forward pass takes the
+  maximum of the four strided quarters of ``x`` (the same values) and the backward pass
+  routes each window's cotangent by comparing the quarters with the maximum.
 
   The gradient goes to the first maximum of each window in row-major order, as in
   ``lax.reduce_window``'s select-and-scatter, so it equals the reference gradient also
@@ -140,7 +129,7 @@ def conv2d_reference(x: jax.Array, kernel: jax.Array, padding: str) -> jax.Array
 def conv2d(x: jax.Array, kernel: jax.Array, padding: str) -> jax.Array:
   """Stride-1 2-D convolution equal to :func:`conv2d_reference`, fast to differentiate.
 
-  On the CPU backend with the C++ kernels available (:func:`digits_jax.native.available`)
+  On the CPU backend with the C++ kernels available (:func:`digits_jax.models.native.available`)
   this is :func:`conv2d_im2col`; elsewhere (GPU, TPU, no compiler) :func:`conv2d_xla`.
   The choice is made when the function is traced.
 
@@ -162,14 +151,13 @@ def conv2d_im2col(x: jax.Array, kernel: jax.Array, padding: str) -> jax.Array:
   """Stride-1 2-D convolution as one im2col matrix product, forward and backward.
 
   The patches matrix ``P`` (batch x positions rows, ``kh*kw*Cin`` columns) is built by
-  the C++ kernel :func:`digits_jax.native.im2col`; the output is ``P @ K`` for the
+  the C++ kernel :func:`digits_jax.models.native.im2col`; the output is ``P @ K`` for the
   kernel ``K`` reshaped to ``(kh*kw*Cin, Cout)``. The backward pass reuses ``P``: the
   kernel gradient is ``P.T @ G`` and the input gradient the columns of ``G @ K.T``
-  summed back onto their pixels (:func:`digits_jax.native.col2im`), for the output
-  cotangent ``G``. All three products are plain matrix products, which XLA:CPU runs at
-  160 to 180 GFLOP/s on the project's 2-core machine, against about 60 GFLOP/s for its
-  own convolution at the same shape. The sums are those of the reference convolution,
-  rounded in another order (relative differences around 1e-7).
+  summed back onto their pixels (:func:`digits_jax.models.native.col2im`), for the output
+  cotangent ``G``. All three are plain matrix products, which XLA:CPU runs about three
+  times faster than its own convolution at these shapes. The sums are those of the
+  reference convolution, rounded in another order (relative differences around 1e-7).
 
   Under ``jax.vmap`` (several models) the kernels treat the models axis as more batch
   and the products become batched products. CPU only: the C++ kernels are registered
@@ -213,8 +201,7 @@ conv2d_im2col.defvjp(_im2col_fwd, _im2col_bwd)
 def conv2d_xla(x: jax.Array, kernel: jax.Array, padding: str) -> jax.Array:
   """Stride-1 2-D convolution equal to :func:`conv2d_reference`, with a fast backward.
 
-  The forward pass is XLA's own convolution, which is already fast (an im2col matrix
-  product measured slower). The backward pass computes
+  The forward pass is XLA's own convolution; the backward pass computes
 
   * the kernel gradient as the matrix product of the input patches with the output
     cotangent, contracted over batch and positions: one product of the whole patches
@@ -265,9 +252,8 @@ def _conv(pads: Pads) -> Callable[[jax.Array, jax.Array], jax.Array]:
   """The plain convolution with explicit ``pads``, with a vmap rule that avoids grouped convs.
 
   Plain ``jax.vmap`` over a batched kernel makes one grouped convolution
-  (``feature_group_count`` = number of models), which XLA:CPU runs 2-4 times slower than
-  the same convolutions one model after the other. (Measured, K=4 models at batch 128,
-  forward: 74 vs 38 ms for 13x13x32->64 VALID, 121 vs 39 ms for 14x14x32->64 SAME.)
+  (``feature_group_count`` = number of models), which XLA:CPU runs several times slower
+  than the same convolutions one model after the other (docs/speed.md).
   """
 
   @jax.custom_batching.custom_vmap

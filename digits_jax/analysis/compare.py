@@ -68,6 +68,7 @@ from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.multitest import multipletests
 
 from digits_jax import files
+from digits_jax.config import SHORT_NAMES, ConfigError, identity_of
 
 log = logging.getLogger(__name__)
 
@@ -75,17 +76,6 @@ OUTPUTS_FILE = "test_outputs.npz"
 OUTPUTS_FORMAT = 1
 CONFIDENCE = 0.95
 ALPHA = 0.05
-# Config fields that do not change what is trained: runs differing only in these are seeds
-# (or repeats) of one configuration.
-NOT_DEFINING = frozenset({"seed", "fast_ops", "eval_batch_size", "epoch_loop"})
-# Short names of config fields in configuration labels.
-SHORT_NAMES = {
-  "learning_rate": "lr",
-  "batch_size": "batch",
-  "weight_decay": "wd",
-  "label_smoothing": "smoothing",
-  "validation_size": "val",
-}
 A_BETTER, B_BETTER, NO_DIFFERENCE = "A better", "B better", "no significant difference"
 EVALUATE_COMMAND = "python -m experiments.evaluate --workdir={}"
 DPI = 100
@@ -316,12 +306,14 @@ class Run:
 
   @property
   def key(self) -> tuple[tuple[str, str], ...]:
-    """The fields that define the run's configuration (seed and the like left out)."""
-    return tuple(
-      sorted(
-        (k, json.dumps(v, sort_keys=True)) for k, v in self.config.items() if k not in NOT_DEFINING
-      )
-    )
+    """The fields that define the run's configuration: its identity without the seed.
+
+    (:meth:`digits_jax.config.Config.identity`: implementation fields are left out, and a
+    config.json of an earlier version reads as it would be written now.)
+    """
+    identity = identity_of(self.config)
+    return tuple(sorted((k, json.dumps(v, sort_keys=True)) for k, v in identity.items()
+                        if k != "seed"))
 
 
 def find_runs(paths: Iterable[str | os.PathLike]) -> list[Path]:
@@ -366,7 +358,7 @@ def find_runs(paths: Iterable[str | os.PathLike]) -> list[Path]:
   return sorted(found)
 
 
-def load_run(run_dir: str | os.PathLike) -> Run:
+def read_run(run_dir: str | os.PathLike) -> Run:
   """Reads a finished run's config.json, results.json and test_outputs.npz.
 
   Raises:
@@ -380,6 +372,11 @@ def load_run(run_dir: str | os.PathLike) -> Run:
     raise ComparisonError(f"{run_dir} is not a finished run directory ({e})") from e
   if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
     raise ComparisonError(f"{run_dir / 'config.json'} has no 'config' entry: not a run's config")
+  try:
+    identity_of(saved["config"])
+  except (ConfigError, TypeError) as e:
+    raise ComparisonError(f"{run_dir / 'config.json'} holds no config this version can read "
+                          f"({e})") from e
   return Run(run_dir, saved["config"], results, load_test_outputs(run_dir))
 
 
@@ -835,7 +832,7 @@ def compare_runs(run_dirs: Iterable[str | os.PathLike]) -> Comparison:
       f"{len(missing)} of {len(run_dirs)} runs have no {OUTPUTS_FILE} (stored test outputs): "
       f"{', '.join(map(str, missing))}. Write them from each run's checkpoint with: {commands}"
     )
-  return compare([load_run(d) for d in run_dirs])
+  return compare([read_run(d) for d in run_dirs])
 
 
 # --------------------------------------------------------------------------------------------
@@ -957,6 +954,15 @@ def pair_rows(comparison: Comparison) -> list[dict[str, Any]]:
       }
     )
   return rows
+
+
+def headline(comparison: Comparison) -> str:
+  """The verdicts that found a difference, one line per pair (or a line saying there are none)."""
+  found = [p for p in comparison.pairs if p.verdict != NO_DIFFERENCE]
+  if not found:
+    return "no pair of configurations differs significantly (compare.md has the tests)"
+  return "\n".join(f"{p.a} vs {p.b}: {p.verdict} (Holm-corrected McNemar p = "
+                   f"{p.pvalue_holm:.2g})" for p in found)
 
 
 def _csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
