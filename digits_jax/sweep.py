@@ -191,7 +191,7 @@ def run_sweep(configs: Iterable[Config], workdir: str | Path, *,
     all_results.append({**results, "model": config.model, "dataset": config.dataset,
                         "epochs": config.epochs, "batch_size": config.batch_size,
                         "run": path.name, "variant": variant(config, varied),
-                        **{k: getattr(config, k) for k in varied}})
+                        "settings": {k: getattr(config, k) for k in varied}})
   return all_results
 
 
@@ -200,18 +200,23 @@ def _std(xs: list[float]) -> float:
 
 
 def summarize(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-  """One row per model, optimizer, dataset and varied settings: mean and std over seeds."""
+  """One row per configuration (model, optimizer, dataset, varied settings) over its seeds.
+
+  The varied settings (``settings`` of each result, see :func:`run_sweep`) become columns
+  after ``optimizer``.
+  """
   by_config: dict[tuple, list[dict[str, Any]]] = {}
   for r in results:
-    key = (r.get("variant") or r["model"], r["optimizer"], r["dataset"])
-    by_config.setdefault(key, []).append(r)
+    settings = tuple(sorted(r.get("settings", {}).items()))
+    by_config.setdefault((r["model"], r["optimizer"], r["dataset"], settings), []).append(r)
   rows = []
-  for (name, optimizer, dataset), group in by_config.items():
+  for (model, optimizer, dataset, settings), group in by_config.items():
     test = [r["test_accuracy"] for r in group]
     val = [r["val_accuracy"] for r in group if r["val_accuracy"] is not None]
     rows.append({
-        "model": name,
+        "model": model,
         "optimizer": optimizer,
+        **dict(settings),
         "dataset": dataset,
         "seeds": len(group),
         "test_acc_mean": statistics.fmean(test),
@@ -223,9 +228,15 @@ def summarize(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         "params": group[0]["num_params"],
         "seconds_per_run": statistics.fmean(r["train_seconds"] for r in group),
         "seconds_per_epoch": statistics.fmean(r["seconds_per_epoch"] for r in group),
-        "reported": models.get_spec(group[0]["model"]).reported,
+        "reported": models.get_spec(model).reported,
     })
   return rows
+
+
+def table_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
+  """:data:`TABLE_COLUMNS` with the varied settings of ``rows`` after ``optimizer``."""
+  extra = [k for k in dict.fromkeys(k for r in rows for k in r) if k not in TABLE_COLUMNS]
+  return [*TABLE_COLUMNS[:2], *extra, *TABLE_COLUMNS[2:]]
 
 
 def _fmt(column: str, value: Any) -> str:
@@ -240,17 +251,17 @@ def _fmt(column: str, value: Any) -> str:
 
 def to_markdown(rows: Sequence[dict[str, Any]]) -> str:
   """The table as GitHub Markdown, accuracies in percent."""
-  lines = ["| " + " | ".join(TABLE_COLUMNS) + " |",
-           "|" + "---|" * len(TABLE_COLUMNS)]
+  columns = table_columns(rows)
+  lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
   for row in rows:
-    lines.append("| " + " | ".join(_fmt(c, row[c]) for c in TABLE_COLUMNS) + " |")
+    lines.append("| " + " | ".join(_fmt(c, row.get(c)) for c in columns) + " |")
   return "\n".join(lines) + "\n"
 
 
 def to_csv(rows: Sequence[dict[str, Any]]) -> str:
   """The table as CSV with full-precision numbers (accuracies as fractions)."""
   out = io.StringIO()
-  writer = csv.DictWriter(out, fieldnames=TABLE_COLUMNS, lineterminator="\n")
+  writer = csv.DictWriter(out, fieldnames=table_columns(rows), lineterminator="\n")
   writer.writeheader()
   writer.writerows(rows)
   return out.getvalue()

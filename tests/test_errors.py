@@ -23,6 +23,7 @@ import jax
 import numpy as np
 import pytest
 
+from digits_jax import sweep
 from digits_jax.config import Config, resolve
 from digits_jax.training import checkpoints, step
 from tests import cli
@@ -248,7 +249,9 @@ def test_workdir_of_another_config_then_overwrite_then_divergence(cli_run, mnist
 
 
 def test_sweep_refuses_a_run_directory_of_another_config(mnist_dir, tmp_path):
-  run_dir = tmp_path / "conv2_dense64-adam-seed0"
+  tiny = resolve(Config(model="conv2_dense64", epochs=4, batch_size=32, train_subset=1024,
+                        validation_size=256))
+  run_dir = tmp_path / sweep.run_name(tiny)  # where the sweep below puts that run
   run_dir.mkdir()
   other = resolve(Config(model="conv2_dense64", learning_rate=0.5)).to_dict()
   (run_dir / "config.json").write_text(json.dumps({"config": other}))

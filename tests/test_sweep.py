@@ -71,3 +71,35 @@ def test_unknown_model_fails_before_any_compute(tmp_path):
   assert out.returncode != 0
   assert "unknown model 'lenet'" in out.stderr and "conv2_dense64" in out.stderr
   assert not any(tmp_path.iterdir())
+
+
+def test_a_learning_rate_grid_gives_rows_that_differ_in_that_value_only(mnist_dir, tmp_path):
+  cmd = [sys.executable, "-m", "experiments.sweep", "--models=conv2_dense64",
+         "--learning_rate=0.001,0.003", "--epochs=1", "--train_subset=256",
+         "--validation_size=256", f"--manual_dir={mnist_dir}", "--data_backend=idx",
+         f"--workdir={tmp_path}"]
+  out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  with open(tmp_path / "results.csv") as f:
+    rows = list(csv.DictReader(f))
+  assert [float(r["learning_rate"]) for r in rows] == [0.001, 0.003]
+  fixed = [{k: v for k, v in r.items() if k in ("model", "optimizer", "dataset", "seeds",
+                                                "epochs", "batch_size", "params")} for r in rows]
+  assert fixed[0] == fixed[1]
+  assert sorted(p.parent.name for p in tmp_path.glob("*/results.json")) == [
+      "conv2_dense64-adam-val256-sub256-ep1-seed0",
+      "conv2_dense64-adam-val256-sub256-lr0.003-ep1-seed0"]
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--learning_rate=0.001,abc", "--learning_rate: 'abc' is not a valid float"),
+    ("--batch_size=64,0", "batch_size must be a positive number, got 0"),
+    ("--schedule=cosine,bogus", "unknown schedule 'bogus'"),
+])
+def test_a_bad_grid_value_fails_before_training(tmp_path, flag, message):
+  out = subprocess.run([sys.executable, "-m", "experiments.sweep", "--models=conv2_dense64", flag,
+                        f"--workdir={tmp_path}"], cwd=REPO, capture_output=True, text=True,
+                       timeout=120)
+  assert out.returncode == 1
+  assert message in out.stderr.strip().splitlines()[-1]
+  assert not any(tmp_path.iterdir())
