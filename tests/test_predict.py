@@ -301,3 +301,25 @@ def test_userstyle_set_is_deterministic_and_readable(tmp_path):
     preprocess.preprocess(predict.load_image(tmp_path / "a" / name))
   other = userstyle.generate(tmp_path / "c", 10, seed=4)
   assert (tmp_path / "a" / first[0][0]).read_bytes() != (tmp_path / "c" / other[0][0]).read_bytes()
+
+
+def test_own_digits_notebook_executes(tiny_run, user_folder, monkeypatch):
+  import nbclient
+  import nbformat
+
+  from tests.conftest import REPO
+
+  notebook = REPO / "notebooks" / "own_digits.ipynb"
+  folder, _, _ = user_folder
+  monkeypatch.setenv("DIGITS_WORKDIR", str(tiny_run[0]))  # the kernel inherits them
+  monkeypatch.setenv("DIGITS_IMAGES", str(folder))
+  nb = nbformat.read(notebook, as_version=4)
+  nbclient.NotebookClient(
+    nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(notebook.parent)}}
+  ).execute()
+  outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
+  assert not [o for o in outputs if o.output_type == "error"]
+  assert len([o for o in outputs if "image/png" in o.get("data", {})]) == 2
+  text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+  assert f"{NUM_IMAGES} images in" in text and "full recipe: accuracy" in text
+  assert "true\\pred" in text
