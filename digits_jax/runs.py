@@ -205,7 +205,8 @@ def read_config(workdir: str | os.PathLike) -> tuple[Config, dict[str, Any]]:
   return config, saved
 
 
-def _require_checkpoint(workdir: Path) -> None:
+def require_checkpoint(workdir: Path) -> None:
+  """Raises CheckpointError, with the fix, when ``workdir`` has no best checkpoint."""
   if not (workdir / "checkpoints" / "best").is_dir():
     raise checkpoints.CheckpointError(
         f"{workdir} has no checkpoint (checkpoints/best): the run stopped before its first "
@@ -225,7 +226,7 @@ def load_run(workdir: str | os.PathLike, num_classes: int | None = None) -> Load
   """
   workdir = Path(workdir)
   config, saved = read_config(workdir)
-  _require_checkpoint(workdir)
+  require_checkpoint(workdir)
   if num_classes is None:
     num_classes = data.NUM_CLASSES
   state = create_train_state(config, jax.random.PRNGKey(0), 1, num_classes)
@@ -255,7 +256,7 @@ def rebuild(workdir: str | os.PathLike, *, datasets: data.Datasets | None = None
   """
   workdir = Path(workdir)
   config, saved = read_config(workdir)
-  _require_checkpoint(workdir)
+  require_checkpoint(workdir)
   if datasets is None:
     datasets = data.load_datasets(config.dataset, manual_dir=manual_dir, data_dir=data_dir,
                                   validation_size=config.validation_size, backend=backend)

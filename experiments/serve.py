@@ -1,0 +1,170 @@
+"""A local page to draw a digit (or drop an image) and watch the networks read it.
+
+    python -m experiments.serve --workdir=RUN [--workdir=RUN2 ...] [--port=8000]
+
+Serves ``digits_jax/web/index.html`` on http://127.0.0.1:8000/ (``--host`` to listen
+elsewhere; ``--port=0`` picks a free port). The page sends the drawing as a PNG to
+``POST /api/predict`` while the person draws; the answer is JSON: the 28x28 input the
+networks got (:func:`digits_jax.preprocess.preprocess`), and every model's and the
+ensemble's ten probabilities. ``GET /api/models`` lists the loaded runs.
+
+Requests larger than ``--max_bytes`` get 413, a body that is not an image 400 and an image
+without ink 422, each with ``{"error": message}``. The standard library's
+:mod:`http.server` serves it: one process, no dependencies beyond the project's.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from typing import Any
+
+import absl.logging
+import numpy as np
+from absl import app, flags
+
+from digits_jax import predict, preprocess, runs
+from digits_jax.training import checkpoints
+
+flags.DEFINE_multi_string(
+  "workdir", None, "A trained run's work directory; repeat the flag for an ensemble."
+)
+flags.DEFINE_string(
+  "host", "127.0.0.1", "Address to listen on; the default is reachable from this machine only."
+)
+flags.DEFINE_integer("port", 8000, "Port to listen on (0: any free port, printed at start).")
+flags.DEFINE_integer("max_bytes", 5_000_000, "Largest request body accepted.")
+flags.mark_flag_as_required("workdir")
+FLAGS = flags.FLAGS
+
+log = logging.getLogger(__name__)
+
+
+def page() -> bytes:
+  """The drawing page (package data of :mod:`digits_jax`)."""
+  return resources.files("digits_jax").joinpath("web/index.html").read_bytes()
+
+
+def make_handler(
+  runs: list[predict.Run], *, max_bytes: int, steps: preprocess.Steps | None = None
+) -> type[BaseHTTPRequestHandler]:
+  """A request handler class serving the page and the prediction endpoint for ``runs``."""
+  html = page()
+  lock = threading.Lock()  # one prediction at a time: the models are not re-entrant
+  models = [run.name for run in runs] + ([predict.ENSEMBLE] if len(runs) > 1 else [])
+
+  class Handler(BaseHTTPRequestHandler):
+    server_version = "digits_jax"
+
+    def _send(self, status: int, body: bytes, content_type: str) -> None:
+      self.send_response(status)
+      self.send_header("Content-Type", content_type)
+      self.send_header("Content-Length", str(len(body)))
+      self.send_header("Cache-Control", "no-store")
+      self.send_header("X-Content-Type-Options", "nosniff")
+      self.end_headers()
+      self.wfile.write(body)
+
+    def _json(self, status: int, obj: Any) -> None:
+      self._send(status, json.dumps(obj).encode(), "application/json")
+
+    def _error(self, status: int, message: str) -> None:
+      self._json(status, {"error": message})
+
+    def do_GET(self):  # noqa: N802 (http.server's name)
+      path = self.path.split("?", 1)[0]
+      if path in ("/", "/index.html"):
+        self._send(HTTPStatus.OK, html, "text/html; charset=utf-8")
+      elif path == "/api/models":
+        self._json(HTTPStatus.OK, {"models": models})
+      else:
+        self._error(HTTPStatus.NOT_FOUND, f"no such page: {path}")
+
+    def do_POST(self):  # noqa: N802
+      if self.path.split("?", 1)[0] != "/api/predict":
+        self._error(HTTPStatus.NOT_FOUND, f"no such endpoint: {self.path}")
+        return
+      length = self.headers.get("Content-Length")
+      if length is None or not length.isdigit():
+        self.close_connection = True
+        self._error(
+          HTTPStatus.LENGTH_REQUIRED,
+          "send the image as the request body with a Content-Length header",
+        )
+        return
+      if int(length) > max_bytes:
+        self.close_connection = True  # the body is not read: drop the connection
+        self._error(
+          HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+          f"the request has {int(length):,} bytes, more than the limit of "
+          f"{max_bytes:,}; send a smaller image",
+        )
+        return
+      data = self.rfile.read(int(length))
+      if not data:
+        self._error(HTTPStatus.BAD_REQUEST, "the request has no body: send an image file")
+        return
+      try:
+        with lock:
+          result = predict.predict_bytes(runs, data, steps, name="the uploaded file")
+      except predict.ImageError as e:
+        self._error(HTTPStatus.BAD_REQUEST, str(e))
+        return
+      except preprocess.EmptyImageError as e:
+        self._error(HTTPStatus.UNPROCESSABLE_ENTITY, f"the uploaded file: {e}")
+        return
+      self._json(HTTPStatus.OK, result)
+
+    def log_message(self, format, *args):  # noqa: A002 (http.server's signature)
+      log.info("%s %s", self.address_string(), format % args)
+
+  return Handler
+
+
+def make_server(
+  runs: list[predict.Run], host: str = "127.0.0.1", port: int = 8000, *, max_bytes: int = 5_000_000
+) -> ThreadingHTTPServer:
+  """A threading HTTP server for ``runs``, bound but not yet serving."""
+  return ThreadingHTTPServer((host, port), make_handler(runs, max_bytes=max_bytes))
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.basicConfig(
+    level=logging.WARNING,
+    format="%(asctime)s %(message)s",
+    datefmt="%H:%M:%S",
+    stream=sys.stderr,
+    force=True,
+  )
+  absl.logging.set_verbosity(absl.logging.WARNING)
+  try:
+    runs = predict.load_runs(FLAGS.workdir)
+  except (runs.RunDirError, checkpoints.CheckpointError) as e:
+    sys.exit(f"error: {e}")
+  for run in runs:  # compile the forward pass before the first person draws
+    run.probabilities(np.zeros((1, 28, 28, 1), np.float32))
+  try:
+    server = make_server(runs, FLAGS.host, FLAGS.port, max_bytes=FLAGS.max_bytes)
+  except OSError as e:
+    sys.exit(f"error: cannot listen on {FLAGS.host}:{FLAGS.port} ({e}); choose another --port")
+  host, port = server.server_address[:2]
+  print(
+    f"serving {', '.join(r.name for r in runs)} on http://{host}:{port}/ (Ctrl-C stops)", flush=True
+  )
+  try:
+    server.serve_forever()
+  except KeyboardInterrupt:
+    pass
+  finally:
+    server.server_close()
+
+
+if __name__ == "__main__":
+  app.run(main)
