@@ -29,7 +29,8 @@ from pathlib import Path
 import absl.logging
 from absl import app, flags
 
-from digits_jax import predict, preprocess, runs
+from digits_jax import predict, preprocess
+from digits_jax.runs import RunDirError
 from digits_jax.training import checkpoints
 
 flags.DEFINE_multi_string(
@@ -124,7 +125,7 @@ def main(argv):
   try:
     labels = _labels(images, paths)
     runs = predict.load_runs(FLAGS.workdir)
-  except (OSError, ValueError, runs.RunDirError, checkpoints.CheckpointError) as e:
+  except (OSError, ValueError, RunDirError, checkpoints.CheckpointError) as e:
     sys.exit(f"error: {e}")
 
   results = predict.predict_files(runs, images, steps, labels=labels, max_pixels=FLAGS.max_pixels)

@@ -28,7 +28,8 @@ import absl.logging
 import numpy as np
 from absl import app, flags
 
-from digits_jax import predict, preprocess, runs
+from digits_jax import predict, preprocess
+from digits_jax.runs import RunDirError
 from digits_jax.training import checkpoints
 
 flags.DEFINE_multi_string(
@@ -146,7 +147,7 @@ def main(argv):
   absl.logging.set_verbosity(absl.logging.WARNING)
   try:
     runs = predict.load_runs(FLAGS.workdir)
-  except (runs.RunDirError, checkpoints.CheckpointError) as e:
+  except (RunDirError, checkpoints.CheckpointError) as e:
     sys.exit(f"error: {e}")
   for run in runs:  # compile the forward pass before the first person draws
     run.probabilities(np.zeros((1, 28, 28, 1), np.float32))
