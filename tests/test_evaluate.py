@@ -48,7 +48,7 @@ def test_evaluate_rebuilds_the_reports_and_reproduces_the_test_accuracy(tiny_run
   # The stored test outputs of a run that lacks them (an earlier version's) are written.
   outputs, saved = compare.load_test_outputs(workdir), compare.load_test_outputs(original)
   assert np.array_equal(outputs.probabilities, saved.probabilities)
-  assert np.mean(outputs.predictions == outputs.labels) == results["test_accuracy"]
+  assert np.mean(outputs.predictions == outputs.labels) == pytest.approx(results["test_accuracy"])
   # Training's own files are read, never written.
   for name in ("config.json", "metrics.jsonl", "results.json"):
     assert (workdir / name).read_bytes() == (original / name).read_bytes(), name

@@ -14,6 +14,8 @@ import json
 import random
 import shutil
 
+from digits_jax import sweep
+from digits_jax.config import Config, resolve
 from tests import cli
 
 TRAIN = "experiments.train"
@@ -105,10 +107,13 @@ def test_finished_run_started_again_is_not_trained_again(cli_run, mnist_dir, tmp
 
 def test_sweep_skips_finished_runs_resumes_the_killed_one_and_counts_each_once(
     cli_run, mnist_dir, tmp_path):
-  # The uninterrupted run is this sweep's seed 0, finished; seed 1 is killed mid-run.
+  # The uninterrupted run is this sweep's seed 0, finished (in a directory named as earlier
+  # versions named it: still found); seed 1 is killed mid-run.
   shutil.copytree(cli_run, tmp_path / "conv2_dense64-adam-seed0")
   seed0 = cli.snapshot(tmp_path / "conv2_dense64-adam-seed0")
-  seed1 = tmp_path / "conv2_dense64-adam-seed1"
+  tiny = resolve(Config(model="conv2_dense64", epochs=4, batch_size=32, train_subset=1024,
+                        validation_size=256, seed=1))
+  seed1 = tmp_path / sweep.run_name(tiny)
   flags = [f for f in cli.TINY if not f.startswith("--model=")]
   flags += ["--models=conv2_dense64", "--seeds=0,1,1", f"--manual_dir={mnist_dir}",
             f"--workdir={tmp_path}"]
@@ -128,4 +133,4 @@ def test_sweep_skips_finished_runs_resumes_the_killed_one_and_counts_each_once(
   assert [(r["model"], r["seeds"]) for r in rows] == [("conv2_dense64", "2")]
   assert len((tmp_path / "results.md").read_text().splitlines()) == 3
   assert sorted(p.parent.name for p in tmp_path.glob("*/results.json")) == [
-      "conv2_dense64-adam-seed0", "conv2_dense64-adam-seed1"]
+      "conv2_dense64-adam-seed0", seed1.name]

@@ -79,12 +79,21 @@ def quiet_abandoned_reads() -> None:
 
 
 def _open_manager(directory: Path, **options: Any) -> ocp.CheckpointManager:
-  """An orbax manager that deletes temporary directories left by an interrupted save."""
+  """An orbax manager that has deleted the temporary directories of an interrupted save.
+
+  Orbax starts that clean-up in a background thread; it is awaited here, so that a
+  program that stops right after opening (on a corrupt checkpoint, say) does not print
+  the thread's failure at exit.
+  """
   try:
-    return ocp.CheckpointManager(
+    manager = ocp.CheckpointManager(
         directory,
         options=ocp.CheckpointManagerOptions(
             enable_async_checkpointing=False, cleanup_tmp_directories=True, **options))
+    await_cleanup = getattr(manager, "_maybe_await_cleanup_tmp_directory", None)
+    if await_cleanup is not None:
+      await_cleanup()
+    return manager
   except Exception as e:  # orbax raises many types for unreadable metadata
     raise CheckpointError(
         f"the checkpoint directory {directory} cannot be read ({_brief(e)}); it is corrupt "
