@@ -102,9 +102,10 @@ def prepare_plain_flax(config: Config, steps: int) -> Runner:
   def run():
     order = np.random.default_rng(0).permutation(len(labels))
     for i in range(steps):
-      idx = order[i * bs:(i + 1) * bs]
-      holder["state"], metrics = step(holder["state"], images[idx], labels[idx],
-                                      jax.random.fold_in(key, i))
+      idx = order[i * bs : (i + 1) * bs]
+      holder["state"], metrics = step(
+        holder["state"], images[idx], labels[idx], jax.random.fold_in(key, i)
+      )
     jax.block_until_ready(metrics)
 
   return run
@@ -158,7 +159,7 @@ def prepare_torch(config: Config, steps: int) -> Runner | None:
   def run():
     order = torch.randperm(len(y))
     for i in range(steps):
-      idx = order[i * bs:(i + 1) * bs]
+      idx = order[i * bs : (i + 1) * bs]
       opt.zero_grad()
       loss = loss_fn(net(x[idx]), y[idx])
       loss.backward()
@@ -181,8 +182,11 @@ def prepare_keras(config: Config, steps: int) -> Runner | None:
   keras.utils.set_random_seed(0)
   layers = [keras.Input((28, 28, 1))]
   for layer in conv_layers:
-    layers.append(keras.layers.MaxPooling2D(2) if layer == "pool"
-                  else keras.layers.Conv2D(layer, 3, activation="relu"))
+    layers.append(
+      keras.layers.MaxPooling2D(2)
+      if layer == "pool"
+      else keras.layers.Conv2D(layer, 3, activation="relu")
+    )
   layers.append(keras.layers.Flatten())
   for d in dense:
     layers.append(keras.layers.Dense(d, activation="relu"))
@@ -190,8 +194,11 @@ def prepare_keras(config: Config, steps: int) -> Runner | None:
       layers.append(keras.layers.Dropout(dropout))
   layers.append(keras.layers.Dense(10))
   net = keras.Sequential(layers)
-  opt = (keras.optimizers.SGD(config.learning_rate, momentum=config.momentum)
-         if config.optimizer == "sgd" else keras.optimizers.Adam(config.learning_rate))
+  opt = (
+    keras.optimizers.SGD(config.learning_rate, momentum=config.momentum)
+    if config.optimizer == "sgd"
+    else keras.optimizers.Adam(config.learning_rate)
+  )
   net.compile(opt, keras.losses.SparseCategoricalCrossentropy(from_logits=True))
   images, labels = _random_data(steps * config.batch_size)
 
@@ -208,8 +215,9 @@ def time_vmap(config: Config, k: int, steps: int, repeats: int) -> tuple[float, 
   x, y = jnp.asarray(images), jnp.asarray(labels)
   tx = make_optimizer(config, steps)
   model = models.create_model(config.model, fast=config.fast_ops)
-  states = [create_train_state(config, jax.random.PRNGKey(i), steps, tx=tx, model=model)
-            for i in range(k)]
+  states = [
+    create_train_state(config, jax.random.PRNGKey(i), steps, tx=tx, model=model) for i in range(k)
+  ]
   rngs = jax.random.split(jax.random.PRNGKey(1), k)
   group_fn = make_epoch_fn(config, vmapped=True)
   single_fn = make_epoch_fn(config)
@@ -229,16 +237,28 @@ def time_vmap(config: Config, k: int, steps: int, repeats: int) -> tuple[float, 
   return medians["group"], medians["singles"]
 
 
-def benchmark_model(name: str, *, steps: int, repeats: int, batch_size: int | None = None,
-                    frameworks: tuple[str, ...] = ("ours", "flax", "torch", "keras")
-                    ) -> dict[str, Any]:
+def benchmark_model(
+  name: str,
+  *,
+  steps: int,
+  repeats: int,
+  batch_size: int | None = None,
+  frameworks: tuple[str, ...] = ("ours", "flax", "torch", "keras"),
+) -> dict[str, Any]:
   """One row of the speed table: seconds per 60,000-image epoch in each framework."""
   config = resolve(Config(model=name, batch_size=batch_size, augment=False))
   per_epoch = EPOCH_IMAGES / (steps * config.batch_size)
-  preparers = {"ours": prepare_ours, "flax": prepare_plain_flax, "torch": prepare_torch,
-               "keras": prepare_keras}
-  row: dict[str, Any] = {"model": name, "batch_size": config.batch_size,
-                         "optimizer": config.optimizer}
+  preparers = {
+    "ours": prepare_ours,
+    "flax": prepare_plain_flax,
+    "torch": prepare_torch,
+    "keras": prepare_keras,
+  }
+  row: dict[str, Any] = {
+    "model": name,
+    "batch_size": config.batch_size,
+    "optimizer": config.optimizer,
+  }
   runners = {f: preparers[f](config, steps) for f in frameworks}
   medians = interleaved_medians({f: r for f, r in runners.items() if r is not None}, repeats)
   for framework in frameworks:
@@ -256,8 +276,11 @@ def benchmark_model(name: str, *, steps: int, repeats: int, batch_size: int | No
 # --- the command line ---------------------------------------------------------
 
 flags.DEFINE_list("models", list(models.MODELS), "Models to time.")
-flags.DEFINE_list("frameworks", ["ours", "flax", "torch", "keras"],
-                  "Which implementations to time (ours is always first).")
+flags.DEFINE_list(
+  "frameworks",
+  ["ours", "flax", "torch", "keras"],
+  "Which implementations to time (ours is always first).",
+)
 flags.DEFINE_integer("steps", 60, "Optimizer steps per measurement.")
 flags.DEFINE_integer("repeats", 3, "Measurements per figure (the median is reported).")
 flags.DEFINE_integer("batch_size", None, "Batch size (default: each model's recipe).")
@@ -266,9 +289,19 @@ flags.DEFINE_string("vmap_model", "conv2_dense128_dropout", "Model for the vmap 
 flags.DEFINE_string("output_dir", "benchmark_results", "Where the table is written.")
 FLAGS = flags.FLAGS
 
-COLUMNS = ("model", "batch_size", "optimizer", "ours_s_per_epoch", "flax_s_per_epoch",
-           "torch_s_per_epoch", "keras_s_per_epoch", "ours_images_per_s", "flax_over_ours",
-           "torch_over_ours", "keras_over_ours")
+COLUMNS = (
+  "model",
+  "batch_size",
+  "optimizer",
+  "ours_s_per_epoch",
+  "flax_s_per_epoch",
+  "torch_s_per_epoch",
+  "keras_s_per_epoch",
+  "ours_images_per_s",
+  "flax_over_ours",
+  "torch_over_ours",
+  "keras_over_ours",
+)
 
 
 def _fmt(value):
@@ -289,12 +322,19 @@ def main(argv):
   if jax.default_backend() == "cpu":
     native.tune_allocator()  # as training does (experiments.common.setup); all columns share it
   env = environment()
-  print(f"# {platform.node()} {env['cpu']} ({env['cpu_count']} cores), "
-        f"{env['devices']}, jax {env['jax']}, {time.strftime('%Y-%m-%d %H:%M')}")
+  print(
+    f"# {platform.node()} {env['cpu']} ({env['cpu_count']} cores), "
+    f"{env['devices']}, jax {env['jax']}, {time.strftime('%Y-%m-%d %H:%M')}"
+  )
   rows = []
   for name in FLAGS.models:
-    row = benchmark_model(name, steps=FLAGS.steps, repeats=FLAGS.repeats,
-                                    batch_size=FLAGS.batch_size, frameworks=frameworks)
+    row = benchmark_model(
+      name,
+      steps=FLAGS.steps,
+      repeats=FLAGS.repeats,
+      batch_size=FLAGS.batch_size,
+      frameworks=frameworks,
+    )
     print(" | ".join(f"{c}={_fmt(row.get(c))}" for c in COLUMNS), flush=True)
     rows.append(row)
 
@@ -302,14 +342,15 @@ def main(argv):
   lines += ["| " + " | ".join(_fmt(r.get(c)) for c in COLUMNS) + " |" for r in rows]
   table = "\n".join(lines) + "\n"
   if FLAGS.vmap_models:
-    config = resolve(Config(model=FLAGS.vmap_model, batch_size=FLAGS.batch_size,
-                            augment=False))
+    config = resolve(Config(model=FLAGS.vmap_model, batch_size=FLAGS.batch_size, augment=False))
     k = FLAGS.vmap_models
     together, apart = time_vmap(config, k, FLAGS.steps, FLAGS.repeats)
     images = k * FLAGS.steps * config.batch_size
-    table += (f"\nvmap, {k} x {config.model} (batch {config.batch_size}): "
-              f"{images / together:.0f} images/s together, {images / apart:.0f} images/s "
-              f"one after another: {apart / together:.2f}x\n")
+    table += (
+      f"\nvmap, {k} x {config.model} (batch {config.batch_size}): "
+      f"{images / together:.0f} images/s together, {images / apart:.0f} images/s "
+      f"one after another: {apart / together:.2f}x\n"
+    )
   print(table)
   out = io.StringIO()
   writer = csv.DictWriter(out, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
@@ -317,10 +358,17 @@ def main(argv):
   writer.writerows(rows)
   files.write_text(f"{FLAGS.output_dir}/benchmark.md", table)
   files.write_text(f"{FLAGS.output_dir}/benchmark.csv", out.getvalue())
-  files.write_json(f"{FLAGS.output_dir}/environment.json",
-                   {**env, **_other_frameworks(), "native_kernels": native.available(),
-                    "steps": FLAGS.steps, "repeats": FLAGS.repeats,
-                    "date": time.strftime("%Y-%m-%d %H:%M")})
+  files.write_json(
+    f"{FLAGS.output_dir}/environment.json",
+    {
+      **env,
+      **_other_frameworks(),
+      "native_kernels": native.available(),
+      "steps": FLAGS.steps,
+      "repeats": FLAGS.repeats,
+      "date": time.strftime("%Y-%m-%d %H:%M"),
+    },
+  )
 
 
 def _other_frameworks() -> dict[str, str]:

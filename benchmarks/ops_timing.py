@@ -70,11 +70,11 @@ def time_pools() -> None:
 def time_convs() -> None:
   print(f"conv 3x3, forward+backward, batch {BATCH} (ms): plain / fast")
   layers = [  # (input HWC, output channels, padding, gradient w.r.t. the input too)
-      ((28, 28, 1), 32, "VALID", False),
-      ((28, 28, 1), 32, "SAME", False),
-      ((13, 13, 32), 64, "VALID", True),
-      ((14, 14, 32), 64, "SAME", True),
-      ((11, 11, 64), 64, "VALID", True),
+    ((28, 28, 1), 32, "VALID", False),
+    ((28, 28, 1), 32, "SAME", False),
+    ((13, 13, 32), 64, "VALID", True),
+    ((14, 14, 32), 64, "SAME", True),
+    ((11, 11, 64), 64, "VALID", True),
   ]
   for shape, cout, padding, input_grad in layers:
     x = jax.random.normal(jax.random.key(0), (BATCH, *shape))
@@ -82,8 +82,8 @@ def time_convs() -> None:
     ct = jax.random.normal(jax.random.key(2), ops.conv2d(x, kernel, padding).shape)
     argnums = (0, 1) if input_grad else (1,)
     plain, fast = (
-        median_ms(fwd_bwd(functools.partial(op, padding=padding), ct, argnums), x, kernel)
-        for op in (ops.conv2d_reference, ops.conv2d)
+      median_ms(fwd_bwd(functools.partial(op, padding=padding), ct, argnums), x, kernel)
+      for op in (ops.conv2d_reference, ops.conv2d)
     )
     wrt = "input+kernel" if input_grad else "kernel only"
     print(f"  {shape!s:12} -> {cout:3} {padding:5} ({wrt:12}) {plain:7.2f} / {fast:6.2f}")
@@ -98,7 +98,7 @@ class FastConv(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     kernel = self.param(
-        "kernel", nn.initializers.lecun_normal(), (3, 3, x.shape[-1], self.features)
+      "kernel", nn.initializers.lecun_normal(), (3, 3, x.shape[-1], self.features)
     )
     bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
     return ops.conv2d(x, kernel, self.padding) + bias
@@ -152,13 +152,15 @@ def time_train_steps(padding: str) -> None:
     opt_state = jax.vmap(tx.init)(params)
     one = jax.tree.map(lambda a: a[0], (params, opt_state))
     results[fast] = (
-        median_ms(jax.jit(step), *one, images[0], labels[0], rngs[0]),
-        median_ms(jax.jit(jax.vmap(step)), params, opt_state, images, labels, rngs, repeats=5),
+      median_ms(jax.jit(step), *one, images[0], labels[0], rngs[0]),
+      median_ms(jax.jit(jax.vmap(step)), params, opt_state, images, labels, rngs, repeats=5),
     )
   (plain, plain_k), (fast, fast_k) = results[False], results[True]
   print(f"  one model            {plain:7.2f} / {fast:6.2f}")
-  print(f"  {VMAPPED_MODELS} models, vmapped   {plain_k:7.2f} / {fast_k:6.2f}"
-        f"   (per model {plain_k / VMAPPED_MODELS:.2f} / {fast_k / VMAPPED_MODELS:.2f})")
+  print(
+    f"  {VMAPPED_MODELS} models, vmapped   {plain_k:7.2f} / {fast_k:6.2f}"
+    f"   (per model {plain_k / VMAPPED_MODELS:.2f} / {fast_k / VMAPPED_MODELS:.2f})"
+  )
 
 
 if __name__ == "__main__":

@@ -18,8 +18,9 @@ MAX_SHIFT = 2.0  # pixels
 def _warp(image: jax.Array, angle: jax.Array, shift: jax.Array) -> jax.Array:
   """Rotates one HxWxC image by ``angle`` (radians) about its centre, then shifts it."""
   h, w = image.shape[:2]
-  rows, cols = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32),
-                            jnp.arange(w, dtype=jnp.float32), indexing="ij")
+  rows, cols = jnp.meshgrid(
+    jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32), indexing="ij"
+  )
   cy, cx = (h - 1) / 2, (w - 1) / 2
   # Inverse map: for each output pixel, where it comes from in the input.
   y, x = rows - cy - shift[0], cols - cx - shift[1]
@@ -27,15 +28,15 @@ def _warp(image: jax.Array, angle: jax.Array, shift: jax.Array) -> jax.Array:
   src_y = cos * y - sin * x + cy
   src_x = sin * y + cos * x + cx
   channels = [
-      ndimage.map_coordinates(image[..., c], [src_y, src_x], order=1, mode="constant")
-      for c in range(image.shape[-1])
+    ndimage.map_coordinates(image[..., c], [src_y, src_x], order=1, mode="constant")
+    for c in range(image.shape[-1])
   ]
   return jnp.stack(channels, axis=-1)
 
 
-def random_rotate_shift(rng: jax.Array, images: jax.Array,
-                        max_degrees: float = MAX_DEGREES,
-                        max_shift: float = MAX_SHIFT) -> jax.Array:
+def random_rotate_shift(
+  rng: jax.Array, images: jax.Array, max_degrees: float = MAX_DEGREES, max_shift: float = MAX_SHIFT
+) -> jax.Array:
   """Augments a batch of NHWC images with per-image rotations and shifts.
 
   Args:
@@ -49,7 +50,6 @@ def random_rotate_shift(rng: jax.Array, images: jax.Array,
   """
   b = images.shape[0]
   angle_rng, shift_rng = jax.random.split(rng)
-  angles = jnp.deg2rad(jax.random.uniform(angle_rng, (b,), minval=-max_degrees,
-                                          maxval=max_degrees))
+  angles = jnp.deg2rad(jax.random.uniform(angle_rng, (b,), minval=-max_degrees, maxval=max_degrees))
   shifts = jax.random.uniform(shift_rng, (b, 2), minval=-max_shift, maxval=max_shift)
   return jax.vmap(_warp)(images, angles, shifts).astype(images.dtype)

@@ -27,17 +27,24 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 # When a run replaces its recipe's optimizer (``--optimizer=sgd`` on an Adam
 # recipe), these take the place of the recipe's optimizer settings unless given.
 OPTIMIZER_DEFAULTS = {
-    "adam": {"learning_rate": 1e-3, "weight_decay": 0.0},
-    "adamw": {"learning_rate": 1e-3, "weight_decay": 1e-4},
-    "sgd": {"learning_rate": 0.01, "weight_decay": 0.0},
+  "adam": {"learning_rate": 1e-3, "weight_decay": 0.0},
+  "adamw": {"learning_rate": 1e-3, "weight_decay": 1e-4},
+  "sgd": {"learning_rate": 0.01, "weight_decay": 0.0},
 }
 SCHEDULES = ("constant", "cosine", "onecycle")
 LOSSES = ("sparse", "onehot")
 EPOCH_LOOPS = ("auto", "scan", "host")
 # Short names of settings in run directory names and table labels.
-SHORT_NAMES = {"learning_rate": "lr", "batch_size": "bs", "epochs": "ep", "weight_decay": "wd",
-               "label_smoothing": "ls", "momentum": "mom", "validation_size": "val",
-               "train_subset": "sub"}
+SHORT_NAMES = {
+  "learning_rate": "lr",
+  "batch_size": "bs",
+  "epochs": "ep",
+  "weight_decay": "wd",
+  "label_smoothing": "ls",
+  "momentum": "mom",
+  "validation_size": "val",
+  "train_subset": "sub",
+}
 
 
 class ConfigError(ValueError):
@@ -49,13 +56,15 @@ def _setting(default: Any, help: str, *, choices: tuple[str, ...] | None = None)
 
 
 def _recipe(default: Any, help: str, *, choices: tuple[str, ...] | None = None) -> Any:
-  return dataclasses.field(default=None, metadata={"help": help, "choices": choices,
-                                                   "recipe_default": default})
+  return dataclasses.field(
+    default=None, metadata={"help": help, "choices": choices, "recipe_default": default}
+  )
 
 
 def _implementation(default: Any, help: str, *, choices: tuple[str, ...] | None = None) -> Any:
-  return dataclasses.field(default=default, metadata={"help": help, "choices": choices,
-                                                      "implementation": True})
+  return dataclasses.field(
+    default=default, metadata={"help": help, "choices": choices, "implementation": True}
+  )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,10 +75,13 @@ class Config:
   dataset: str = _setting("mnist", "Dataset.", choices=data.DATASETS)
   seed: int = _setting(0, "Seed for initialisation, shuffling, dropout and augmentation.")
   validation_size: int = _setting(
-      5000, "Training images held out for validation (model selection).")
+    5000, "Training images held out for validation (model selection)."
+  )
   train_subset: int = _setting(
-      0, "Train on only the first N training images (0: all). For smoke tests, never for "
-      "reported numbers.")
+    0,
+    "Train on only the first N training images (0: all). For smoke tests, never for "
+    "reported numbers.",
+  )
   # Recipe fields: None takes the model's recipe value.
   optimizer: str | None = _recipe("adam", "Optimizer.", choices=OPTIMIZERS)
   learning_rate: float | None = _recipe(1e-3, "Peak learning rate.")
@@ -79,15 +91,19 @@ class Config:
   batch_size: int | None = _recipe(128, "Batch size.")
   epochs: int | None = _recipe(10, "Epochs.")
   loss: str | None = _recipe(
-      "sparse", "Cross-entropy on integer labels (sparse) or one-hot targets.", choices=LOSSES)
+    "sparse", "Cross-entropy on integer labels (sparse) or one-hot targets.", choices=LOSSES
+  )
   label_smoothing: float | None = _recipe(0.0, "Label smoothing in [0, 1).")
   augment: bool | None = _recipe(False, "Random rotations (+-10 deg) and shifts (+-2 px).")
   # Implementation fields: how, not what (see IMPLEMENTATION_FIELDS).
   fast_ops: bool = _implementation(
-      True, "Convolutions and pools through digits_jax.models.ops (same maths, faster).")
+    True, "Convolutions and pools through digits_jax.models.ops (same maths, faster)."
+  )
   epoch_loop: str = _implementation(
-      "auto", "One compiled scan per epoch, or one compiled step per batch (host).",
-      choices=EPOCH_LOOPS)
+    "auto",
+    "One compiled scan per epoch, or one compiled step per batch (host).",
+    choices=EPOCH_LOOPS,
+  )
   eval_batch_size: int = _implementation(1000, "Batch size for validation and test.")
 
   def replace(self, **changes: Any) -> Config:
@@ -130,8 +146,11 @@ def identity_of(saved: Mapping[str, Any]) -> dict[str, Any]:
 
 def differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
   """``field: value there, value here`` for every field in which two config dicts differ."""
-  return [f"{k}: {saved.get(k)!r} there, {current.get(k)!r} here"
-          for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
+  return [
+    f"{k}: {saved.get(k)!r} there, {current.get(k)!r} here"
+    for k in sorted(set(saved) | set(current))
+    if saved.get(k) != current.get(k)
+  ]
 
 
 def resolve(config: Config) -> Config:
@@ -144,8 +163,10 @@ def resolve(config: Config) -> Config:
   spec = models.get_spec(config.model)
   unknown = set(spec.recipe) - set(RECIPE_FIELDS)
   if unknown:
-    raise ConfigError(f"the recipe of {spec.name} sets {sorted(unknown)}, which are not "
-                      f"recipe fields ({', '.join(RECIPE_FIELDS)})")
+    raise ConfigError(
+      f"the recipe of {spec.name} sets {sorted(unknown)}, which are not "
+      f"recipe fields ({', '.join(RECIPE_FIELDS)})"
+    )
   recipe = {n: FIELDS[n].metadata["recipe_default"] for n in RECIPE_FIELDS} | dict(spec.recipe)
   if config.optimizer is not None and config.optimizer != recipe["optimizer"]:
     _choice("optimizer", config.optimizer, OPTIMIZERS)
@@ -195,9 +216,11 @@ def check_sizes(config: Config, num_train: int) -> None:
   """Checks the batch size against the number of training images actually used."""
   if config.train_subset > num_train:
     raise ConfigError(
-        f"train_subset {config.train_subset} is larger than the {num_train} training images "
-        "left after the validation split; lower --train_subset (0 uses them all)")
+      f"train_subset {config.train_subset} is larger than the {num_train} training images "
+      "left after the validation split; lower --train_subset (0 uses them all)"
+    )
   if config.batch_size > num_train:
     raise ConfigError(
-        f"batch_size {config.batch_size} is larger than the {num_train} training images "
-        "(after the validation split and any train_subset); lower --batch_size")
+      f"batch_size {config.batch_size} is larger than the {num_train} training images "
+      "(after the validation split and any train_subset); lower --batch_size"
+    )

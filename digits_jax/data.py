@@ -160,61 +160,89 @@ class _Source:
 # digests of the decompressed IDX data were computed from those official .gz files; for
 # fashion_mnist and kmnist they are not recorded, so only their official .gz files verify.
 _SOURCES: dict[str, _Source] = {
-    "mnist": _Source(
-        base_url="https://storage.googleapis.com/cvdf-datasets/mnist/",
-        files={
-            "train_images": _File(
-                "train-images-idx3-ubyte.gz", 9912422,
-                "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609", 47040016,
-                "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db"),
-            "train_labels": _File(
-                "train-labels-idx1-ubyte.gz", 28881,
-                "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c", 60008,
-                "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5"),
-            "test_images": _File(
-                "t10k-images-idx3-ubyte.gz", 1648877,
-                "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6", 7840016,
-                "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7"),
-            "test_labels": _File(
-                "t10k-labels-idx1-ubyte.gz", 4542,
-                "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6", 10008,
-                "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"),
-        },
-    ),
-    "fashion_mnist": _Source(
-        base_url="http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
-        files={
-            "train_images": _File(
-                "train-images-idx3-ubyte.gz", 26421880,
-                "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84"),
-            "train_labels": _File(
-                "train-labels-idx1-ubyte.gz", 29515,
-                "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845"),
-            "test_images": _File(
-                "t10k-images-idx3-ubyte.gz", 4422102,
-                "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073"),
-            "test_labels": _File(
-                "t10k-labels-idx1-ubyte.gz", 5148,
-                "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5"),
-        },
-    ),
-    "kmnist": _Source(
-        base_url="http://codh.rois.ac.jp/kmnist/dataset/kmnist/",
-        files={
-            "train_images": _File(
-                "train-images-idx3-ubyte.gz", 18165135,
-                "51467d22d8cc72929e2a028a0428f2086b092bb31cfb79c69cc0a90ce135fde4"),
-            "train_labels": _File(
-                "train-labels-idx1-ubyte.gz", 29497,
-                "e38f9ebcd0f3ebcdec7fc8eabdcdaef93bb0df8ea12bee65224341c8183d8e17"),
-            "test_images": _File(
-                "t10k-images-idx3-ubyte.gz", 3041136,
-                "edd7a857845ad6bb1d0ba43fe7e794d164fe2dce499a1694695a792adfac43c5"),
-            "test_labels": _File(
-                "t10k-labels-idx1-ubyte.gz", 5120,
-                "20bb9a0ef54c7db3efc55a92eef5582c109615df22683c380526788f98e42a1c"),
-        },
-    ),
+  "mnist": _Source(
+    base_url="https://storage.googleapis.com/cvdf-datasets/mnist/",
+    files={
+      "train_images": _File(
+        "train-images-idx3-ubyte.gz",
+        9912422,
+        "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+        47040016,
+        "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+      ),
+      "train_labels": _File(
+        "train-labels-idx1-ubyte.gz",
+        28881,
+        "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+        60008,
+        "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+      ),
+      "test_images": _File(
+        "t10k-images-idx3-ubyte.gz",
+        1648877,
+        "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+        7840016,
+        "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+      ),
+      "test_labels": _File(
+        "t10k-labels-idx1-ubyte.gz",
+        4542,
+        "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+        10008,
+        "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+      ),
+    },
+  ),
+  "fashion_mnist": _Source(
+    base_url="http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+    files={
+      "train_images": _File(
+        "train-images-idx3-ubyte.gz",
+        26421880,
+        "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+      ),
+      "train_labels": _File(
+        "train-labels-idx1-ubyte.gz",
+        29515,
+        "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
+      ),
+      "test_images": _File(
+        "t10k-images-idx3-ubyte.gz",
+        4422102,
+        "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+      ),
+      "test_labels": _File(
+        "t10k-labels-idx1-ubyte.gz",
+        5148,
+        "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
+      ),
+    },
+  ),
+  "kmnist": _Source(
+    base_url="http://codh.rois.ac.jp/kmnist/dataset/kmnist/",
+    files={
+      "train_images": _File(
+        "train-images-idx3-ubyte.gz",
+        18165135,
+        "51467d22d8cc72929e2a028a0428f2086b092bb31cfb79c69cc0a90ce135fde4",
+      ),
+      "train_labels": _File(
+        "train-labels-idx1-ubyte.gz",
+        29497,
+        "e38f9ebcd0f3ebcdec7fc8eabdcdaef93bb0df8ea12bee65224341c8183d8e17",
+      ),
+      "test_images": _File(
+        "t10k-images-idx3-ubyte.gz",
+        3041136,
+        "edd7a857845ad6bb1d0ba43fe7e794d164fe2dce499a1694695a792adfac43c5",
+      ),
+      "test_labels": _File(
+        "t10k-labels-idx1-ubyte.gz",
+        5120,
+        "20bb9a0ef54c7db3efc55a92eef5582c109615df22683c380526788f98e42a1c",
+      ),
+    },
+  ),
 }
 
 # Raw splits as decoded from either backend: uint8 images (N, 28, 28) and integer labels (N,).
@@ -265,13 +293,13 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
 
 
 def load_datasets(
-    name: str = "mnist",
-    *,
-    manual_dir: str | os.PathLike[str] | None = None,
-    data_dir: str | os.PathLike[str] | None = None,
-    validation_size: int = 5000,
-    seed: int = 0,
-    backend: str = "auto",
+  name: str = "mnist",
+  *,
+  manual_dir: str | os.PathLike[str] | None = None,
+  data_dir: str | os.PathLike[str] | None = None,
+  validation_size: int = 5000,
+  seed: int = 0,
+  backend: str = "auto",
 ) -> Datasets:
   """Loads a dataset as canonically ordered NumPy splits.
 
@@ -324,19 +352,20 @@ def load_datasets(
   num_train = len(train_labels)
   if validation_size >= num_train:
     raise DataError(
-        f"validation_size {validation_size} leaves no training examples: {name} has "
-        f"{num_train} training examples; use a validation_size below {num_train}")
+      f"validation_size {validation_size} leaves no training examples: {name} has "
+      f"{num_train} training examples; use a validation_size below {num_train}"
+    )
   perm = np.random.default_rng(seed).permutation(num_train)
   # Sorted so that both splits stay in canonical order.
   val_idx = np.sort(perm[:validation_size])
   train_idx = np.sort(perm[validation_size:])
 
   return Datasets(
-      train=_to_split(train_images[train_idx], train_labels[train_idx]),
-      validation=_to_split(train_images[val_idx], train_labels[val_idx]),
-      test=_to_split(test_images, test_labels),
-      name=name,
-      backend=backend,
+    train=_to_split(train_images[train_idx], train_labels[train_idx]),
+    validation=_to_split(train_images[val_idx], train_labels[val_idx]),
+    test=_to_split(test_images, test_labels),
+    name=name,
+    backend=backend,
   )
 
 
@@ -351,64 +380,91 @@ def _parse_idx(data: bytes, where: str) -> np.ndarray:
       data = gzip.decompress(data)
     except EOFError as e:  # the gzip stream stops early: an interrupted download
       raise DataError(
-          f"{where} is a truncated gzip file ({e}); delete it and download it again") from e
+        f"{where} is a truncated gzip file ({e}); delete it and download it again"
+      ) from e
     except (OSError, zlib.error) as e:  # gzip.BadGzipFile is an OSError: bad header or CRC
-      raise DataError(f"{where} is not a valid gzip file ({e}); delete it and download it again"
-                      ) from e
+      raise DataError(
+        f"{where} is not a valid gzip file ({e}); delete it and download it again"
+      ) from e
   if len(data) < 4:
-    raise DataError(f"{where} is too short ({len(data)} bytes) to be an IDX file; "
-                    "delete it and download it again")
+    raise DataError(
+      f"{where} is too short ({len(data)} bytes) to be an IDX file; delete it and download it again"
+    )
   (magic,) = struct.unpack(">I", data[:4])
   if magic not in _IDX_NDIM:
     raise DataError(
-        f"{where} has IDX magic number {magic} (0x{magic:08x}), expected {_IDX_IMAGES_MAGIC} "
-        f"(images) or {_IDX_LABELS_MAGIC} (labels); it is not an MNIST-style IDX file, or it "
-        "is corrupt: download it again")
+      f"{where} has IDX magic number {magic} (0x{magic:08x}), expected {_IDX_IMAGES_MAGIC} "
+      f"(images) or {_IDX_LABELS_MAGIC} (labels); it is not an MNIST-style IDX file, or it "
+      "is corrupt: download it again"
+    )
   ndim = _IDX_NDIM[magic]
   header = 4 + 4 * ndim
   if len(data) < header:
-    raise DataError(f"{where} is truncated inside its IDX header ({len(data)} of {header} "
-                    "bytes); delete it and download it again")
+    raise DataError(
+      f"{where} is truncated inside its IDX header ({len(data)} of {header} "
+      "bytes); delete it and download it again"
+    )
   dims = struct.unpack(f">{ndim}I", data[4:header])
   if any(d == 0 for d in dims[1:]):
-    raise DataError(f"{where} declares image dimensions {dims[1:]}; each must be positive. "
-                    "The file is corrupt: download it again")
+    raise DataError(
+      f"{where} declares image dimensions {dims[1:]}; each must be positive. "
+      "The file is corrupt: download it again"
+    )
   expected = int(np.prod(dims, dtype=np.int64))
   payload = len(data) - header
   if payload < expected:
-    raise DataError(f"{where} is truncated: its header {dims} needs {expected} data bytes, "
-                    f"found {payload}; delete it and download it again")
+    raise DataError(
+      f"{where} is truncated: its header {dims} needs {expected} data bytes, "
+      f"found {payload}; delete it and download it again"
+    )
   if payload > expected:
-    raise DataError(f"{where} has {payload - expected} bytes after the {expected} its header "
-                    f"{dims} declares; it is corrupt: download it again")
+    raise DataError(
+      f"{where} has {payload - expected} bytes after the {expected} its header "
+      f"{dims} declares; it is corrupt: download it again"
+    )
   return np.frombuffer(data, dtype=np.uint8, count=expected, offset=header).reshape(dims)
 
 
-def _validate_arrays(name: str, split: str, images: np.ndarray, labels: np.ndarray,
-                     paths: tuple[str, str] | None = None) -> None:
+def _validate_arrays(
+  name: str,
+  split: str,
+  images: np.ndarray,
+  labels: np.ndarray,
+  paths: tuple[str, str] | None = None,
+) -> None:
   """Checks decoded arrays: 28x28 images, one label per image, labels in range.
 
   ``paths`` (images file, labels file), when the arrays come from files, are named in
   the errors.
   """
   where = f"{name} {split} split"
-  images_file, labels_file = (f"the images file {paths[0]}", f"the labels file {paths[1]}"
-                              ) if paths else ("the images file", "the labels file")
+  images_file, labels_file = (
+    (f"the images file {paths[0]}", f"the labels file {paths[1]}")
+    if paths
+    else ("the images file", "the labels file")
+  )
   if images.ndim != 3 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
-    raise DataError(f"{where}: images have shape {images.shape}, expected "
-                    f"(N, {IMAGE_SIZE}, {IMAGE_SIZE}); {images_file} is wrong or corrupt")
+    raise DataError(
+      f"{where}: images have shape {images.shape}, expected "
+      f"(N, {IMAGE_SIZE}, {IMAGE_SIZE}); {images_file} is wrong or corrupt"
+    )
   if labels.ndim != 1:
-    raise DataError(f"{where}: labels have shape {labels.shape}, expected (N,); "
-                    f"{labels_file} is wrong or corrupt")
+    raise DataError(
+      f"{where}: labels have shape {labels.shape}, expected (N,); {labels_file} is wrong or corrupt"
+    )
   if len(images) != len(labels):
-    raise DataError(f"{where}: {len(images)} images but {len(labels)} labels; {images_file} "
-                    f"and {labels_file} do not belong together")
+    raise DataError(
+      f"{where}: {len(images)} images but {len(labels)} labels; {images_file} "
+      f"and {labels_file} do not belong together"
+    )
   if len(labels) == 0:
     raise DataError(f"{where} is empty; {images_file} and {labels_file} are wrong or corrupt")
   lo, hi = int(labels.min()), int(labels.max())
   if lo < 0 or hi >= NUM_CLASSES:
-    raise DataError(f"{where}: labels range over [{lo}, {hi}], expected [0, {NUM_CLASSES}); "
-                    f"{labels_file} is corrupt: download it again")
+    raise DataError(
+      f"{where}: labels range over [{lo}, {hi}], expected [0, {NUM_CLASSES}); "
+      f"{labels_file} is corrupt: download it again"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -419,12 +475,13 @@ def _content_keys(flat: np.ndarray) -> np.ndarray:
   """64-bit content hashes of the rows of a ``(N, D)`` uint8 array."""
   # Fixed seed: the key (and so the order) must be the same on every host and every run.
   weights = np.random.default_rng(0x5EED).integers(
-      0, np.iinfo(np.uint64).max, size=flat.shape[1], dtype=np.uint64, endpoint=True)
+    0, np.iinfo(np.uint64).max, size=flat.shape[1], dtype=np.uint64, endpoint=True
+  )
   keys = np.empty(len(flat), dtype=np.uint64)
   # Chunks bound the uint64 temporary (8x the uint8 rows); integer matmul wraps modulo 2**64.
   chunk = 8192
   for start in range(0, len(flat), chunk):
-    keys[start:start + chunk] = flat[start:start + chunk].astype(np.uint64) @ weights
+    keys[start : start + chunk] = flat[start : start + chunk].astype(np.uint64) @ weights
   return keys
 
 
@@ -434,8 +491,9 @@ def _canonical_order(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
   keys = _content_keys(flat)
   order = np.lexsort((labels, keys))  # lexsort is stable; its last key is the primary one
   sorted_keys, sorted_labels = keys[order], labels[order]
-  tied = np.flatnonzero((sorted_keys[1:] == sorted_keys[:-1])
-                        & (sorted_labels[1:] == sorted_labels[:-1]))
+  tied = np.flatnonzero(
+    (sorted_keys[1:] == sorted_keys[:-1]) & (sorted_labels[1:] == sorted_labels[:-1])
+  )
   if tied.size and not np.array_equal(flat[order[tied]], flat[order[tied + 1]]):
     # A hash collision between different images (odds ~2**-50 per dataset): break the tie by
     # the pixels themselves so the order still depends on content only.
@@ -471,10 +529,11 @@ def _file_list(source: _Source) -> str:
 def _missing_data_error(name: str, reason: str) -> DataError:
   source = _SOURCES[name]
   return DataError(
-      f"{reason}. To use {name} offline, put its four files ({_file_list(source)}, from "
-      f"{source.base_url}) in a folder and pass it with --manual_dir=FOLDER (manual_dir= in "
-      f"Python) or set the environment variable {MANUAL_DIR_ENV}=FOLDER; or put them in "
-      f"{_default_dir(name)}.")
+    f"{reason}. To use {name} offline, put its four files ({_file_list(source)}, from "
+    f"{source.base_url}) in a folder and pass it with --manual_dir=FOLDER (manual_dir= in "
+    f"Python) or set the environment variable {MANUAL_DIR_ENV}=FOLDER; or put them in "
+    f"{_default_dir(name)}."
+  )
 
 
 def _candidate_names(f: _File) -> tuple[str, ...]:
@@ -641,22 +700,26 @@ def _download(url: str, dest: pathlib.Path, expected: _File) -> None:
   try:
     digest = hashlib.sha256()
     size = 0
-    with os.fdopen(fd, "wb") as out, urllib.request.urlopen(
-        url, timeout=NETWORK_TIMEOUT_S * 10) as response:
+    with (
+      os.fdopen(fd, "wb") as out,
+      urllib.request.urlopen(url, timeout=NETWORK_TIMEOUT_S * 10) as response,
+    ):
       while chunk := response.read(1 << 20):
         digest.update(chunk)
         size += len(chunk)
         out.write(chunk)
     if digest.hexdigest() != expected.sha256:
       raise DataError(
-          f"checksum mismatch for the download of {url}: expected sha256 {expected.sha256}, "
-          f"got {digest.hexdigest()} ({size} bytes, expected {expected.size}); try again, or "
-          f"download it by hand into a folder given as --manual_dir / {MANUAL_DIR_ENV}")
+        f"checksum mismatch for the download of {url}: expected sha256 {expected.sha256}, "
+        f"got {digest.hexdigest()} ({size} bytes, expected {expected.size}); try again, or "
+        f"download it by hand into a folder given as --manual_dir / {MANUAL_DIR_ENV}"
+      )
     os.replace(tmp, dest)
   except (OSError, http.client.HTTPException) as e:  # URLError and timeouts are OSErrors
     raise DataError(
-        f"downloading {url} failed ({e}); download it by hand into a folder given as "
-        f"--manual_dir / {MANUAL_DIR_ENV}") from e
+      f"downloading {url} failed ({e}); download it by hand into a folder given as "
+      f"--manual_dir / {MANUAL_DIR_ENV}"
+    ) from e
   finally:
     if os.path.exists(tmp):
       os.unlink(tmp)
@@ -666,14 +729,17 @@ def _ensure_default_files(name: str) -> pathlib.Path:
   """Makes sure ``~/.digits_jax/<name>`` holds the four files, downloading the missing ones."""
   source = _SOURCES[name]
   folder = _default_dir(name)
-  missing = [f for f in source.files.values()
-             if not any((folder / n).is_file() for n in _candidate_names(f))]
+  missing = [
+    f for f in source.files.values() if not any((folder / n).is_file() for n in _candidate_names(f))
+  ]
   if not missing:
     return folder
   if not _network_reachable(source.base_url):
     raise _missing_data_error(
-        name, f"no {name} data in {folder} and {urllib.parse.urlsplit(source.base_url).hostname} "
-        "is unreachable (no network?)")
+      name,
+      f"no {name} data in {folder} and {urllib.parse.urlsplit(source.base_url).hostname} "
+      "is unreachable (no network?)",
+    )
   for f in missing:
     _log.info("downloading %s%s to %s", source.base_url, f.name, folder)
     _download(source.base_url + f.name, folder / f.name, f)
@@ -717,11 +783,13 @@ def _load_idx_raw(
     checked = _read_checked(folder, name)
   paths = {role: str(c.path) for role, c in checked.items()}
   arrays = {role: _parse_idx(c.data, paths[role]) for role, c in checked.items()}
-  raw = {split: (arrays[f"{split}_images"], arrays[f"{split}_labels"])
-         for split in ("train", "test")}
+  raw = {
+    split: (arrays[f"{split}_images"], arrays[f"{split}_labels"]) for split in ("train", "test")
+  }
   for split, (images, labels) in raw.items():  # here, where the errors can name the files
-    _validate_arrays(name, split, images, labels,
-                     paths=(paths[f"{split}_images"], paths[f"{split}_labels"]))
+    _validate_arrays(
+      name, split, images, labels, paths=(paths[f"{split}_images"], paths[f"{split}_labels"])
+    )
   return raw
 
 
@@ -732,8 +800,9 @@ def _tfds_available() -> bool:
     import tensorflow_datasets  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   except Exception as e:  # noqa: BLE001  pylint: disable=broad-except
     # Not only ImportError: a broken TensorFlow install must not stop the idx path.
-    _log.info("tensorflow-datasets unavailable (%s: %s); using the idx backend",
-              type(e).__name__, e)
+    _log.info(
+      "tensorflow-datasets unavailable (%s: %s); using the idx backend", type(e).__name__, e
+    )
     return False
   return True
 
@@ -744,8 +813,8 @@ def _import_tfds() -> Any:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   except Exception as e:  # pylint: disable=broad-except
     raise DataError(
-        f"backend 'tfds' needs tensorflow and tensorflow-datasets, which failed to import "
-        f"({type(e).__name__}: {e}); install them or use backend='idx'"
+      f"backend 'tfds' needs tensorflow and tensorflow-datasets, which failed to import "
+      f"({type(e).__name__}: {e}); install them or use backend='idx'"
     ) from e
   try:
     # Keep TensorFlow off the accelerators: it would otherwise reserve GPU memory JAX needs.
@@ -755,16 +824,19 @@ def _import_tfds() -> Any:
   return tfds
 
 
-def _load_tfds_raw(name: str, manual_dir: str | None,
-                   data_dir: str | os.PathLike[str] | None) -> _RawSplits:
+def _load_tfds_raw(
+  name: str, manual_dir: str | None, data_dir: str | os.PathLike[str] | None
+) -> _RawSplits:
   """The ``tfds`` backend: prepare (if needed) and read the whole dataset into memory."""
   tfds = _import_tfds()
   source = _SOURCES[name]
-  builder = tfds.builder(name, data_dir=None if data_dir is None else os.fspath(data_dir),
-                         try_gcs=False)
+  builder = tfds.builder(
+    name, data_dir=None if data_dir is None else os.fspath(data_dir), try_gcs=False
+  )
   if not builder.is_prepared():
     if manual_dir is None and all(
-        (_default_dir(name) / f.name).is_file() for f in source.files.values()):
+      (_default_dir(name) / f.name).is_file() for f in source.files.values()
+    ):
       manual_dir = str(_default_dir(name))  # files a previous idx run downloaded
     if manual_dir is not None:
       # Checked here because tfds silently falls back to downloading a missing or mismatching
@@ -773,22 +845,27 @@ def _load_tfds_raw(name: str, manual_dir: str | None,
       others = [f"{c.path.name} ({c.form})" for c in checked.values() if c.form != "official"]
       if others:
         raise DataError(
-            f"the tfds backend prepares {name} only from its official .gz files, but "
-            f"{manual_dir} holds {', '.join(others)}; use --data_backend=idx (backend='idx' "
-            "in Python), which reads these files and gives identical arrays, or put the "
-            f"official files ({_file_list(source)}, from {source.base_url}) in {manual_dir}")
+          f"the tfds backend prepares {name} only from its official .gz files, but "
+          f"{manual_dir} holds {', '.join(others)}; use --data_backend=idx (backend='idx' "
+          "in Python), which reads these files and gives identical arrays, or put the "
+          f"official files ({_file_list(source)}, from {source.base_url}) in {manual_dir}"
+        )
     elif not _network_reachable(source.base_url):
       raise _missing_data_error(
-          name, f"{name} is not prepared in the tensorflow-datasets folder {builder.data_dir} "
-          f"and {urllib.parse.urlsplit(source.base_url).hostname} is unreachable (no network?)")
+        name,
+        f"{name} is not prepared in the tensorflow-datasets folder {builder.data_dir} "
+        f"and {urllib.parse.urlsplit(source.base_url).hostname} is unreachable (no network?)",
+      )
     try:
-      builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-          manual_dir=manual_dir, try_download_gcs=False))
+      builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir, try_download_gcs=False)
+      )
     except Exception as e:  # pylint: disable=broad-except
       raise DataError(
-          f"tensorflow-datasets failed to prepare {name} in {builder.data_dir} "
-          f"({type(e).__name__}: {e}); put the four files ({_file_list(source)}) in a folder "
-          f"given as --manual_dir / {MANUAL_DIR_ENV}, or use backend='idx'") from e
+        f"tensorflow-datasets failed to prepare {name} in {builder.data_dir} "
+        f"({type(e).__name__}: {e}); put the four files ({_file_list(source)}) in a folder "
+        f"given as --manual_dir / {MANUAL_DIR_ENV}, or use backend='idx'"
+      ) from e
   raw = {}
   for split in ("train", "test"):
     batch = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1, as_supervised=True))

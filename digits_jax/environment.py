@@ -24,13 +24,13 @@ def cpu_name() -> str:
 def environment() -> dict[str, Any]:
   """Library versions, JAX backend and devices, processor and core count."""
   return {
-      "python": platform.python_version(),
-      "jax": jax.__version__,
-      "flax": flax.__version__,
-      "optax": optax.__version__,
-      "numpy": np.__version__,
-      "backend": jax.default_backend(),
-      "devices": [f"{d.platform}:{d.device_kind}" for d in jax.devices()],
-      "cpu": cpu_name(),
-      "cpu_count": os.cpu_count(),
+    "python": platform.python_version(),
+    "jax": jax.__version__,
+    "flax": flax.__version__,
+    "optax": optax.__version__,
+    "numpy": np.__version__,
+    "backend": jax.default_backend(),
+    "devices": [f"{d.platform}:{d.device_kind}" for d in jax.devices()],
+    "cpu": cpu_name(),
+    "cpu_count": os.cpu_count(),
   }

@@ -27,11 +27,11 @@ from digits_jax.analysis import compare, report
 from digits_jax.config import Config, ConfigError, check_sizes, resolve
 from digits_jax.training import checkpoints, loop, workdirs
 from digits_jax.training.step import (
-    TrainState,
-    create_train_state,
-    metrics_from_logits,
-    model_variables,
-    predict,
+  TrainState,
+  create_train_state,
+  metrics_from_logits,
+  model_variables,
+  predict,
 )
 
 log = logging.getLogger(__name__)
@@ -68,9 +68,14 @@ def test_logits(config: Config, state: TrainState, datasets: data.Datasets) -> j
   return predict(state, jnp.asarray(datasets.test.images), config.eval_batch_size)
 
 
-def write_evaluation(workdir: Path, config: Config, logits: jax.Array,
-                     datasets: data.Datasets, history: list[dict[str, Any]],
-                     best_epoch: int) -> dict[str, Any]:
+def write_evaluation(
+  workdir: Path,
+  config: Config,
+  logits: jax.Array,
+  datasets: data.Datasets,
+  history: list[dict[str, Any]],
+  best_epoch: int,
+) -> dict[str, Any]:
   """Writes what a run's test logits give: the stored test outputs, reports and plots.
 
   ``test_outputs.npz`` (:func:`digits_jax.analysis.compare.save_test_outputs`) keeps the
@@ -81,15 +86,27 @@ def write_evaluation(workdir: Path, config: Config, logits: jax.Array,
     :func:`digits_jax.analysis.report.write_run_report`).
   """
   test = metrics_from_logits(logits, jnp.asarray(datasets.test.labels))
-  compare.save_test_outputs(workdir, jax.nn.softmax(logits.astype(jnp.float32), axis=-1),
-                            datasets.test.labels, datasets.test.images)
-  summary = report.write_run_report(workdir, logits, datasets.test.labels, datasets.test.images,
-                                    history, best_epoch=best_epoch, test_metrics=test)
+  compare.save_test_outputs(
+    workdir,
+    jax.nn.softmax(logits.astype(jnp.float32), axis=-1),
+    datasets.test.labels,
+    datasets.test.images,
+  )
+  summary = report.write_run_report(
+    workdir,
+    logits,
+    datasets.test.labels,
+    datasets.test.images,
+    history,
+    best_epoch=best_epoch,
+    test_metrics=test,
+  )
   return {"test": test, "report": summary}
 
 
-def finish(config: Config, workdir: Path, trained: loop.TrainedRun, datasets: data.Datasets,
-           **extra: Any) -> dict[str, Any]:
+def finish(
+  config: Config, workdir: Path, trained: loop.TrainedRun, datasets: data.Datasets, **extra: Any
+) -> dict[str, Any]:
   """Evaluates the best-by-validation checkpoint on the test set; writes results.json.
 
   First writes the reports, plots and TensorBoard scalars from the test logits;
@@ -103,27 +120,28 @@ def finish(config: Config, workdir: Path, trained: loop.TrainedRun, datasets: da
   best_row = trained.history[best_epoch - 1]
   seconds = [r["epoch_seconds"] for r in trained.history]
   results = {
-      "model": config.model,
-      "optimizer": config.optimizer,
-      "learning_rate": config.learning_rate,
-      "seed": config.seed,
-      "num_params": trained.num_params,
-      "best_epoch": best_epoch,
-      "val_accuracy": best_row.get("val_accuracy"),
-      "val_loss": best_row.get("val_loss"),
-      "test_accuracy": evaluation["test"]["accuracy"],
-      "test_loss": evaluation["test"]["loss"],
-      "train_seconds": sum(seconds),
-      # The median leaves out the first epoch's compilation when there are 3 or more.
-      "seconds_per_epoch": float(np.median(seconds)),
-      **extra,
+    "model": config.model,
+    "optimizer": config.optimizer,
+    "learning_rate": config.learning_rate,
+    "seed": config.seed,
+    "num_params": trained.num_params,
+    "best_epoch": best_epoch,
+    "val_accuracy": best_row.get("val_accuracy"),
+    "val_loss": best_row.get("val_loss"),
+    "test_accuracy": evaluation["test"]["accuracy"],
+    "test_loss": evaluation["test"]["loss"],
+    "train_seconds": sum(seconds),
+    # The median leaves out the first epoch's compilation when there are 3 or more.
+    "seconds_per_epoch": float(np.median(seconds)),
+    **extra,
   }
   files.write_json(workdir / "results.json", results)
   return results
 
 
-def prepare(config: Config, workdir: Path, datasets: data.Datasets, *,
-            overwrite: bool = False) -> None:
+def prepare(
+  config: Config, workdir: Path, datasets: data.Datasets, *, overwrite: bool = False
+) -> None:
   """Makes ``workdir`` this run's, once every check has passed; writes ``config.json``."""
   split = loop.training_split(config, datasets)
   check_sizes(config, len(split.labels))
@@ -134,12 +152,16 @@ def prepare(config: Config, workdir: Path, datasets: data.Datasets, *,
     workdirs.write_config(workdir, config, datasets, len(split.labels))
 
 
-def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
-                       datasets: data.Datasets | None = None,
-                       manual_dir: str | None = None,
-                       data_dir: str | None = None,
-                       backend: str = "auto",
-                       overwrite: bool = False) -> dict[str, Any]:
+def train_and_evaluate(
+  config: Config,
+  workdir: str | os.PathLike,
+  *,
+  datasets: data.Datasets | None = None,
+  manual_dir: str | None = None,
+  data_dir: str | None = None,
+  backend: str = "auto",
+  overwrite: bool = False,
+) -> dict[str, Any]:
   """Trains ``config`` and writes everything about the run into ``workdir``.
 
   Started again on the same ``workdir``, a run picks up where it stopped: it returns
@@ -179,8 +201,13 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
     log.info("%s: finished already, not trained again (results.json)", workdir)
     return finished
   if datasets is None:
-    datasets = data.load_datasets(config.dataset, manual_dir=manual_dir, data_dir=data_dir,
-                                  validation_size=config.validation_size, backend=backend)
+    datasets = data.load_datasets(
+      config.dataset,
+      manual_dir=manual_dir,
+      data_dir=data_dir,
+      validation_size=config.validation_size,
+      backend=backend,
+    )
   prepare(config, workdir, datasets, overwrite=overwrite)
   trained = loop.train(config, workdir, datasets)
   return finish(config, workdir, trained, datasets)
@@ -194,14 +221,17 @@ def read_config(workdir: str | os.PathLike) -> tuple[Config, dict[str, Any]]:
   """
   workdir = Path(workdir)
   if not (workdir / "config.json").is_file():
-    raise RunDirError(f"{workdir} has no config.json: it is not a run's work directory "
-                      "(python -m experiments.train --workdir=... makes one)")
+    raise RunDirError(
+      f"{workdir} has no config.json: it is not a run's work directory "
+      "(python -m experiments.train --workdir=... makes one)"
+    )
   try:
     saved = files.read_json(workdir / "config.json")
     config = Config.from_dict(saved["config"])
   except (ValueError, KeyError, TypeError, ConfigError) as e:
-    raise RunDirError(f"{workdir}/config.json is not a run's config ({type(e).__name__}: "
-                      f"{e})") from e
+    raise RunDirError(
+      f"{workdir}/config.json is not a run's config ({type(e).__name__}: {e})"
+    ) from e
   return config, saved
 
 
@@ -209,8 +239,9 @@ def require_checkpoint(workdir: Path) -> None:
   """Raises CheckpointError, with the fix, when ``workdir`` has no best checkpoint."""
   if not (workdir / "checkpoints" / "best").is_dir():
     raise checkpoints.CheckpointError(
-        f"{workdir} has no checkpoint (checkpoints/best): the run stopped before its first "
-        "epoch ended; train it again")
+      f"{workdir} has no checkpoint (checkpoints/best): the run stopped before its first "
+      "epoch ended; train it again"
+    )
 
 
 def load_run(workdir: str | os.PathLike, num_classes: int | None = None) -> LoadedRun:
@@ -234,9 +265,14 @@ def load_run(workdir: str | os.PathLike, num_classes: int | None = None) -> Load
   return LoadedRun(workdir, config, restore_best(state, best), best.best_epoch(), saved)
 
 
-def rebuild(workdir: str | os.PathLike, *, datasets: data.Datasets | None = None,
-            manual_dir: str | None = None, data_dir: str | None = None,
-            backend: str = "auto") -> dict[str, Any]:
+def rebuild(
+  workdir: str | os.PathLike,
+  *,
+  datasets: data.Datasets | None = None,
+  manual_dir: str | None = None,
+  data_dir: str | None = None,
+  backend: str = "auto",
+) -> dict[str, Any]:
   """Writes a run's reports and plots again from its best checkpoint, without training.
 
   Restores the best checkpoint (:func:`load_run`), predicts the test split, writes the
@@ -258,25 +294,33 @@ def rebuild(workdir: str | os.PathLike, *, datasets: data.Datasets | None = None
   config, saved = read_config(workdir)
   require_checkpoint(workdir)
   if datasets is None:
-    datasets = data.load_datasets(config.dataset, manual_dir=manual_dir, data_dir=data_dir,
-                                  validation_size=config.validation_size, backend=backend)
+    datasets = data.load_datasets(
+      config.dataset,
+      manual_dir=manual_dir,
+      data_dir=data_dir,
+      validation_size=config.validation_size,
+      backend=backend,
+    )
   expected = saved.get("data", {}).get("test")
   if expected is not None and expected != len(datasets.test):
-    raise data.DataError(f"the run was tested on {expected} images, the {config.dataset} test "
-                         f"split loaded now has {len(datasets.test)}")
+    raise data.DataError(
+      f"the run was tested on {expected} images, the {config.dataset} test "
+      f"split loaded now has {len(datasets.test)}"
+    )
   run = load_run(workdir, datasets.num_classes)
   logits = test_logits(config, run.state, datasets)
-  evaluation = write_evaluation(workdir, config, logits, datasets,
-                                files.read_jsonl(workdir / "metrics.jsonl"), run.best_epoch)
+  evaluation = write_evaluation(
+    workdir, config, logits, datasets, files.read_jsonl(workdir / "metrics.jsonl"), run.best_epoch
+  )
   saved_accuracy = None
   if (workdir / "results.json").is_file():
     saved_accuracy = files.read_json(workdir / "results.json").get("test_accuracy")
   test = evaluation["test"]
   return {
-      "test_accuracy": test["accuracy"],
-      "test_loss": test["loss"],
-      "best_epoch": run.best_epoch,
-      "saved_test_accuracy": saved_accuracy,
-      "reproduced": None if saved_accuracy is None else saved_accuracy == test["accuracy"],
-      "report": evaluation["report"],
+    "test_accuracy": test["accuracy"],
+    "test_loss": test["loss"],
+    "best_epoch": run.best_epoch,
+    "saved_test_accuracy": saved_accuracy,
+    "reproduced": None if saved_accuracy is None else saved_accuracy == test["accuracy"],
+    "report": evaluation["report"],
   }

@@ -30,9 +30,20 @@ from digits_jax.training import groups, workdirs
 log = logging.getLogger(__name__)
 
 TABLE_COLUMNS = (
-    "model", "optimizer", "dataset", "seeds", "test_acc_mean", "test_acc_std",
-    "val_acc_mean", "best_epoch_mean", "epochs", "batch_size", "params",
-    "seconds_per_run", "seconds_per_epoch", "reported",
+  "model",
+  "optimizer",
+  "dataset",
+  "seeds",
+  "test_acc_mean",
+  "test_acc_std",
+  "val_acc_mean",
+  "best_epoch_mean",
+  "epochs",
+  "batch_size",
+  "params",
+  "seconds_per_run",
+  "seconds_per_epoch",
+  "reported",
 )
 # Fields that every run name carries, or that never name a run.
 _NAMED_ALWAYS = ("model", "optimizer", "seed")
@@ -51,8 +62,10 @@ def expand(base: Config, grid: Mapping[str, Sequence[Any]]) -> list[Config]:
     ConfigError, UnknownModelError: a field or value that cannot work.
   """
   names = list(grid)
-  configs = [resolve(base.replace(**dict(zip(names, values, strict=True))))
-             for values in itertools.product(*grid.values())]
+  configs = [
+    resolve(base.replace(**dict(zip(names, values, strict=True))))
+    for values in itertools.product(*grid.values())
+  ]
   return list(dict.fromkeys(configs))
 
 
@@ -64,8 +77,11 @@ def _recipe_config(config: Config) -> Config:
 def own_settings(config: Config) -> dict[str, Any]:
   """The settings of ``config`` that differ from its model's recipe (and the defaults)."""
   recipe = _recipe_config(config).to_dict()
-  return {k: v for k, v in config.to_dict().items()
-          if k not in _NAMED_ALWAYS and k not in IMPLEMENTATION_FIELDS and v != recipe[k]}
+  return {
+    k: v
+    for k, v in config.to_dict().items()
+    if k not in _NAMED_ALWAYS and k not in IMPLEMENTATION_FIELDS and v != recipe[k]
+  }
 
 
 def _value(v: Any) -> str:
@@ -74,8 +90,9 @@ def _value(v: Any) -> str:
 
 def run_name(config: Config) -> str:
   """``model-optimizer[-setting...]-seedN``: the settings that differ from the recipe."""
-  settings = "".join(f"-{SHORT_NAMES.get(k, k)}{_value(v)}"
-                     for k, v in own_settings(config).items())
+  settings = "".join(
+    f"-{SHORT_NAMES.get(k, k)}{_value(v)}" for k, v in own_settings(config).items()
+  )
   return f"{config.model}-{config.optimizer}{settings}-seed{config.seed}"
 
 
@@ -119,14 +136,19 @@ def varied_settings(configs: Sequence[Config]) -> list[str]:
 
 def variant(config: Config, varied: Sequence[str]) -> str:
   """The model's name with the values of the ``varied`` settings (``conv2_dense64 lr=0.003``)."""
-  return " ".join([config.model] + [f"{SHORT_NAMES.get(k, k)}={_value(getattr(config, k))}"
-                                    for k in varied])
+  return " ".join(
+    [config.model] + [f"{SHORT_NAMES.get(k, k)}={_value(getattr(config, k))}" for k in varied]
+  )
 
 
-def run_sweep(configs: Iterable[Config], workdir: str | Path, *,
-              load: Callable[[Config], data.Datasets],
-              overwrite: bool = False,
-              vmap: bool = False) -> list[dict[str, Any]]:
+def run_sweep(
+  configs: Iterable[Config],
+  workdir: str | Path,
+  *,
+  load: Callable[[Config], data.Datasets],
+  overwrite: bool = False,
+  vmap: bool = False,
+) -> list[dict[str, Any]]:
   """Trains every config (skipping finished ones, resuming interrupted ones).
 
   Args:
@@ -174,8 +196,9 @@ def run_sweep(configs: Iterable[Config], workdir: str | Path, *,
       trained = groups.train_group(group, run_dirs, datasets=datasets(group[0]))
       group_seconds = sum(r["epoch_seconds"] for r in trained[0].history) * len(group)
       for config, path, one in zip(group, run_dirs, trained, strict=True):
-        finished[config] = runs.finish(config, path, one, datasets(config),
-                                       group_size=len(group), group_seconds=group_seconds)
+        finished[config] = runs.finish(
+          config, path, one, datasets(config), group_size=len(group), group_seconds=group_seconds
+        )
 
   varied = varied_settings(configs)
   all_results = []
@@ -185,13 +208,22 @@ def run_sweep(configs: Iterable[Config], workdir: str | Path, *,
     if results is not None:
       log.info("%s: already finished, skipped", path.name)
     else:
-      results = runs.train_and_evaluate(config, path, datasets=datasets(config),
-                                        overwrite=overwrite)
+      results = runs.train_and_evaluate(
+        config, path, datasets=datasets(config), overwrite=overwrite
+      )
       log.info("%s: test accuracy %.4f", path.name, results["test_accuracy"])
-    all_results.append({**results, "model": config.model, "dataset": config.dataset,
-                        "epochs": config.epochs, "batch_size": config.batch_size,
-                        "run": path.name, "variant": variant(config, varied),
-                        "settings": {k: getattr(config, k) for k in varied}})
+    all_results.append(
+      {
+        **results,
+        "model": config.model,
+        "dataset": config.dataset,
+        "epochs": config.epochs,
+        "batch_size": config.batch_size,
+        "run": path.name,
+        "variant": variant(config, varied),
+        "settings": {k: getattr(config, k) for k in varied},
+      }
+    )
   return all_results
 
 
@@ -213,7 +245,8 @@ def summarize(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
   for (model, optimizer, dataset, settings), group in by_config.items():
     test = [r["test_accuracy"] for r in group]
     val = [r["val_accuracy"] for r in group if r["val_accuracy"] is not None]
-    rows.append({
+    rows.append(
+      {
         "model": model,
         "optimizer": optimizer,
         **dict(settings),
@@ -229,7 +262,8 @@ def summarize(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         "seconds_per_run": statistics.fmean(r["train_seconds"] for r in group),
         "seconds_per_epoch": statistics.fmean(r["seconds_per_epoch"] for r in group),
         "reported": models.get_spec(model).reported,
-    })
+      }
+    )
   return rows
 
 
@@ -295,7 +329,10 @@ def write_plots(results: Sequence[dict[str, Any]], workdir: str | Path) -> list[
   histories: dict[tuple[str, str], list[list[dict[str, Any]]]] = {}
   for r in results:
     histories.setdefault((r.get("variant") or r["model"], r["optimizer"]), []).append(
-        files.read_jsonl(workdir / r["run"] / "metrics.jsonl"))
+      files.read_jsonl(workdir / r["run"] / "metrics.jsonl")
+    )
   title = f"Sweep {workdir.name}: {len(results)} runs"
-  return [plots.sweep_comparison(results, workdir / "comparison.png", title=title),
-          plots.validation_curves(histories, workdir / "validation_curves.png", title=title)]
+  return [
+    plots.sweep_comparison(results, workdir / "comparison.png", title=title),
+    plots.validation_curves(histories, workdir / "validation_curves.png", title=title),
+  ]

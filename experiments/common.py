@@ -26,29 +26,51 @@ from digits_jax.runs import RunDirError
 from digits_jax.training import checkpoints
 from digits_jax.training.history import TrainingDivergedError
 
-flags.DEFINE_string("manual_dir", None,
-                    "Folder with the four original MNIST IDX files (gzipped or not); nothing "
-                    f"then touches the network. Default: the environment variable "
-                    f"{data.MANUAL_DIR_ENV}.")
+flags.DEFINE_string(
+  "manual_dir",
+  None,
+  "Folder with the four original MNIST IDX files (gzipped or not); nothing "
+  f"then touches the network. Default: the environment variable "
+  f"{data.MANUAL_DIR_ENV}.",
+)
 flags.DEFINE_string("data_dir", None, "tensorflow-datasets data_dir (default: tfds' own).")
-flags.DEFINE_enum("data_backend", "auto", list(data.BACKENDS),
-                  "tfds, idx (reads the IDX files directly; no TensorFlow needed), or auto: "
-                  "tfds when TensorFlow is installed.")
-flags.DEFINE_string("workdir", None,
-                    "Directory for the results (created). Started again on the same directory, "
-                    "a run resumes from its last checkpoint, or reports its results if finished.")
-flags.DEFINE_bool("overwrite", False,
-                  "Delete the results already in --workdir (of any config) and start from "
-                  "scratch. Without it, a --workdir holding another config's run is refused.")
-flags.DEFINE_bool("tune_malloc", True,
-                  "On CPU, keep freed memory mapped between training steps (glibc mallopt; "
-                  "the process keeps its peak heap). See docs/speed.md.")
+flags.DEFINE_enum(
+  "data_backend",
+  "auto",
+  list(data.BACKENDS),
+  "tfds, idx (reads the IDX files directly; no TensorFlow needed), or auto: "
+  "tfds when TensorFlow is installed.",
+)
+flags.DEFINE_string(
+  "workdir",
+  None,
+  "Directory for the results (created). Started again on the same directory, "
+  "a run resumes from its last checkpoint, or reports its results if finished.",
+)
+flags.DEFINE_bool(
+  "overwrite",
+  False,
+  "Delete the results already in --workdir (of any config) and start from "
+  "scratch. Without it, a --workdir holding another config's run is refused.",
+)
+flags.DEFINE_bool(
+  "tune_malloc",
+  True,
+  "On CPU, keep freed memory mapped between training steps (glibc mallopt; "
+  "the process keeps its peak heap). See docs/speed.md.",
+)
 
 FLAGS = flags.FLAGS
 
 # The errors a user's input can cause; each message names the problem and the fix.
-USER_ERRORS = (ConfigError, UnknownModelError, data.DataError, checkpoints.CheckpointError,
-               TrainingDivergedError, RunDirError)
+USER_ERRORS = (
+  ConfigError,
+  UnknownModelError,
+  data.DataError,
+  checkpoints.CheckpointError,
+  TrainingDivergedError,
+  RunDirError,
+)
 
 
 def _field_type(field: dataclasses.Field) -> type:
@@ -120,15 +142,19 @@ def config_from_flags(skip: Sequence[str] = (), **overrides: Any) -> Config:
 
 def grid_from_flags(names: Sequence[str]) -> dict[str, list[Any]]:
   """The values of the list flags ``names`` that were given, parsed (a sweep's grid)."""
-  return {n: [parse_value(n, v) for v in FLAGS[n].value]
-          for n in names if FLAGS[n].value is not None}
+  return {
+    n: [parse_value(n, v) for v in FLAGS[n].value] for n in names if FLAGS[n].value is not None
+  }
 
 
 def load_data(config: Config) -> data.Datasets:
-  return data.load_datasets(config.dataset, manual_dir=FLAGS.manual_dir,
-                            data_dir=FLAGS.data_dir,
-                            validation_size=config.validation_size,
-                            backend=FLAGS.data_backend)
+  return data.load_datasets(
+    config.dataset,
+    manual_dir=FLAGS.manual_dir,
+    data_dir=FLAGS.data_dir,
+    validation_size=config.validation_size,
+    backend=FLAGS.data_backend,
+  )
 
 
 def setup() -> None:
@@ -140,8 +166,13 @@ def setup() -> None:
   ``--tune_malloc``, freed memory stays mapped between steps
   (:func:`digits_jax.models.native.tune_allocator`).
   """
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
-                      datefmt="%H:%M:%S", stream=sys.stderr, force=True)
+  logging.basicConfig(
+    level=logging.INFO,
+    format="%(asctime)s %(message)s",
+    datefmt="%H:%M:%S",
+    stream=sys.stderr,
+    force=True,
+  )
   absl.logging.set_verbosity(absl.logging.WARNING)
   checkpoints.quiet_abandoned_reads()
   if FLAGS.tune_malloc and jax.default_backend() == "cpu":

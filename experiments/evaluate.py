@@ -24,24 +24,34 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   common.setup()
   try:
-    out = runs.rebuild(FLAGS.workdir, manual_dir=FLAGS.manual_dir, data_dir=FLAGS.data_dir,
-                         backend=FLAGS.data_backend)
+    out = runs.rebuild(
+      FLAGS.workdir,
+      manual_dir=FLAGS.manual_dir,
+      data_dir=FLAGS.data_dir,
+      backend=FLAGS.data_backend,
+    )
   except common.USER_ERRORS as e:
     common.fail(e)
   summary = out["report"]
-  print(f"{FLAGS.workdir}: test accuracy {100 * out['test_accuracy']:.2f}% "
-        f"(checkpoint of epoch {out['best_epoch']}), macro F1 {100 * summary['macro_f1']:.2f}%, "
-        f"ECE {100 * summary['ece']:.2f}%")
+  print(
+    f"{FLAGS.workdir}: test accuracy {100 * out['test_accuracy']:.2f}% "
+    f"(checkpoint of epoch {out['best_epoch']}), macro F1 {100 * summary['macro_f1']:.2f}%, "
+    f"ECE {100 * summary['ece']:.2f}%"
+  )
   if out["reproduced"] is None:
     print("no results.json to compare with (the run did not finish)")
   elif out["reproduced"]:
     print(f"reproduced exactly: results.json has test accuracy {out['saved_test_accuracy']!r}")
   else:
-    print(f"warning: results.json has test accuracy {out['saved_test_accuracy']!r}, the "
-          f"checkpoint gives {out['test_accuracy']!r} now (other data, device or library "
-          "versions?)")
-  print(f"wrote {len(summary['files'])} reports and plots into {FLAGS.workdir}: "
-        + ", ".join(summary["files"]))
+    print(
+      f"warning: results.json has test accuracy {out['saved_test_accuracy']!r}, the "
+      f"checkpoint gives {out['test_accuracy']!r} now (other data, device or library "
+      "versions?)"
+    )
+  print(
+    f"wrote {len(summary['files'])} reports and plots into {FLAGS.workdir}: "
+    + ", ".join(summary["files"])
+  )
 
 
 if __name__ == "__main__":

@@ -30,13 +30,21 @@ QUICK_EPOCHS = 2
 common.define_config_flags(lists=True, skip=("model", "seed"))
 flags.DEFINE_list("models", list(models.MODELS), "Comma-separated model names.")
 flags.DEFINE_list("seeds", ["0"], "Comma-separated integer seeds.")
-flags.DEFINE_enum("vmap", "auto", ["auto", "on", "off"],
-                  "Train runs that differ only in seed and learning rate together in one "
-                  "vmapped step. auto: on accelerators, off on CPU, where it measured slower "
-                  "(docs/speed.md).")
-flags.DEFINE_enum("preset", "quick", ["quick", "source"],
-                  f"quick: {QUICK_EPOCHS} epochs per run unless --epochs is given; "
-                  "source: each model's source recipe (the full table).")
+flags.DEFINE_enum(
+  "vmap",
+  "auto",
+  ["auto", "on", "off"],
+  "Train runs that differ only in seed and learning rate together in one "
+  "vmapped step. auto: on accelerators, off on CPU, where it measured slower "
+  "(docs/speed.md).",
+)
+flags.DEFINE_enum(
+  "preset",
+  "quick",
+  ["quick", "source"],
+  f"quick: {QUICK_EPOCHS} epochs per run unless --epochs is given; "
+  "source: each model's source recipe (the full table).",
+)
 FLAGS = flags.FLAGS
 
 
@@ -59,16 +67,19 @@ def main(argv):
     # Scalars the grid leaves out keep their defaults (or the recipe's).
     configs = sweep.expand(common.config_from_flags(skip=FIELDS), grid)
     start = time.perf_counter()
-    results = sweep.run_sweep(configs, workdir, load=common.load_data,
-                              overwrite=FLAGS.overwrite, vmap=_use_vmap())
+    results = sweep.run_sweep(
+      configs, workdir, load=common.load_data, overwrite=FLAGS.overwrite, vmap=_use_vmap()
+    )
   except (*common.USER_ERRORS, ConfigError) as e:
     common.fail(e)
   markdown = sweep.write_tables(sweep.summarize(results), workdir)
   sweep.write_plots(results, workdir)
   print(markdown)
-  print(f"{len(results)} runs in {time.perf_counter() - start:.0f} s; "
-        f"tables in {workdir}/results.md and results.csv, "
-        "plots in comparison.png and validation_curves.png")
+  print(
+    f"{len(results)} runs in {time.perf_counter() - start:.0f} s; "
+    f"tables in {workdir}/results.md and results.csv, "
+    "plots in comparison.png and validation_curves.png"
+  )
   try:
     comparison = compare.compare_runs(sweep.run_dirs(workdir, configs))
   except compare.ComparisonError as e:  # e.g. runs of an earlier version without test outputs

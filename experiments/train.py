@@ -28,15 +28,20 @@ def main(argv):
     # Checked before loading any data: a finished run needs none.
     results = workdirs.check(config, FLAGS.workdir, overwrite=FLAGS.overwrite)
     if results is not None:
-      print(f"{FLAGS.workdir} holds this run, finished already; not trained again "
-            "(--overwrite trains it from scratch)")
+      print(
+        f"{FLAGS.workdir} holds this run, finished already; not trained again "
+        "(--overwrite trains it from scratch)"
+      )
     else:
-      results = runs.train_and_evaluate(config, FLAGS.workdir, datasets=common.load_data(config),
-                                        overwrite=FLAGS.overwrite)
+      results = runs.train_and_evaluate(
+        config, FLAGS.workdir, datasets=common.load_data(config), overwrite=FLAGS.overwrite
+      )
   except common.USER_ERRORS as e:
     common.fail(e)
-  print(f"{config.model}: test accuracy {100 * results['test_accuracy']:.2f}% "
-        f"(best epoch {results['best_epoch']} by validation), results in {FLAGS.workdir}")
+  print(
+    f"{config.model}: test accuracy {100 * results['test_accuracy']:.2f}% "
+    f"(best epoch {results['best_epoch']} by validation), results in {FLAGS.workdir}"
+  )
 
 
 if __name__ == "__main__":

@@ -21,15 +21,24 @@ from typing import Any
 from tests.conftest import REPO
 
 # One small run: 32 steps of 32 images per epoch, 256 validation images.
-TINY = ("--model=conv2_dense64", "--epochs=4", "--batch_size=32", "--train_subset=1024",
-        "--validation_size=256", "--data_backend=idx")
+TINY = (
+  "--model=conv2_dense64",
+  "--epochs=4",
+  "--batch_size=32",
+  "--train_subset=1024",
+  "--validation_size=256",
+  "--data_backend=idx",
+)
 TIMEOUT_S = 300
 
 
 def env(home: pathlib.Path | None = None) -> dict[str, str]:
   """The environment of a run: CPU only (bit-for-bit repeatable), no proxies or data env."""
-  out = {k: v for k, v in os.environ.items()
-         if k.lower() not in ("http_proxy", "https_proxy", "all_proxy", "digits_manual_dir")}
+  out = {
+    k: v
+    for k, v in os.environ.items()
+    if k.lower() not in ("http_proxy", "https_proxy", "all_proxy", "digits_manual_dir")
+  }
   out["JAX_PLATFORMS"] = "cpu"
   if home is not None:
     out["HOME"] = str(home)
@@ -40,21 +49,35 @@ def command(module: str, *flags: str) -> list[str]:
   return [sys.executable, "-m", module, *flags]
 
 
-def run(module: str, *flags: str, home: pathlib.Path | None = None,
-        argv: Sequence[str] | None = None) -> subprocess.CompletedProcess:
+def run(
+  module: str, *flags: str, home: pathlib.Path | None = None, argv: Sequence[str] | None = None
+) -> subprocess.CompletedProcess:
   """Runs ``python -m module flags...`` (or ``argv``) from the repo root; waits for it."""
-  return subprocess.run(list(argv) if argv else command(module, *flags), cwd=REPO, env=env(home),
-                        capture_output=True, text=True, timeout=TIMEOUT_S)
+  return subprocess.run(
+    list(argv) if argv else command(module, *flags),
+    cwd=REPO,
+    env=env(home),
+    capture_output=True,
+    text=True,
+    timeout=TIMEOUT_S,
+  )
 
 
 def start(module: str, *flags: str) -> subprocess.Popen:
   """Starts ``python -m module flags...`` without waiting; output goes to pipes."""
-  return subprocess.Popen(command(module, *flags), cwd=REPO, env=env(), stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
+  return subprocess.Popen(
+    command(module, *flags),
+    cwd=REPO,
+    env=env(),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
 
 
-def kill_when(proc: subprocess.Popen, ready: Callable[[], bool], *, delay_s: float = 0.0,
-              poll_s: float = 0.002) -> bool:
+def kill_when(
+  proc: subprocess.Popen, ready: Callable[[], bool], *, delay_s: float = 0.0, poll_s: float = 0.002
+) -> bool:
   """SIGKILLs ``proc`` ``delay_s`` after ``ready()`` is true; False if it exited first."""
   deadline = time.monotonic() + TIMEOUT_S
   while proc.poll() is None and time.monotonic() < deadline:
@@ -91,8 +114,11 @@ def read_results(workdir: pathlib.Path) -> tuple[dict, list[dict]]:
 
 def snapshot(folder: pathlib.Path) -> dict[str, str]:
   """Relative path -> SHA-256 of every file under ``folder``: to check nothing changed."""
-  return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-          for p in sorted(folder.rglob("*")) if p.is_file()}
+  return {
+    str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+    for p in sorted(folder.rglob("*"))
+    if p.is_file()
+  }
 
 
 def error_line(proc: subprocess.CompletedProcess) -> str:

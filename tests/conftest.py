@@ -10,16 +10,22 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # The folder of the four MNIST files: $DIGITS_MANUAL_DIR (the Makefile sets it).
 MNIST_DIR = pathlib.Path(os.environ.get("DIGITS_MANUAL_DIR", REPO / "data" / "mnist"))
-MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
-               "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+MNIST_FILES = (
+  "train-images-idx3-ubyte.gz",
+  "train-labels-idx1-ubyte.gz",
+  "t10k-images-idx3-ubyte.gz",
+  "t10k-labels-idx1-ubyte.gz",
+)
 
 
 def real_mnist_dir() -> pathlib.Path:
   """The shared MNIST folder; skip without it, but fail under CI=true (CI has it)."""
   if all((MNIST_DIR / f).is_file() for f in MNIST_FILES):
     return MNIST_DIR
-  msg = (f"real MNIST files not found in {MNIST_DIR}: set DIGITS_MANUAL_DIR to a folder "
-         "holding them to run this test")
+  msg = (
+    f"real MNIST files not found in {MNIST_DIR}: set DIGITS_MANUAL_DIR to a folder "
+    "holding them to run this test"
+  )
   if os.environ.get("CI", "").lower() == "true":
     pytest.fail(msg)
   pytest.skip(msg)
@@ -49,12 +55,16 @@ def tiny_run(mnist, tmp_path_factory):
   from digits_jax.config import Config
 
   datasets = data.Datasets(
-      train=mnist.train,
-      validation=data.Split(mnist.validation.images[:500], mnist.validation.labels[:500]),
-      test=mnist.test, name=mnist.name, backend=mnist.backend)
+    train=mnist.train,
+    validation=data.Split(mnist.validation.images[:500], mnist.validation.labels[:500]),
+    test=mnist.test,
+    name=mnist.name,
+    backend=mnist.backend,
+  )
   workdir = tmp_path_factory.mktemp("tiny_run")
-  results = runs.train_and_evaluate(Config(model="conv2_dense64", epochs=2, train_subset=512),
-                                     workdir, datasets=datasets)
+  results = runs.train_and_evaluate(
+    Config(model="conv2_dense64", epochs=2, train_subset=512), workdir, datasets=datasets
+  )
   return workdir, results
 
 
@@ -68,8 +78,7 @@ def cli_run(mnist_dir, tmp_path_factory) -> pathlib.Path:
   from tests import cli
 
   workdir = tmp_path_factory.mktemp("cli_run") / "run"
-  out = cli.run("experiments.train", *cli.TINY, f"--manual_dir={mnist_dir}",
-                f"--workdir={workdir}")
+  out = cli.run("experiments.train", *cli.TINY, f"--manual_dir={mnist_dir}", f"--workdir={workdir}")
   assert out.returncode == 0, out.stderr[-3000:]
   return workdir
 
@@ -79,7 +88,9 @@ def tiny_datasets(mnist, n_train: int = 1024, n_val: int = 512, n_test: int = 10
   from digits_jax import data
 
   return data.Datasets(
-      train=data.Split(mnist.train.images[:n_train], mnist.train.labels[:n_train]),
-      validation=data.Split(mnist.validation.images[:n_val], mnist.validation.labels[:n_val]),
-      test=data.Split(mnist.test.images[:n_test], mnist.test.labels[:n_test]),
-      name=mnist.name, backend=mnist.backend)
+    train=data.Split(mnist.train.images[:n_train], mnist.train.labels[:n_train]),
+    validation=data.Split(mnist.validation.images[:n_val], mnist.validation.labels[:n_val]),
+    test=data.Split(mnist.test.images[:n_test], mnist.test.labels[:n_test]),
+    name=mnist.name,
+    backend=mnist.backend,
+  )

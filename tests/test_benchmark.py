@@ -14,8 +14,7 @@ def test_frameworks_take_turns_in_every_round():
 
 
 def test_benchmark_row_for_ours_and_plain_flax():
-  row = benchmark.benchmark_model("conv2_dense64", steps=2, repeats=1,
-                                  frameworks=("ours", "flax"))
+  row = benchmark.benchmark_model("conv2_dense64", steps=2, repeats=1, frameworks=("ours", "flax"))
   assert row["model"] == "conv2_dense64" and row["batch_size"] == 64
   assert row["ours_s_per_epoch"] > 0 and row["flax_s_per_epoch"] > 0
   assert row["ours_images_per_s"] == benchmark.EPOCH_IMAGES / row["ours_s_per_epoch"]

@@ -61,15 +61,16 @@ def _gz(raw: bytes) -> bytes:
 def _fake_arrays(n_train: int = 300, n_test: int = 50, seed: int = 1):
   rng = np.random.default_rng(seed)
   return {
-      "train_images": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
-      "train_labels": rng.integers(0, 10, n_train, dtype=np.uint8),
-      "test_images": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
-      "test_labels": rng.integers(0, 10, n_test, dtype=np.uint8),
+    "train_images": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+    "train_labels": rng.integers(0, 10, n_train, dtype=np.uint8),
+    "test_images": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
+    "test_labels": rng.integers(0, 10, n_test, dtype=np.uint8),
   }
 
 
-def _install_fake(folder: pathlib.Path, monkeypatch, arrays: dict[str, np.ndarray],
-                  base_url: str = UNREACHABLE) -> pathlib.Path:
+def _install_fake(
+  folder: pathlib.Path, monkeypatch, arrays: dict[str, np.ndarray], base_url: str = UNREACHABLE
+) -> pathlib.Path:
   """Writes arrays as gzipped IDX files and registers their digests as mnist's."""
   folder.mkdir(parents=True, exist_ok=True)
   files = {}
@@ -147,7 +148,7 @@ def test_read_idx_bad_gzip(tmp_path):
   with pytest.raises(data.DataError, match="not a valid gzip file"):
     data.read_idx(path)
   blob = bytearray(_gz(_idx_bytes(np.random.default_rng(0).integers(0, 256, 5000, np.uint8))))
-  blob[len(blob) // 2:len(blob) // 2 + 16] = b"\xff" * 16  # corrupt the deflate stream / CRC
+  blob[len(blob) // 2 : len(blob) // 2 + 16] = b"\xff" * 16  # corrupt the deflate stream / CRC
   path.write_bytes(bytes(blob))
   with pytest.raises(data.DataError, match="gzip"):
     data.read_idx(path)
@@ -218,12 +219,17 @@ def test_manual_dir_from_env(tmp_path, monkeypatch):
 def test_canonical_order_ignores_file_order(tmp_path, monkeypatch):
   arrays = _fake_arrays()
   perm = np.random.default_rng(5).permutation(300)
-  shuffled = dict(arrays, train_images=arrays["train_images"][perm],
-                  train_labels=arrays["train_labels"][perm])
-  a = data.load_datasets(manual_dir=_install_fake(tmp_path / "a", monkeypatch, arrays),
-                         backend="idx", validation_size=30)
-  b = data.load_datasets(manual_dir=_install_fake(tmp_path / "b", monkeypatch, shuffled),
-                         backend="idx", validation_size=30)
+  shuffled = dict(
+    arrays, train_images=arrays["train_images"][perm], train_labels=arrays["train_labels"][perm]
+  )
+  a = data.load_datasets(
+    manual_dir=_install_fake(tmp_path / "a", monkeypatch, arrays), backend="idx", validation_size=30
+  )
+  b = data.load_datasets(
+    manual_dir=_install_fake(tmp_path / "b", monkeypatch, shuffled),
+    backend="idx",
+    validation_size=30,
+  )
   for split in ("train", "validation", "test"):
     np.testing.assert_array_equal(getattr(a, split).images, getattr(b, split).images)
     np.testing.assert_array_equal(getattr(a, split).labels, getattr(b, split).labels)
@@ -245,8 +251,11 @@ def test_validation_split(tmp_path, monkeypatch):
   arrays = _fake_arrays()
   folder = _install_fake(tmp_path / "m", monkeypatch, arrays)
   load = functools.partial(data.load_datasets, manual_dir=folder, backend="idx")
-  a, again, other = load(validation_size=60, seed=0), load(validation_size=60, seed=0), load(
-      validation_size=60, seed=1)
+  a, again, other = (
+    load(validation_size=60, seed=0),
+    load(validation_size=60, seed=0),
+    load(validation_size=60, seed=1),
+  )
   assert (len(a.train), len(a.validation)) == (240, 60)
   train_rows, val_rows = _rows(a.train.images), _rows(a.validation.images)
   assert not train_rows & val_rows  # disjoint
@@ -311,7 +320,6 @@ def test_no_data_no_network_fails_fast_idx(monkeypatch):
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-
   def log_message(self, *args):  # keep pytest output clean
     pass
 
@@ -322,7 +330,8 @@ def http_dir(tmp_path):
   root = tmp_path / "served"
   root.mkdir()
   server = http.server.ThreadingHTTPServer(
-      ("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(root)))
+    ("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(root))
+  )
   thread = threading.Thread(target=server.serve_forever, daemon=True)
   thread.start()
   try:
@@ -370,8 +379,9 @@ def test_real_mnist_idx(mnist_idx):
     assert s.labels.shape == (n,) and s.labels.dtype == np.int32
     assert s.images.min() == 0.0 and s.images.max() == 1.0
     assert np.bincount(s.labels, minlength=10).sum() == n
-  train_hist = np.bincount(ds.train.labels, minlength=10) + np.bincount(ds.validation.labels,
-                                                                        minlength=10)
+  train_hist = np.bincount(ds.train.labels, minlength=10) + np.bincount(
+    ds.validation.labels, minlength=10
+  )
   assert train_hist.tolist() == MNIST_TRAIN_HIST
   assert np.bincount(ds.test.labels, minlength=10).tolist() == MNIST_TEST_HIST
 
@@ -419,8 +429,9 @@ def mnist_tfds(tmp_path_factory) -> data.Datasets:
   _require_tfds()
   manual = real_mnist_dir()
   # Prepared once per session (~20 s) in a fresh folder, from the offline copy.
-  return data.load_datasets("mnist", manual_dir=manual, backend="tfds",
-                            data_dir=tmp_path_factory.mktemp("tfds"))
+  return data.load_datasets(
+    "mnist", manual_dir=manual, backend="tfds", data_dir=tmp_path_factory.mktemp("tfds")
+  )
 
 
 def test_tfds_and_idx_identical(mnist_tfds, mnist_idx):

@@ -72,8 +72,12 @@ def _idx(arr: np.ndarray, magic: int | None = None, count: int | None = None) ->
 def _fake_mnist(folder, **raw: bytes):
   """Four small gzipped IDX files (300 train, 50 test); ``raw`` replaces whole files."""
   rng = np.random.default_rng(0)
-  arrays = [rng.integers(0, 256, (300, 28, 28)), rng.integers(0, 10, 300),
-            rng.integers(0, 256, (50, 28, 28)), rng.integers(0, 10, 50)]
+  arrays = [
+    rng.integers(0, 256, (300, 28, 28)),
+    rng.integers(0, 10, 300),
+    rng.integers(0, 256, (50, 28, 28)),
+    rng.integers(0, 10, 50),
+  ]
   folder.mkdir()
   for name, arr in zip(MNIST_FILES, arrays, strict=True):
     (folder / name).write_bytes(raw.get(name, gzip.compress(_idx(arr), mtime=0)))
@@ -92,16 +96,31 @@ _RNG = np.random.default_rng(1)
 _IMAGES, _LABELS = _RNG.integers(0, 256, (50, 28, 28)), _RNG.integers(0, 10, 300)
 # name of the case: (file, its contents, what the message says about it)
 CORRUPT_FILES = {
-    "truncated_gz": ("t10k-images-idx3-ubyte.gz", _gz(_idx(_IMAGES))[:5000],
-                     "is a truncated gzip file"),
-    "corrupt_gz": ("train-labels-idx1-ubyte.gz", _bad_crc(_gz(_idx(_LABELS))),
-                   "is not a valid gzip file (CRC check failed"),
-    "wrong_magic": ("t10k-images-idx3-ubyte.gz", _gz(_idx(_IMAGES, magic=2050)),
-                    "has IDX magic number 2050 (0x00000802), expected 2051 (images) or 2049"),
-    "wrong_sizes": ("t10k-images-idx3-ubyte.gz", _gz(_idx(_IMAGES, count=51)),
-                    "is truncated: its header (51, 28, 28) needs 39984 data bytes, found 39200"),
-    "labels_out_of_range": ("train-labels-idx1-ubyte.gz", _gz(_idx(np.r_[_LABELS[:-1], 10])),
-                            "labels range over [0, 10], expected [0, 10); the labels file"),
+  "truncated_gz": (
+    "t10k-images-idx3-ubyte.gz",
+    _gz(_idx(_IMAGES))[:5000],
+    "is a truncated gzip file",
+  ),
+  "corrupt_gz": (
+    "train-labels-idx1-ubyte.gz",
+    _bad_crc(_gz(_idx(_LABELS))),
+    "is not a valid gzip file (CRC check failed",
+  ),
+  "wrong_magic": (
+    "t10k-images-idx3-ubyte.gz",
+    _gz(_idx(_IMAGES, magic=2050)),
+    "has IDX magic number 2050 (0x00000802), expected 2051 (images) or 2049",
+  ),
+  "wrong_sizes": (
+    "t10k-images-idx3-ubyte.gz",
+    _gz(_idx(_IMAGES, count=51)),
+    "is truncated: its header (51, 28, 28) needs 39984 data bytes, found 39200",
+  ),
+  "labels_out_of_range": (
+    "train-labels-idx1-ubyte.gz",
+    _gz(_idx(np.r_[_LABELS[:-1], 10])),
+    "labels range over [0, 10], expected [0, 10); the labels file",
+  ),
 }
 
 
@@ -109,9 +128,20 @@ CORRUPT_FILES = {
 def test_corrupt_data_file(case, tmp_path):
   name, blob, message = CORRUPT_FILES[case]
   folder = _fake_mnist(tmp_path / "data", **{name: blob})
-  out = cli.run(TRAIN, argv=[sys.executable, "-c", TRUSTING_TRAIN, str(folder), UNREACHABLE,
-                             "--validation_size=10", f"--manual_dir={folder}",
-                             "--data_backend=idx", f"--workdir={tmp_path / 'run'}"])
+  out = cli.run(
+    TRAIN,
+    argv=[
+      sys.executable,
+      "-c",
+      TRUSTING_TRAIN,
+      str(folder),
+      UNREACHABLE,
+      "--validation_size=10",
+      f"--manual_dir={folder}",
+      "--data_backend=idx",
+      f"--workdir={tmp_path / 'run'}",
+    ],
+  )
   assert out.returncode == 1
   line = cli.error_line(out)
   assert message in line and str(folder / name) in line, line
@@ -122,8 +152,9 @@ def test_missing_data_file(mnist_dir, tmp_path):
   folder = tmp_path / "data"
   shutil.copytree(mnist_dir, folder)
   (folder / "t10k-labels-idx1-ubyte.gz").unlink()
-  out = cli.run(TRAIN, f"--manual_dir={folder}", "--data_backend=idx",
-                f"--workdir={tmp_path / 'run'}")
+  out = cli.run(
+    TRAIN, f"--manual_dir={folder}", "--data_backend=idx", f"--workdir={tmp_path / 'run'}"
+  )
   assert out.returncode == 1
   line = cli.error_line(out)
   assert f"data folder {folder} lacks t10k-labels-idx1-ubyte.gz" in line, line
@@ -139,8 +170,9 @@ def test_checksum_mismatch(mnist_dir, tmp_path):
   blob = bytearray(target.read_bytes())
   blob[100] ^= 0x01
   target.write_bytes(bytes(blob))
-  out = cli.run(TRAIN, f"--manual_dir={folder}", "--data_backend=idx",
-                f"--workdir={tmp_path / 'run'}")
+  out = cli.run(
+    TRAIN, f"--manual_dir={folder}", "--data_backend=idx", f"--workdir={tmp_path / 'run'}"
+  )
   assert out.returncode == 1
   line = cli.error_line(out)
   assert f"checksum mismatch for {target}: expected sha256 3552534a0a558bbe" in line, line
@@ -151,9 +183,19 @@ def test_no_data_and_no_network_fails_fast_with_instructions(tmp_path):
   home = tmp_path / "home"
   home.mkdir()
   start = time.monotonic()
-  out = cli.run(TRAIN, home=home, argv=[
-      sys.executable, "-c", TRUSTING_TRAIN, str(tmp_path / "nowhere"), UNREACHABLE,
-      "--data_backend=idx", f"--workdir={tmp_path / 'run'}"])
+  out = cli.run(
+    TRAIN,
+    home=home,
+    argv=[
+      sys.executable,
+      "-c",
+      TRUSTING_TRAIN,
+      str(tmp_path / "nowhere"),
+      UNREACHABLE,
+      "--data_backend=idx",
+      f"--workdir={tmp_path / 'run'}",
+    ],
+  )
   assert time.monotonic() - start < 60  # a hang check: the probe gives up after seconds
   assert out.returncode == 1
   line = cli.error_line(out)
@@ -166,33 +208,40 @@ def test_no_data_and_no_network_fails_fast_with_instructions(tmp_path):
 # Flags: each refused before anything in the work directory changes, even with --overwrite.
 
 BAD_FLAGS = {
-    "unknown_model": (["--model=lenet"],
-                      "unknown model 'lenet'; registered models are: conv3_dense128_64, "
-                      "conv3_dense100, conv2_dense64"),
-    "unknown_optimizer": (["--optimizer=rmsprop"],
-                          "unknown optimizer 'rmsprop'; valid values are: adam, adamw, sgd"),
-    "unknown_dataset": (["--dataset=cifar10"],
-                        "unknown dataset 'cifar10'; valid values are: mnist, fashion_mnist, "
-                        "kmnist"),
-    "zero_learning_rate": (["--learning_rate=0"],
-                           "learning_rate must be a positive number, got 0.0"),
-    "negative_learning_rate": (["--learning_rate=-0.1"],
-                               "learning_rate must be a positive number, got -0.1"),
-    "zero_batch_size": (["--batch_size=0"], "batch_size must be a positive number, got 0"),
-    "negative_batch_size": (["--batch_size=-32"],
-                            "batch_size must be a positive number, got -32"),
-    "batch_larger_than_training_set": (
-        ["--train_subset=100", "--batch_size=128"],
-        "batch_size 128 is larger than the 100 training images (after the validation split "
-        "and any train_subset); lower --batch_size"),
-    "train_subset_larger_than_training_set": (
-        ["--validation_size=59000", "--train_subset=2000"],
-        "train_subset 2000 is larger than the 1000 training images left after the validation "
-        "split"),
-    "validation_split_larger_than_data": (
-        ["--validation_size=60000"],
-        "validation_size 60000 leaves no training examples: mnist has 60000 training "
-        "examples; use a validation_size below 60000"),
+  "unknown_model": (
+    ["--model=lenet"],
+    "unknown model 'lenet'; registered models are: conv3_dense128_64, "
+    "conv3_dense100, conv2_dense64",
+  ),
+  "unknown_optimizer": (
+    ["--optimizer=rmsprop"],
+    "unknown optimizer 'rmsprop'; valid values are: adam, adamw, sgd",
+  ),
+  "unknown_dataset": (
+    ["--dataset=cifar10"],
+    "unknown dataset 'cifar10'; valid values are: mnist, fashion_mnist, kmnist",
+  ),
+  "zero_learning_rate": (["--learning_rate=0"], "learning_rate must be a positive number, got 0.0"),
+  "negative_learning_rate": (
+    ["--learning_rate=-0.1"],
+    "learning_rate must be a positive number, got -0.1",
+  ),
+  "zero_batch_size": (["--batch_size=0"], "batch_size must be a positive number, got 0"),
+  "negative_batch_size": (["--batch_size=-32"], "batch_size must be a positive number, got -32"),
+  "batch_larger_than_training_set": (
+    ["--train_subset=100", "--batch_size=128"],
+    "batch_size 128 is larger than the 100 training images (after the validation split "
+    "and any train_subset); lower --batch_size",
+  ),
+  "train_subset_larger_than_training_set": (
+    ["--validation_size=59000", "--train_subset=2000"],
+    "train_subset 2000 is larger than the 1000 training images left after the validation split",
+  ),
+  "validation_split_larger_than_data": (
+    ["--validation_size=60000"],
+    "validation_size 60000 leaves no training examples: mnist has 60000 training "
+    "examples; use a validation_size below 60000",
+  ),
 }
 
 
@@ -201,8 +250,9 @@ def test_bad_flag(case, cli_run, mnist_dir, tmp_path):
   flags, message = BAD_FLAGS[case]
   workdir = _copy(cli_run, tmp_path)
   before = cli.snapshot(workdir)
-  out = cli.run(TRAIN, *cli.TINY, *flags, "--overwrite", f"--manual_dir={mnist_dir}",
-                f"--workdir={workdir}")
+  out = cli.run(
+    TRAIN, *cli.TINY, *flags, "--overwrite", f"--manual_dir={mnist_dir}", f"--workdir={workdir}"
+  )
   assert out.returncode == 1
   assert message in cli.error_line(out)
   assert cli.snapshot(workdir) == before
@@ -213,9 +263,16 @@ def test_workdir_of_another_config_then_overwrite_then_divergence(cli_run, mnist
   workdir = _copy(cli_run, tmp_path)
   before = cli.snapshot(workdir)
   # sgd at a learning rate of 70 on this BatchNorm network: NaN after an epoch or two.
-  diverging = (*cli.TINY, "--model=bn_conv3_wide", "--optimizer=sgd", "--learning_rate=70",
-               "--batch_size=64", "--train_subset=512", f"--manual_dir={mnist_dir}",
-               f"--workdir={workdir}")
+  diverging = (
+    *cli.TINY,
+    "--model=bn_conv3_wide",
+    "--optimizer=sgd",
+    "--learning_rate=70",
+    "--batch_size=64",
+    "--train_subset=512",
+    f"--manual_dir={mnist_dir}",
+    f"--workdir={workdir}",
+  )
 
   out = cli.run(TRAIN, *diverging)
   assert out.returncode == 1
@@ -249,15 +306,21 @@ def test_workdir_of_another_config_then_overwrite_then_divergence(cli_run, mnist
 
 
 def test_sweep_refuses_a_run_directory_of_another_config(mnist_dir, tmp_path):
-  tiny = resolve(Config(model="conv2_dense64", epochs=4, batch_size=32, train_subset=1024,
-                        validation_size=256))
+  tiny = resolve(
+    Config(model="conv2_dense64", epochs=4, batch_size=32, train_subset=1024, validation_size=256)
+  )
   run_dir = tmp_path / sweep.run_name(tiny)  # where the sweep below puts that run
   run_dir.mkdir()
   other = resolve(Config(model="conv2_dense64", learning_rate=0.5)).to_dict()
   (run_dir / "config.json").write_text(json.dumps({"config": other}))
   flags = [f for f in cli.TINY if not f.startswith("--model=")]
-  out = cli.run("experiments.sweep", *flags, "--models=conv2_dense100,conv2_dense64",
-                f"--manual_dir={mnist_dir}", f"--workdir={tmp_path}")
+  out = cli.run(
+    "experiments.sweep",
+    *flags,
+    "--models=conv2_dense100,conv2_dense64",
+    f"--manual_dir={mnist_dir}",
+    f"--workdir={tmp_path}",
+  )
   assert out.returncode == 1
   line = cli.error_line(out)
   assert f"{run_dir} holds the results of a different config (" in line, line
@@ -309,8 +372,9 @@ def test_truncated_checkpoint_arrays_are_refused(cli_run, mnist_dir, tmp_path):
   out = cli.run(TRAIN, *cli.TINY, f"--manual_dir={mnist_dir}", f"--workdir={workdir}")
   assert out.returncode == 1
   line = cli.error_line(out)
-  assert (f"error: checkpoint {workdir / 'checkpoints/latest/4'} cannot be restored as this "
-          "model (") in line, line
+  assert (
+    f"error: checkpoint {workdir / 'checkpoints/latest/4'} cannot be restored as this model ("
+  ) in line, line
   assert "it is corrupt or from another config" in line
 
 
@@ -340,8 +404,10 @@ def test_checkpoint_of_another_model_is_refused(cli_run, mnist_dir, tmp_path):
   out = cli.run(TRAIN, *cli.TINY, f"--manual_dir={mnist_dir}", f"--workdir={workdir}")
   assert out.returncode == 1
   line = cli.error_line(out)
-  assert (f"error: checkpoint {workdir / 'checkpoints/latest/4'} cannot be restored as this "
-          "model (ValueError: ") in line, line
+  assert (
+    f"error: checkpoint {workdir / 'checkpoints/latest/4'} cannot be restored as this "
+    "model (ValueError: "
+  ) in line, line
 
 
 def test_unreadable_checkpoint_metadata_is_refused(cli_run, mnist_dir, tmp_path):
@@ -351,6 +417,8 @@ def test_unreadable_checkpoint_metadata_is_refused(cli_run, mnist_dir, tmp_path)
   out = cli.run(TRAIN, *cli.TINY, f"--manual_dir={mnist_dir}", f"--workdir={workdir}")
   assert out.returncode == 1
   line = cli.error_line(out)
-  assert (f"error: the checkpoint directory {workdir / 'checkpoints/best'} cannot be read "
-          "(JSONDecodeError: ") in line, line
+  assert (
+    f"error: the checkpoint directory {workdir / 'checkpoints/best'} cannot be read "
+    "(JSONDecodeError: "
+  ) in line, line
   assert "it is corrupt or not an orbax checkpoint directory" in line

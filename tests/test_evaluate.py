@@ -16,17 +16,27 @@ from tests.conftest import REPO
 from tests.test_report import RUN_PLOTS, check_png
 
 # Files that depend only on the checkpoint's test predictions: rebuilt byte for byte.
-PREDICTION_FILES = ("classification_report.txt", "classification_report.json",
-                    "confusion_matrix.csv", "calibration.json")
+PREDICTION_FILES = (
+  "classification_report.txt",
+  "classification_report.json",
+  "confusion_matrix.csv",
+  "calibration.json",
+)
 
 
 def _evaluate(*args: str) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, "-m", "experiments.evaluate", *args], cwd=REPO,
-                        capture_output=True, text=True, timeout=300)
+  return subprocess.run(
+    [sys.executable, "-m", "experiments.evaluate", *args],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
 
 
-def test_evaluate_rebuilds_the_reports_and_reproduces_the_test_accuracy(tiny_run, mnist_dir,
-                                                                        tmp_path):
+def test_evaluate_rebuilds_the_reports_and_reproduces_the_test_accuracy(
+  tiny_run, mnist_dir, tmp_path
+):
   original, results = tiny_run
   workdir = tmp_path / "run"
   shutil.copytree(original, workdir)
@@ -81,9 +91,13 @@ def test_rebuild_refuses_what_is_not_a_finished_run(tiny_run, mnist, tmp_path):
     runs.rebuild(tmp_path, datasets=mnist)
   assert not (tmp_path / "checkpoints").exists()  # nothing created by the failed attempt
   # Another test split than the run's: refused rather than reported as a different accuracy.
-  small = data.Datasets(train=mnist.train, validation=mnist.validation,
-                        test=data.Split(mnist.test.images[:100], mnist.test.labels[:100]),
-                        name="mnist", backend="idx")
+  small = data.Datasets(
+    train=mnist.train,
+    validation=mnist.validation,
+    test=data.Split(mnist.test.images[:100], mnist.test.labels[:100]),
+    name="mnist",
+    backend="idx",
+  )
   with pytest.raises(data.DataError, match="tested on 10000 images.*has 100"):
     runs.rebuild(tiny_run[0], datasets=small)
 

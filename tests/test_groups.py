@@ -32,8 +32,12 @@ def test_group_key_allows_only_seed_and_learning_rate():
 def test_group_equals_separate_runs(mnist, tmp_path, epoch_loop, n_train):
   """Two seeds and two learning rates in one vmapped step = two ordinary runs."""
   tiny = _tiny(mnist, n_train=n_train)
-  configs = [resolve(Config(model="conv2_dense128_dropout", epochs=2, batch_size=64, seed=s,
-                            learning_rate=lr)) for s, lr in ((0, 1e-3), (1, 3e-3))]
+  configs = [
+    resolve(
+      Config(model="conv2_dense128_dropout", epochs=2, batch_size=64, seed=s, learning_rate=lr)
+    )
+    for s, lr in ((0, 1e-3), (1, 3e-3))
+  ]
   configs = [c.replace(epoch_loop=epoch_loop) for c in configs]
   group = sweep.run_sweep(configs, tmp_path / "g", load=lambda c: tiny, vmap=True)
   for i, config in enumerate(configs):
@@ -69,8 +73,14 @@ print(json.dumps({"devices": jax.device_count(), "single": single, "group": grou
 
 def _sharded(mnist_dir, tmp_path, devices):
   env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-  out = subprocess.run([sys.executable, "-c", SHARDED_RUN, str(mnist_dir), str(tmp_path)],
-                       cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  out = subprocess.run(
+    [sys.executable, "-c", SHARDED_RUN, str(mnist_dir), str(tmp_path)],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   return json.loads(out.stdout.splitlines()[-1])
 

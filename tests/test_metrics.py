@@ -33,8 +33,7 @@ def test_confusion_matrix_matches_a_direct_count_and_sklearn():
   for t, p in zip(labels, predicted, strict=True):
     direct[t, p] += 1
   np.testing.assert_array_equal(cm, direct)
-  np.testing.assert_array_equal(cm, sk_metrics.confusion_matrix(labels, predicted,
-                                                                labels=range(K)))
+  np.testing.assert_array_equal(cm, sk_metrics.confusion_matrix(labels, predicted, labels=range(K)))
   assert np.trace(cm) == np.sum(labels == predicted)
 
 
@@ -61,13 +60,15 @@ def test_classification_report_equals_sklearn(seed, missing):
   ours = metrics.classification_report(metrics.confusion_matrix(labels, predicted, K))
   with warnings.catch_warnings():
     warnings.simplefilter("error")  # zero_division=0.0 must not warn
-    theirs = sk_metrics.classification_report(labels, predicted, labels=range(K),
-                                              output_dict=True, zero_division=0.0)
+    theirs = sk_metrics.classification_report(
+      labels, predicted, labels=range(K), output_dict=True, zero_division=0.0
+    )
   assert ours == theirs
   assert list(ours) == list(theirs)
   for digits in (2, 4):
-    text = sk_metrics.classification_report(labels, predicted, labels=range(K), digits=digits,
-                                            zero_division=0.0)
+    text = sk_metrics.classification_report(
+      labels, predicted, labels=range(K), digits=digits, zero_division=0.0
+    )
     assert metrics.format_report(ours, digits=digits) == text
 
 
@@ -76,13 +77,14 @@ def test_classification_report_with_class_names_and_an_absent_class():
   predicted = np.array([0, 1, 1, 1, 2, 2])
   names = ["cat", "dog", "bird", "fish"]  # "fish" neither occurs nor is predicted
   ours = metrics.classification_report(metrics.confusion_matrix(labels, predicted, 4), names)
-  theirs = sk_metrics.classification_report(labels, predicted, labels=range(4),
-                                            target_names=names, output_dict=True,
-                                            zero_division=0.0)
+  theirs = sk_metrics.classification_report(
+    labels, predicted, labels=range(4), target_names=names, output_dict=True, zero_division=0.0
+  )
   assert ours == theirs
   assert ours["fish"] == {"precision": 0.0, "recall": 0.0, "f1-score": 0.0, "support": 0}
   assert metrics.format_report(ours) == sk_metrics.classification_report(
-      labels, predicted, labels=range(4), target_names=names, digits=4, zero_division=0.0)
+    labels, predicted, labels=range(4), target_names=names, digits=4, zero_division=0.0
+  )
 
 
 def test_softmax_is_stable_and_normalised():
@@ -106,8 +108,9 @@ def _calibration_data(seed: int, n: int = 3000):
 def test_reliability_bins_match_sklearn_calibration_curve(num_bins):
   confidences, correct = _calibration_data(num_bins)
   bins = metrics.reliability_bins(confidences, correct, num_bins)
-  prob_true, prob_pred = sk_calibration.calibration_curve(correct, confidences,
-                                                          n_bins=num_bins, strategy="uniform")
+  prob_true, prob_pred = sk_calibration.calibration_curve(
+    correct, confidences, n_bins=num_bins, strategy="uniform"
+  )
   filled = bins["count"] > 0
   np.testing.assert_array_equal(bins["accuracy"][filled], prob_true)
   np.testing.assert_array_equal(bins["confidence"][filled], prob_pred)
@@ -120,8 +123,10 @@ def test_expected_calibration_error_is_the_mean_gap_of_each_examples_bin():
   bins = metrics.reliability_bins(confidences, correct, 15)
   # Directly: each example's bin by the same rule (right-closed intervals), then the mean.
   which = np.clip(np.ceil(confidences * 15).astype(int) - 1, 0, 14)
-  gaps = [abs(correct[which == b].mean() - confidences[which == b].mean()) if np.any(which == b)
-          else 0.0 for b in range(15)]
+  gaps = [
+    abs(correct[which == b].mean() - confidences[which == b].mean()) if np.any(which == b) else 0.0
+    for b in range(15)
+  ]
   direct = np.mean([gaps[b] for b in which])
   assert metrics.expected_calibration_error(bins) == pytest.approx(direct, rel=1e-12)
   assert 0.0 < direct < 1.0

@@ -20,17 +20,17 @@ def reference_im2col(x, kh: int, kw: int, pads, xnp=np):
   (top, bottom), (left, right) = pads
   padded = xnp.pad(x, [(0, 0)] * (x.ndim - 3) + [(top, bottom), (left, right), (0, 0)])
   ho, wo = padded.shape[-3] - kh + 1, padded.shape[-2] - kw + 1
-  taps = [padded[..., di:di + ho, dj:dj + wo, :] for di in range(kh) for dj in range(kw)]
+  taps = [padded[..., di : di + ho, dj : dj + wo, :] for di in range(kh) for dj in range(kw)]
   return xnp.concatenate(taps, axis=-1)
 
 
 CASES = [  # (shape, kh, kw, pads)
-    ((2, 28, 28, 1), 3, 3, ((0, 0), (0, 0))),
-    ((3, 13, 13, 32), 3, 3, ((0, 0), (0, 0))),
-    ((2, 7, 9, 3), 3, 3, ((1, 1), (1, 1))),
-    ((1, 6, 5, 4), 2, 2, ((0, 1), (0, 1))),
-    ((2, 9, 8, 4), 5, 3, ((2, 2), (0, 0))),
-    ((4, 2, 5, 6, 2), 3, 3, ((1, 1), (1, 1))),  # a leading models axis
+  ((2, 28, 28, 1), 3, 3, ((0, 0), (0, 0))),
+  ((3, 13, 13, 32), 3, 3, ((0, 0), (0, 0))),
+  ((2, 7, 9, 3), 3, 3, ((1, 1), (1, 1))),
+  ((1, 6, 5, 4), 2, 2, ((0, 1), (0, 1))),
+  ((2, 9, 8, 4), 5, 3, ((2, 2), (0, 0))),
+  ((4, 2, 5, 6, 2), 3, 3, ((1, 1), (1, 1))),  # a leading models axis
 ]
 
 
@@ -53,8 +53,9 @@ def test_col2im_is_the_transpose_of_im2col(shape, kh, kw, pads):
   # pure-jnp im2col as well.
   rng = np.random.default_rng(1)
   x = jnp.asarray(rng.standard_normal(shape).astype(np.float32))
-  p = jnp.asarray(rng.standard_normal(reference_im2col(np.asarray(x), kh, kw, pads).shape)
-                  .astype(np.float32))
+  p = jnp.asarray(
+    rng.standard_normal(reference_im2col(np.asarray(x), kh, kw, pads).shape).astype(np.float32)
+  )
   back = jax.jit(native.col2im, static_argnums=(1, 2, 3, 4))(p, shape, kh, kw, pads)
   assert back.shape == shape
   _, vjp = jax.vjp(lambda x: reference_im2col(x, kh, kw, pads, xnp=jnp), x)

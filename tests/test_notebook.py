@@ -15,8 +15,9 @@ def test_explore_run_notebook_executes(tiny_run, monkeypatch):
   monkeypatch.setenv("DIGITS_WORKDIR", str(workdir))  # the kernel inherits the environment
   nb = nbformat.read(NOTEBOOK, as_version=4)
   # Run from notebooks/, as Jupyter does when the notebook is opened there.
-  nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
-                          resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
+  nbclient.NotebookClient(
+    nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK.parent)}}
+  ).execute()
 
   outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
   assert not [o for o in outputs if o.output_type == "error"]

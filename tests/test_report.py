@@ -42,8 +42,8 @@ def read_scalars(logdir) -> dict[str, list[tuple[int, float]]]:
   assert len(events) == 1, events
   data, pos, out = events[0].read_bytes(), 0, {}
   while pos < len(data):
-    (length,) = struct.unpack("<Q", data[pos:pos + 8])
-    event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+    (length,) = struct.unpack("<Q", data[pos : pos + 8])
+    event = event_pb2.Event.FromString(data[pos + 12 : pos + 12 + length])
     pos += 12 + length + 4  # length, its CRC, the record, its CRC
     for value in event.summary.value:
       out.setdefault(value.tag, []).append((event.step, value.simple_value))
@@ -84,12 +84,16 @@ def test_tensorboard_scalars_are_the_metrics_per_epoch(tiny_run):
   assert train["accuracy"] == as_f32(history, "train_accuracy")
   assert train["epoch_seconds"] == as_f32(history, "epoch_seconds")
   validation = read_scalars(tb / "validation")
-  assert validation == {"loss": as_f32(history, "val_loss"),
-                        "accuracy": as_f32(history, "val_accuracy")}
+  assert validation == {
+    "loss": as_f32(history, "val_loss"),
+    "accuracy": as_f32(history, "val_accuracy"),
+  }
   test = read_scalars(tb / "test")
   best = results["best_epoch"]
-  assert test == {"loss": [(best, float(np.float32(results["test_loss"])))],
-                  "accuracy": [(best, float(np.float32(results["test_accuracy"])))]}
+  assert test == {
+    "loss": [(best, float(np.float32(results["test_loss"])))],
+    "accuracy": [(best, float(np.float32(results["test_accuracy"])))],
+  }
 
 
 def _synthetic(mnist, n=600, wrong=0.1, seed=0):
@@ -115,12 +119,15 @@ def test_report_of_given_logits_counts_and_matches_sklearn(mnist, tmp_path):
   np.testing.assert_array_equal(cm, direct)
   assert cm.sum() == len(labels)
 
-  expected = sk_metrics.classification_report(labels, predicted, labels=range(10),
-                                              output_dict=True, zero_division=0.0)
+  expected = sk_metrics.classification_report(
+    labels, predicted, labels=range(10), output_dict=True, zero_division=0.0
+  )
   assert files.read_json(tmp_path / "classification_report.json") == expected
   assert (tmp_path / "classification_report.txt").read_text() == (
-      sk_metrics.classification_report(labels, predicted, labels=range(10), digits=4,
-                                        zero_division=0.0))
+    sk_metrics.classification_report(
+      labels, predicted, labels=range(10), digits=4, zero_division=0.0
+    )
+  )
   assert summary["accuracy"] == expected["accuracy"]
   assert summary["num_test"] == len(labels)
   for kind, name in RUN_PLOTS.items():
@@ -131,11 +138,20 @@ def test_report_of_given_logits_counts_and_matches_sklearn(mnist, tmp_path):
 
 def test_plots_of_a_perfect_model_and_rewriting_the_report(mnist, tmp_path):
   images, labels, logits = _synthetic(mnist, n=200, wrong=0.0)
-  history = [{"epoch": e, "train_loss": 1 / e, "train_accuracy": 1 - 0.1 / e,
-              "val_loss": 1.1 / e, "val_accuracy": 1 - 0.2 / e} for e in (1, 2, 3)]
+  history = [
+    {
+      "epoch": e,
+      "train_loss": 1 / e,
+      "train_accuracy": 1 - 0.1 / e,
+      "val_loss": 1.1 / e,
+      "val_accuracy": 1 - 0.2 / e,
+    }
+    for e in (1, 2, 3)
+  ]
   for _ in range(2):  # the second time replaces the first's files
-    report.write_run_report(tmp_path, logits, labels, images, history,
-                            test_metrics={"loss": 0.1, "accuracy": 1.0})
+    report.write_run_report(
+      tmp_path, logits, labels, images, history, test_metrics={"loss": 0.1, "accuracy": 1.0}
+    )
   check_png(tmp_path / RUN_PLOTS["misclassified_grid"], "misclassified_grid")  # "none" message
   for split in ("train", "validation", "test"):
     read_scalars(tmp_path / report.TENSORBOARD_DIR / split)  # exactly one event file each
@@ -144,8 +160,9 @@ def test_plots_of_a_perfect_model_and_rewriting_the_report(mnist, tmp_path):
   assert read_scalars(tmp_path / report.TENSORBOARD_DIR / "test")["accuracy"] == [(3, 1.0)]
 
 
-def _fake_sweep(tmp_path, models=("conv2_dense64", "conv3_dense100"),
-                optimizers=("adam", "sgd"), seeds=(0, 1, 2)):
+def _fake_sweep(
+  tmp_path, models=("conv2_dense64", "conv3_dense100"), optimizers=("adam", "sgd"), seeds=(0, 1, 2)
+):
   rng = np.random.default_rng(0)
   results = []
   for m in models:
@@ -153,11 +170,20 @@ def _fake_sweep(tmp_path, models=("conv2_dense64", "conv3_dense100"),
       for s in seeds:
         run = f"{m}-{o}-seed{s}"
         acc = 0.98 + 0.005 * rng.random()
-        files.write_jsonl(tmp_path / run / "metrics.jsonl",
-                          [{"epoch": e, "val_accuracy": acc - 0.01 / e, "val_loss": 0.1 / e}
-                           for e in (1, 2, 3)])
-        results.append({"model": m, "optimizer": o, "seed": s, "test_accuracy": acc,
-                        "num_params": 1000 * len(m), "run": run})
+        files.write_jsonl(
+          tmp_path / run / "metrics.jsonl",
+          [{"epoch": e, "val_accuracy": acc - 0.01 / e, "val_loss": 0.1 / e} for e in (1, 2, 3)],
+        )
+        results.append(
+          {
+            "model": m,
+            "optimizer": o,
+            "seed": s,
+            "test_accuracy": acc,
+            "num_params": 1000 * len(m),
+            "run": run,
+          }
+        )
   return results
 
 
@@ -170,8 +196,10 @@ def test_sweep_writes_the_comparison_and_validation_curves(tmp_path):
 
 def test_sweep_plots_of_one_seed_without_validation(tmp_path):
   results = _fake_sweep(tmp_path, models=("conv2_dense64",), optimizers=("adam",), seeds=(0,))
-  files.write_jsonl(tmp_path / results[0]["run"] / "metrics.jsonl",
-                    [{"epoch": 1, "train_loss": 0.3, "train_accuracy": 0.9}])
+  files.write_jsonl(
+    tmp_path / results[0]["run"] / "metrics.jsonl",
+    [{"epoch": 1, "train_loss": 0.3, "train_accuracy": 0.9}],
+  )
   sweep.write_plots(results, tmp_path)
   check_png(tmp_path / "comparison.png", "sweep_comparison")
   check_png(tmp_path / "validation_curves.png", "validation_curves")

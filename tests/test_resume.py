@@ -23,8 +23,10 @@ TRAIN = "experiments.train"
 
 def _orbax_tmp_dirs(workdir) -> set[str]:
   """Temporary directories of orbax saves not complete: ``best/3.orbax-checkpoint-tmp``."""
-  return {str(p.relative_to(workdir / "checkpoints"))
-          for p in (workdir / "checkpoints").glob("*/*.orbax-checkpoint-tmp*")}
+  return {
+    str(p.relative_to(workdir / "checkpoints"))
+    for p in (workdir / "checkpoints").glob("*/*.orbax-checkpoint-tmp*")
+  }
 
 
 class _NewSaveInProgress:
@@ -70,8 +72,9 @@ def test_killed_run_ends_with_the_numbers_of_an_uninterrupted_one(cli_run, mnist
   # 1. Killed at a random moment after epoch 1's checkpoint is complete: mostly in the
   # middle of epoch 2 (an epoch takes a few tenths of a second here), or in its writes.
   proc = cli.start(TRAIN, *flags)
-  assert cli.kill_when(proc, lambda: _epochs_saved(workdir) >= 1,
-                       delay_s=random.uniform(0.02, 0.25)), "finished before the kill"
+  assert cli.kill_when(
+    proc, lambda: _epochs_saved(workdir) >= 1, delay_s=random.uniform(0.02, 0.25)
+  ), "finished before the kill"
   assert 1 <= _epochs_saved(workdir) < 4
   _whole_files(workdir)
 
@@ -106,20 +109,29 @@ def test_finished_run_started_again_is_not_trained_again(cli_run, mnist_dir, tmp
 
 
 def test_sweep_skips_finished_runs_resumes_the_killed_one_and_counts_each_once(
-    cli_run, mnist_dir, tmp_path):
+  cli_run, mnist_dir, tmp_path
+):
   # The uninterrupted run is this sweep's seed 0, finished (in a directory named as earlier
   # versions named it: still found); seed 1 is killed mid-run.
   shutil.copytree(cli_run, tmp_path / "conv2_dense64-adam-seed0")
   seed0 = cli.snapshot(tmp_path / "conv2_dense64-adam-seed0")
-  tiny = resolve(Config(model="conv2_dense64", epochs=4, batch_size=32, train_subset=1024,
-                        validation_size=256, seed=1))
+  tiny = resolve(
+    Config(
+      model="conv2_dense64", epochs=4, batch_size=32, train_subset=1024, validation_size=256, seed=1
+    )
+  )
   seed1 = tmp_path / sweep.run_name(tiny)
   flags = [f for f in cli.TINY if not f.startswith("--model=")]
-  flags += ["--models=conv2_dense64", "--seeds=0,1,1", f"--manual_dir={mnist_dir}",
-            f"--workdir={tmp_path}"]
+  flags += [
+    "--models=conv2_dense64",
+    "--seeds=0,1,1",
+    f"--manual_dir={mnist_dir}",
+    f"--workdir={tmp_path}",
+  ]
   proc = cli.start("experiments.sweep", *flags)
-  assert cli.kill_when(proc, lambda: _epochs_saved(seed1) >= 1, delay_s=random.uniform(0, 0.3)
-                       ), "finished before the kill"
+  assert cli.kill_when(proc, lambda: _epochs_saved(seed1) >= 1, delay_s=random.uniform(0, 0.3)), (
+    "finished before the kill"
+  )
   assert not (seed1 / "results.json").exists()
 
   out = cli.run("experiments.sweep", *flags)
@@ -133,4 +145,6 @@ def test_sweep_skips_finished_runs_resumes_the_killed_one_and_counts_each_once(
   assert [(r["model"], r["seeds"]) for r in rows] == [("conv2_dense64", "2")]
   assert len((tmp_path / "results.md").read_text().splitlines()) == 3
   assert sorted(p.parent.name for p in tmp_path.glob("*/results.json")) == [
-      "conv2_dense64-adam-seed0", seed1.name]
+    "conv2_dense64-adam-seed0",
+    seed1.name,
+  ]

@@ -13,14 +13,18 @@ PACKAGE = REPO / "digits_jax"
 
 # Each module's layer; an import may only go to the same layer or a lower one.
 LAYERS = {
-    "digits_jax.files": 0, "digits_jax.environment": 0, "digits_jax.data": 0,
-    "digits_jax.augment": 0, "digits_jax.preprocess": 0,
-    "digits_jax.models": 1,
-    "digits_jax.config": 2,
-    "digits_jax.training": 3,
-    "digits_jax.analysis": 4,
-    "digits_jax.runs": 5, "digits_jax.predict": 6,
-    "digits_jax.sweep": 7,
+  "digits_jax.files": 0,
+  "digits_jax.environment": 0,
+  "digits_jax.data": 0,
+  "digits_jax.augment": 0,
+  "digits_jax.preprocess": 0,
+  "digits_jax.models": 1,
+  "digits_jax.config": 2,
+  "digits_jax.training": 3,
+  "digits_jax.analysis": 4,
+  "digits_jax.runs": 5,
+  "digits_jax.predict": 6,
+  "digits_jax.sweep": 7,
 }
 
 
@@ -65,9 +69,12 @@ def _graph() -> dict[str, set[str]]:
 
 
 def test_imports_go_down_the_layers():
-  wrong = [f"{a} (layer {_layer(a)}) imports {b} (layer {_layer(b)})"
-           for a, targets in _graph().items() for b in targets
-           if a != "digits_jax" and _layer(b) > _layer(a)]
+  wrong = [
+    f"{a} (layer {_layer(a)}) imports {b} (layer {_layer(b)})"
+    for a, targets in _graph().items()
+    for b in targets
+    if a != "digits_jax" and _layer(b) > _layer(a)
+  ]
   assert not wrong, "\n".join(wrong)
 
 
@@ -86,7 +93,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
       if nxt.startswith(node + "."):
         continue
       if state.get(nxt) == 1:
-        return path[path.index(nxt):] + [nxt]
+        return path[path.index(nxt) :] + [nxt]
       if nxt not in state and (cycle := visit(nxt)):
         return cycle
     path.pop()

@@ -14,14 +14,30 @@ from tests.conftest import REPO
 
 
 def _result(model, seed, acc, opt="adam"):
-  return {"model": model, "optimizer": opt, "dataset": "mnist", "seed": seed,
-          "test_accuracy": acc, "val_accuracy": acc, "best_epoch": 2, "epochs": 3,
-          "batch_size": 64, "num_params": 10, "train_seconds": 4.0, "seconds_per_epoch": 1.0}
+  return {
+    "model": model,
+    "optimizer": opt,
+    "dataset": "mnist",
+    "seed": seed,
+    "test_accuracy": acc,
+    "val_accuracy": acc,
+    "best_epoch": 2,
+    "epochs": 3,
+    "batch_size": 64,
+    "num_params": 10,
+    "train_seconds": 4.0,
+    "seconds_per_epoch": 1.0,
+  }
 
 
 def test_summarize_mean_and_std_over_seeds():
-  rows = sweep.summarize([_result("conv2_dense64", 0, 0.98), _result("conv2_dense64", 1, 0.99),
-                          _result("conv2_dense100", 0, 0.97)])
+  rows = sweep.summarize(
+    [
+      _result("conv2_dense64", 0, 0.98),
+      _result("conv2_dense64", 1, 0.99),
+      _result("conv2_dense100", 0, 0.97),
+    ]
+  )
   assert len(rows) == 2
   first = rows[0]
   assert first["seeds"] == 2
@@ -34,15 +50,28 @@ def test_summarize_mean_and_std_over_seeds():
 
 
 def test_sweep_entry_point_writes_a_table(mnist_dir, tmp_path):
-  cmd = [sys.executable, "-m", "experiments.sweep", "--models=conv2_dense64,conv3_dense100",
-         "--seeds=0,1", "--vmap=on", "--epochs=1", "--train_subset=512", "--validation_size=256",
-         f"--manual_dir={mnist_dir}", "--data_backend=idx", f"--workdir={tmp_path}"]
+  cmd = [
+    sys.executable,
+    "-m",
+    "experiments.sweep",
+    "--models=conv2_dense64,conv3_dense100",
+    "--seeds=0,1",
+    "--vmap=on",
+    "--epochs=1",
+    "--train_subset=512",
+    "--validation_size=256",
+    f"--manual_dir={mnist_dir}",
+    "--data_backend=idx",
+    f"--workdir={tmp_path}",
+  ]
   out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   with open(tmp_path / "results.csv") as f:
     rows = list(csv.DictReader(f))
   assert [(r["model"], r["optimizer"], r["seeds"]) for r in rows] == [
-      ("conv2_dense64", "adam", "2"), ("conv3_dense100", "sgd", "2")]
+    ("conv2_dense64", "adam", "2"),
+    ("conv3_dense100", "sgd", "2"),
+  ]
   for r in rows:
     assert 0.1 < float(r["test_acc_mean"]) <= 1.0
     assert float(r["test_acc_std"]) >= 0.0
@@ -65,41 +94,81 @@ def test_sweep_entry_point_writes_a_table(mnist_dir, tmp_path):
 
 
 def test_unknown_model_fails_before_any_compute(tmp_path):
-  out = subprocess.run([sys.executable, "-m", "experiments.sweep", "--models=conv2_dense64,lenet",
-                        f"--workdir={tmp_path}"], cwd=REPO, capture_output=True, text=True,
-                       timeout=120)
+  out = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "experiments.sweep",
+      "--models=conv2_dense64,lenet",
+      f"--workdir={tmp_path}",
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert out.returncode != 0
   assert "unknown model 'lenet'" in out.stderr and "conv2_dense64" in out.stderr
   assert not any(tmp_path.iterdir())
 
 
 def test_a_learning_rate_grid_gives_rows_that_differ_in_that_value_only(mnist_dir, tmp_path):
-  cmd = [sys.executable, "-m", "experiments.sweep", "--models=conv2_dense64",
-         "--learning_rate=0.001,0.003", "--epochs=1", "--train_subset=256",
-         "--validation_size=256", f"--manual_dir={mnist_dir}", "--data_backend=idx",
-         f"--workdir={tmp_path}"]
+  cmd = [
+    sys.executable,
+    "-m",
+    "experiments.sweep",
+    "--models=conv2_dense64",
+    "--learning_rate=0.001,0.003",
+    "--epochs=1",
+    "--train_subset=256",
+    "--validation_size=256",
+    f"--manual_dir={mnist_dir}",
+    "--data_backend=idx",
+    f"--workdir={tmp_path}",
+  ]
   out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   with open(tmp_path / "results.csv") as f:
     rows = list(csv.DictReader(f))
   assert [float(r["learning_rate"]) for r in rows] == [0.001, 0.003]
-  fixed = [{k: v for k, v in r.items() if k in ("model", "optimizer", "dataset", "seeds",
-                                                "epochs", "batch_size", "params")} for r in rows]
+  fixed = [
+    {
+      k: v
+      for k, v in r.items()
+      if k in ("model", "optimizer", "dataset", "seeds", "epochs", "batch_size", "params")
+    }
+    for r in rows
+  ]
   assert fixed[0] == fixed[1]
   assert sorted(p.parent.name for p in tmp_path.glob("*/results.json")) == [
-      "conv2_dense64-adam-val256-sub256-ep1-seed0",
-      "conv2_dense64-adam-val256-sub256-lr0.003-ep1-seed0"]
+    "conv2_dense64-adam-val256-sub256-ep1-seed0",
+    "conv2_dense64-adam-val256-sub256-lr0.003-ep1-seed0",
+  ]
 
 
-@pytest.mark.parametrize("flag, message", [
+@pytest.mark.parametrize(
+  "flag, message",
+  [
     ("--learning_rate=0.001,abc", "--learning_rate: 'abc' is not a valid float"),
     ("--batch_size=64,0", "batch_size must be a positive number, got 0"),
     ("--schedule=cosine,bogus", "unknown schedule 'bogus'"),
-])
+  ],
+)
 def test_a_bad_grid_value_fails_before_training(tmp_path, flag, message):
-  out = subprocess.run([sys.executable, "-m", "experiments.sweep", "--models=conv2_dense64", flag,
-                        f"--workdir={tmp_path}"], cwd=REPO, capture_output=True, text=True,
-                       timeout=120)
+  out = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "experiments.sweep",
+      "--models=conv2_dense64",
+      flag,
+      f"--workdir={tmp_path}",
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert out.returncode == 1
   assert message in out.stderr.strip().splitlines()[-1]
   assert not any(tmp_path.iterdir())

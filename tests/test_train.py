@@ -22,13 +22,19 @@ def _tiny(mnist, n_train=1024, n_val=512):
 def test_resolve_takes_the_recipe_and_overrides():
   config = resolve(Config(model="conv3_dense100"))
   assert (config.optimizer, config.learning_rate, config.batch_size, config.loss) == (
-      "sgd", 0.01, 32, "onehot")
+    "sgd",
+    0.01,
+    32,
+    "onehot",
+  )
   adam = resolve(Config(model="conv3_dense100", optimizer="adam"))
   assert (adam.optimizer, adam.learning_rate, adam.batch_size) == ("adam", 1e-3, 32)
   assert resolve(Config(model="conv3_dense100", learning_rate=0.05)).learning_rate == 0.05
 
 
-@pytest.mark.parametrize("change, message", [
+@pytest.mark.parametrize(
+  "change, message",
+  [
     ({"learning_rate": 0.0}, "learning_rate must be a positive"),
     ({"learning_rate": -1.0}, "learning_rate must be a positive"),
     ({"batch_size": 0}, "batch_size must be a positive"),
@@ -36,7 +42,8 @@ def test_resolve_takes_the_recipe_and_overrides():
     ({"dataset": "cifar10"}, "valid values are: mnist, fashion_mnist, kmnist"),
     ({"loss": "hinge"}, "unknown loss"),
     ({"label_smoothing": 1.5}, "label_smoothing"),
-])
+  ],
+)
 def test_bad_config_values_are_named(change, message):
   with pytest.raises(ConfigError, match=message):
     resolve(Config(model="conv2_dense64", **change))
@@ -45,14 +52,18 @@ def test_bad_config_values_are_named(change, message):
 def test_cross_entropy_sparse_equals_onehot():
   logits = jax.random.normal(jax.random.PRNGKey(0), (8, 10))
   labels = jnp.arange(8) % 10
-  np.testing.assert_allclose(step.cross_entropy(logits, labels, loss="sparse"),
-                             step.cross_entropy(logits, labels, loss="onehot"), rtol=1e-6)
+  np.testing.assert_allclose(
+    step.cross_entropy(logits, labels, loss="sparse"),
+    step.cross_entropy(logits, labels, loss="onehot"),
+    rtol=1e-6,
+  )
   # With smoothing the target is (1 - a) one_hot + a / K.
   a = 0.1
   targets = (1 - a) * jax.nn.one_hot(labels, 10) + a / 10
   expected = -(targets * jax.nn.log_softmax(logits)).sum(-1)
-  np.testing.assert_allclose(step.cross_entropy(logits, labels, label_smoothing=a), expected,
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    step.cross_entropy(logits, labels, label_smoothing=a), expected, rtol=1e-6
+  )
 
 
 def test_scan_and_host_epochs_compute_the_same_steps():
@@ -77,8 +88,7 @@ def test_predict_pads_the_last_batch():
   state = step.create_train_state(config, jax.random.PRNGKey(0), 1)
   images = jax.random.uniform(jax.random.PRNGKey(1), (23, 28, 28, 1))
   full = step.forward(state, images)
-  np.testing.assert_allclose(step.predict(state, images, batch_size=10), full, rtol=1e-5,
-                             atol=1e-6)
+  np.testing.assert_allclose(step.predict(state, images, batch_size=10), full, rtol=1e-5, atol=1e-6)
 
 
 def test_same_seed_same_numbers(mnist, tmp_path):
@@ -90,13 +100,15 @@ def test_same_seed_same_numbers(mnist, tmp_path):
   timeless = lambda rows: [{k: v for k, v in r.items() if "seconds" not in k} for r in rows]
   assert timeless([a]) == timeless([b])
   assert timeless(files.read_jsonl(tmp_path / "a/metrics.jsonl")) == timeless(
-      files.read_jsonl(tmp_path / "b/metrics.jsonl"))
+    files.read_jsonl(tmp_path / "b/metrics.jsonl")
+  )
   assert a["test_loss"] != c["test_loss"]
 
 
 def test_run_writes_its_files(mnist, tmp_path):
   results = runs.train_and_evaluate(
-      Config(model="bn_conv3_wide", epochs=2, batch_size=64), tmp_path, datasets=_tiny(mnist))
+    Config(model="bn_conv3_wide", epochs=2, batch_size=64), tmp_path, datasets=_tiny(mnist)
+  )
   saved = files.read_json(tmp_path / "config.json")
   assert saved["config"]["model"] == "bn_conv3_wide"
   assert saved["config"]["optimizer"] == "adamw"  # resolved from the recipe
@@ -111,12 +123,14 @@ def test_run_writes_its_files(mnist, tmp_path):
 
 def test_batch_larger_than_the_training_set(mnist, tmp_path):
   with pytest.raises(ConfigError, match="larger than the 100 training images"):
-    runs.train_and_evaluate(Config(model="conv2_dense64", batch_size=128, train_subset=100),
-                             tmp_path, datasets=mnist)
+    runs.train_and_evaluate(
+      Config(model="conv2_dense64", batch_size=128, train_subset=100), tmp_path, datasets=mnist
+    )
 
 
 def test_one_epoch_on_real_mnist_reaches_97_percent(mnist, tmp_path):
   """End to end: the full training set, one epoch of the smallest source network."""
-  results = runs.train_and_evaluate(Config(model="conv2_dense64", epochs=1), tmp_path,
-                                     datasets=mnist)
+  results = runs.train_and_evaluate(
+    Config(model="conv2_dense64", epochs=1), tmp_path, datasets=mnist
+  )
   assert results["test_accuracy"] >= 0.97, results

@@ -312,8 +312,9 @@ class Run:
     config.json of an earlier version reads as it would be written now.)
     """
     identity = identity_of(self.config)
-    return tuple(sorted((k, json.dumps(v, sort_keys=True)) for k, v in identity.items()
-                        if k != "seed"))
+    return tuple(
+      sorted((k, json.dumps(v, sort_keys=True)) for k, v in identity.items() if k != "seed")
+    )
 
 
 def find_runs(paths: Iterable[str | os.PathLike]) -> list[Path]:
@@ -375,8 +376,9 @@ def read_run(run_dir: str | os.PathLike) -> Run:
   try:
     identity_of(saved["config"])
   except (ConfigError, TypeError) as e:
-    raise ComparisonError(f"{run_dir / 'config.json'} holds no config this version can read "
-                          f"({e})") from e
+    raise ComparisonError(
+      f"{run_dir / 'config.json'} holds no config this version can read ({e})"
+    ) from e
   return Run(run_dir, saved["config"], results, load_test_outputs(run_dir))
 
 
@@ -961,8 +963,9 @@ def headline(comparison: Comparison) -> str:
   found = [p for p in comparison.pairs if p.verdict != NO_DIFFERENCE]
   if not found:
     return "no pair of configurations differs significantly (compare.md has the tests)"
-  return "\n".join(f"{p.a} vs {p.b}: {p.verdict} (Holm-corrected McNemar p = "
-                   f"{p.pvalue_holm:.2g})" for p in found)
+  return "\n".join(
+    f"{p.a} vs {p.b}: {p.verdict} (Holm-corrected McNemar p = {p.pvalue_holm:.2g})" for p in found
+  )
 
 
 def _csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:

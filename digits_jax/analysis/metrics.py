@@ -93,14 +93,20 @@ def class_scores(cm: np.ndarray) -> dict[str, np.ndarray]:
   tp = np.diag(cm)
   pred_sum = cm.sum(axis=0)
   true_sum = cm.sum(axis=1)
-  f1 = _divide(2.0 * tp.astype(np.float64),
-               1.0 * true_sum.astype(np.float64) + pred_sum.astype(np.float64))
-  return {"precision": _divide(tp, pred_sum), "recall": _divide(tp, true_sum),
-          "f1-score": f1, "support": true_sum}
+  f1 = _divide(
+    2.0 * tp.astype(np.float64), 1.0 * true_sum.astype(np.float64) + pred_sum.astype(np.float64)
+  )
+  return {
+    "precision": _divide(tp, pred_sum),
+    "recall": _divide(tp, true_sum),
+    "f1-score": f1,
+    "support": true_sum,
+  }
 
 
-def classification_report(cm: np.ndarray,
-                          class_names: Sequence[str] | None = None) -> dict[str, Any]:
+def classification_report(
+  cm: np.ndarray, class_names: Sequence[str] | None = None
+) -> dict[str, Any]:
   """Per-class and averaged precision, recall, F1 and support from a confusion matrix.
 
   Args:
@@ -154,22 +160,24 @@ def format_report(report: dict[str, Any], digits: int = 4) -> str:
   row_fmt = "{:>{width}s} " + " {:>9.{digits}f}" * 3 + " {:>9}\n"
   for name in names:
     r = report[name]
-    text += row_fmt.format(name, r["precision"], r["recall"], r["f1-score"], r["support"],
-                           width=width, digits=digits)
+    text += row_fmt.format(
+      name, r["precision"], r["recall"], r["f1-score"], r["support"], width=width, digits=digits
+    )
   text += "\n"
   total = report["macro avg"]["support"]
   acc_fmt = "{:>{width}s} " + " {:>9.{digits}}" * 2 + " {:>9.{digits}f}" + " {:>9}\n"
-  text += acc_fmt.format("accuracy", "", "", report["accuracy"], total, width=width,
-                         digits=digits)
+  text += acc_fmt.format("accuracy", "", "", report["accuracy"], total, width=width, digits=digits)
   for average in ("macro avg", "weighted avg"):
     r = report[average]
-    text += row_fmt.format(average, r["precision"], r["recall"], r["f1-score"], r["support"],
-                           width=width, digits=digits)
+    text += row_fmt.format(
+      average, r["precision"], r["recall"], r["f1-score"], r["support"], width=width, digits=digits
+    )
   return text
 
 
-def reliability_bins(confidences: np.ndarray, correct: np.ndarray,
-                     num_bins: int = NUM_CALIBRATION_BINS) -> dict[str, np.ndarray]:
+def reliability_bins(
+  confidences: np.ndarray, correct: np.ndarray, num_bins: int = NUM_CALIBRATION_BINS
+) -> dict[str, np.ndarray]:
   """Bins predictions by confidence for a reliability diagram.
 
   Bins are ``num_bins`` equal-width intervals of ``[0, 1]``, each closed on the right
@@ -196,10 +204,10 @@ def reliability_bins(confidences: np.ndarray, correct: np.ndarray,
   ids = np.searchsorted(edges[1:-1], confidences)
   count = np.bincount(ids, minlength=num_bins)
   return {
-      "edges": edges,
-      "count": count,
-      "confidence": _divide(np.bincount(ids, weights=confidences, minlength=num_bins), count),
-      "accuracy": _divide(np.bincount(ids, weights=correct, minlength=num_bins), count),
+    "edges": edges,
+    "count": count,
+    "confidence": _divide(np.bincount(ids, weights=confidences, minlength=num_bins), count),
+    "accuracy": _divide(np.bincount(ids, weights=correct, minlength=num_bins), count),
   }
 
 
@@ -217,20 +225,24 @@ def expected_calibration_error(bins: dict[str, np.ndarray]) -> float:
   return float(np.sum(count / total * gaps))
 
 
-def calibration_summary(confidences: np.ndarray, correct: np.ndarray,
-                        num_bins: int = NUM_CALIBRATION_BINS) -> dict[str, Any]:
+def calibration_summary(
+  confidences: np.ndarray, correct: np.ndarray, num_bins: int = NUM_CALIBRATION_BINS
+) -> dict[str, Any]:
   """Reliability bins and ECE as a JSON-ready dictionary (``calibration.json``)."""
   bins = reliability_bins(confidences, correct, num_bins)
   return {
-      "num_bins": num_bins,
-      "ece": expected_calibration_error(bins),
-      "mean_confidence": float(np.mean(confidences)) if len(confidences) else 0.0,
-      "accuracy": float(np.mean(correct)) if len(correct) else 0.0,
-      "bins": [
-          {"lower": float(bins["edges"][i]), "upper": float(bins["edges"][i + 1]),
-           "count": int(bins["count"][i]), "confidence": float(bins["confidence"][i]),
-           "accuracy": float(bins["accuracy"][i])}
-          for i in range(num_bins)
-      ],
+    "num_bins": num_bins,
+    "ece": expected_calibration_error(bins),
+    "mean_confidence": float(np.mean(confidences)) if len(confidences) else 0.0,
+    "accuracy": float(np.mean(correct)) if len(correct) else 0.0,
+    "bins": [
+      {
+        "lower": float(bins["edges"][i]),
+        "upper": float(bins["edges"][i + 1]),
+        "count": int(bins["count"][i]),
+        "confidence": float(bins["confidence"][i]),
+        "accuracy": float(bins["accuracy"][i]),
+      }
+      for i in range(num_bins)
+    ],
   }
-

@@ -32,13 +32,13 @@ from digits_jax.analysis import metrics
 DPI = 100
 # Width and height in pixels of each figure.
 SIZES: dict[str, tuple[int, int]] = {
-    "training_curves": (1200, 450),
-    "confusion_matrices": (1400, 620),
-    "misclassified_grid": (1000, 1150),
-    "predictions_grid": (1000, 1150),
-    "reliability_diagram": (1200, 500),
-    "sweep_comparison": (1300, 550),
-    "validation_curves": (1300, 550),
+  "training_curves": (1200, 450),
+  "confusion_matrices": (1400, 620),
+  "misclassified_grid": (1000, 1150),
+  "predictions_grid": (1000, 1150),
+  "reliability_diagram": (1200, 500),
+  "sweep_comparison": (1300, 550),
+  "validation_curves": (1300, 550),
 }
 GRID = 6  # images per row and column of the image grids
 CORRECT_COLOR = "#1a9850"  # green
@@ -64,8 +64,13 @@ def _names(class_names: Sequence[str] | None, num_classes: int) -> list[str]:
 
 
 def _image(ax, image: np.ndarray) -> None:
-  ax.imshow(np.asarray(image).reshape(image.shape[0], image.shape[1]), cmap="gray", vmin=0.0,
-            vmax=1.0, interpolation="nearest")
+  ax.imshow(
+    np.asarray(image).reshape(image.shape[0], image.shape[1]),
+    cmap="gray",
+    vmin=0.0,
+    vmax=1.0,
+    interpolation="nearest",
+  )
   ax.set_xticks([])
   ax.set_yticks([])
 
@@ -80,8 +85,13 @@ def _empty_grid(fig: Figure, message: str) -> None:
 # One run
 
 
-def training_curves(history: Sequence[Mapping[str, Any]], path: str | os.PathLike, *,
-                    best_epoch: int | None = None, title: str = "") -> Path:
+def training_curves(
+  history: Sequence[Mapping[str, Any]],
+  path: str | os.PathLike,
+  *,
+  best_epoch: int | None = None,
+  title: str = "",
+) -> Path:
   """Training and validation loss (left) and accuracy (right) per epoch.
 
   Args:
@@ -97,18 +107,26 @@ def training_curves(history: Sequence[Mapping[str, Any]], path: str | os.PathLik
   fig = _figure("training_curves")
   axes = fig.subplots(1, 2)
   epochs = [r["epoch"] for r in history]
-  for ax, metric, scale, unit in ((axes[0], "loss", 1.0, "cross-entropy"),
-                                  (axes[1], "accuracy", 100.0, "accuracy (%)")):
-    for split, label, color in (("train", "training", "tab:blue"),
-                                ("val", "validation", "tab:orange")):
-      points = [(r["epoch"], scale * r[f"{split}_{metric}"]) for r in history
-                if r.get(f"{split}_{metric}") is not None]
+  for ax, metric, scale, unit in (
+    (axes[0], "loss", 1.0, "cross-entropy"),
+    (axes[1], "accuracy", 100.0, "accuracy (%)"),
+  ):
+    for split, label, color in (
+      ("train", "training", "tab:blue"),
+      ("val", "validation", "tab:orange"),
+    ):
+      points = [
+        (r["epoch"], scale * r[f"{split}_{metric}"])
+        for r in history
+        if r.get(f"{split}_{metric}") is not None
+      ]
       if points:
         xs, ys = zip(*points, strict=True)
         ax.plot(xs, ys, "o-", color=color, label=label, markersize=4)
     if best_epoch is not None:
-      ax.axvline(best_epoch, color="gray", linestyle="--", linewidth=1,
-                 label=f"best epoch ({best_epoch})")
+      ax.axvline(
+        best_epoch, color="gray", linestyle="--", linewidth=1, label=f"best epoch ({best_epoch})"
+      )
     ax.set_xlabel("epoch")
     ax.set_ylabel(unit)
     ax.set_title(f"{metric.capitalize()} per epoch")
@@ -126,8 +144,13 @@ def _epoch_ticks(last: int) -> list[int]:
   return list(range(1, last + 1, step))
 
 
-def confusion_matrices(cm: np.ndarray, path: str | os.PathLike, *,
-                       class_names: Sequence[str] | None = None, title: str = "") -> Path:
+def confusion_matrices(
+  cm: np.ndarray,
+  path: str | os.PathLike,
+  *,
+  class_names: Sequence[str] | None = None,
+  title: str = "",
+) -> Path:
   """The confusion matrix as counts (left) and normalised by true class (right).
 
   Counts use a logarithmic colour scale so that the few mistakes are visible next to the
@@ -140,18 +163,32 @@ def confusion_matrices(cm: np.ndarray, path: str | os.PathLike, *,
   axes = fig.subplots(1, 2)
   normalized = metrics.normalize_rows(cm)
   panels = (
-      (axes[0], np.ma.masked_equal(cm, 0), colors.LogNorm(vmin=1, vmax=max(2, cm.max())),
-       "count (log scale)", f"Counts ({cm.sum()} test images)"),
-      (axes[1], np.ma.masked_equal(100 * normalized, 0), colors.Normalize(0, 100),
-       "% of the true class", "Normalised by true class (%)"),
+    (
+      axes[0],
+      np.ma.masked_equal(cm, 0),
+      colors.LogNorm(vmin=1, vmax=max(2, cm.max())),
+      "count (log scale)",
+      f"Counts ({cm.sum()} test images)",
+    ),
+    (
+      axes[1],
+      np.ma.masked_equal(100 * normalized, 0),
+      colors.Normalize(0, 100),
+      "% of the true class",
+      "Normalised by true class (%)",
+    ),
   )
   small = 7 if num_classes > 10 else 8
   for ax, values, norm, bar_label, panel_title in panels:
     image = ax.imshow(values, cmap="Blues", norm=norm, interpolation="nearest")
     fig.colorbar(image, ax=ax, label=bar_label, shrink=0.9)
     long_names = max(map(len, names)) > 2
-    ax.set_xticks(range(num_classes), names, rotation=45 if long_names else 0,
-                  ha="right" if long_names else "center")
+    ax.set_xticks(
+      range(num_classes),
+      names,
+      rotation=45 if long_names else 0,
+      ha="right" if long_names else "center",
+    )
     ax.set_yticks(range(num_classes), names)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
@@ -167,16 +204,29 @@ def confusion_matrices(cm: np.ndarray, path: str | os.PathLike, *,
           pct = 100 * normalized[i, j]
           text = f"{pct:.1f}" if pct < 99.95 else "100"
           level = norm(pct)
-        ax.text(j, i, text, ha="center", va="center", fontsize=small,
-                color="white" if level > 0.6 else "black")
+        ax.text(
+          j,
+          i,
+          text,
+          ha="center",
+          va="center",
+          fontsize=small,
+          color="white" if level > 0.6 else "black",
+        )
   if title:
     fig.suptitle(title)
   return _save(fig, path)
 
 
-def misclassified_grid(images: np.ndarray, labels: np.ndarray, probs: np.ndarray,
-                       path: str | os.PathLike, *, class_names: Sequence[str] | None = None,
-                       title: str = "") -> Path:
+def misclassified_grid(
+  images: np.ndarray,
+  labels: np.ndarray,
+  probs: np.ndarray,
+  path: str | os.PathLike,
+  *,
+  class_names: Sequence[str] | None = None,
+  title: str = "",
+) -> Path:
   """The most confidently misclassified test images, most confident first.
 
   Each image is titled with its true class, the predicted class and the predicted class's
@@ -199,8 +249,10 @@ def misclassified_grid(images: np.ndarray, labels: np.ndarray, probs: np.ndarray
   # Stable sort: equally confident mistakes keep the test set's order.
   order = wrong[np.argsort(-confidence[wrong], kind="stable")][: GRID * GRID]
   fig = _figure("misclassified_grid")
-  heading = (f"{len(wrong)} of {len(labels)} test images misclassified; "
-             f"the {len(order)} most confident mistakes")
+  heading = (
+    f"{len(wrong)} of {len(labels)} test images misclassified; "
+    f"the {len(order)} most confident mistakes"
+  )
   fig.suptitle(f"{title}: {heading}" if title else heading)
   if not len(order):
     _empty_grid(fig, "no misclassified test images")
@@ -211,14 +263,24 @@ def misclassified_grid(images: np.ndarray, labels: np.ndarray, probs: np.ndarray
       ax.axis("off")
       continue
     _image(ax, images[i])
-    ax.set_title(f"true {names[labels[i]]}, pred {names[predicted[i]]}\n"
-                 f"p = {confidence[i]:.3f}", fontsize=9, color=WRONG_COLOR)
+    ax.set_title(
+      f"true {names[labels[i]]}, pred {names[predicted[i]]}\np = {confidence[i]:.3f}",
+      fontsize=9,
+      color=WRONG_COLOR,
+    )
   return _save(fig, path)
 
 
-def predictions_grid(images: np.ndarray, labels: np.ndarray, probs: np.ndarray,
-                     path: str | os.PathLike, *, class_names: Sequence[str] | None = None,
-                     seed: int = 0, title: str = "") -> Path:
+def predictions_grid(
+  images: np.ndarray,
+  labels: np.ndarray,
+  probs: np.ndarray,
+  path: str | os.PathLike,
+  *,
+  class_names: Sequence[str] | None = None,
+  seed: int = 0,
+  title: str = "",
+) -> Path:
   """A random sample of test images with their predictions, coloured by correctness.
 
   Titles and frames are green for a correct prediction and red for a wrong one (which also
@@ -233,8 +295,10 @@ def predictions_grid(images: np.ndarray, labels: np.ndarray, probs: np.ndarray,
   sample = np.sort(np.random.default_rng(seed).choice(len(labels), count, replace=False))
   wrong = int(np.sum(predicted[sample] != labels[sample]))
   fig = _figure("predictions_grid")
-  heading = (f"Sample predictions: green correct, red wrong ({wrong} of {count} wrong); "
-             "predicted class (probability)")
+  heading = (
+    f"Sample predictions: green correct, red wrong ({wrong} of {count} wrong); "
+    "predicted class (probability)"
+  )
   fig.suptitle(f"{title}\n{heading}" if title else heading)
   if not count:
     _empty_grid(fig, "no test images")
@@ -257,8 +321,9 @@ def predictions_grid(images: np.ndarray, labels: np.ndarray, probs: np.ndarray,
   return _save(fig, path)
 
 
-def reliability_diagram(bins: Mapping[str, np.ndarray], ece: float, path: str | os.PathLike,
-                        *, title: str = "") -> Path:
+def reliability_diagram(
+  bins: Mapping[str, np.ndarray], ece: float, path: str | os.PathLike, *, title: str = ""
+) -> Path:
   """Accuracy against confidence per bin (left), and how many predictions fall in each bin.
 
   Args:
@@ -273,14 +338,31 @@ def reliability_diagram(bins: Mapping[str, np.ndarray], ece: float, path: str | 
   filled = count > 0
   fig = _figure("reliability_diagram")
   left, right = fig.subplots(1, 2)
-  left.bar(lower[filled], bins["accuracy"][filled], width[filled], align="edge",
-           color="tab:blue", edgecolor="black", linewidth=0.6, label="accuracy")
+  left.bar(
+    lower[filled],
+    bins["accuracy"][filled],
+    width[filled],
+    align="edge",
+    color="tab:blue",
+    edgecolor="black",
+    linewidth=0.6,
+    label="accuracy",
+  )
   gap_bottom = np.minimum(bins["accuracy"], bins["confidence"])[filled]
   gap = np.abs(bins["accuracy"] - bins["confidence"])[filled]
   # Hatched outline only, so the gap reads the same above and inside an accuracy bar.
-  left.bar(lower[filled], gap, width[filled], bottom=gap_bottom, align="edge",
-           facecolor="none", edgecolor=WRONG_COLOR, hatch="///", linewidth=1,
-           label="gap to mean confidence")
+  left.bar(
+    lower[filled],
+    gap,
+    width[filled],
+    bottom=gap_bottom,
+    align="edge",
+    facecolor="none",
+    edgecolor=WRONG_COLOR,
+    hatch="///",
+    linewidth=1,
+    label="gap to mean confidence",
+  )
   left.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
   left.set_xlim(0, 1)
   left.set_ylim(0, 1)
@@ -291,15 +373,13 @@ def reliability_diagram(bins: Mapping[str, np.ndarray], ece: float, path: str | 
   left.legend(loc="upper left")
   left.grid(alpha=0.3)
 
-  right.bar(lower, count, width, align="edge", color="tab:gray", edgecolor="black",
-            linewidth=0.6)
+  right.bar(lower, count, width, align="edge", color="tab:gray", edgecolor="black", linewidth=0.6)
   right.set_yscale("log")
   right.set_ylim(0.8, max(10, count.max() * 2))
   right.set_xlim(0, 1)
   right.set_xlabel("confidence (probability of the predicted class)")
   right.set_ylabel("test images (log scale)")
-  right.set_title(f"Confidence of the {int(count.sum())} test predictions "
-                  f"({len(count)} bins)")
+  right.set_title(f"Confidence of the {int(count.sum())} test predictions ({len(count)} bins)")
   right.grid(alpha=0.3, which="both", axis="y")
   if title:
     fig.suptitle(title)
@@ -319,8 +399,9 @@ def _group_key(r: Mapping[str, Any]) -> tuple[str, str]:
   return _variant(r), r["optimizer"]
 
 
-def sweep_comparison(results: Sequence[Mapping[str, Any]], path: str | os.PathLike, *,
-                     title: str = "") -> Path:
+def sweep_comparison(
+  results: Sequence[Mapping[str, Any]], path: str | os.PathLike, *, title: str = ""
+) -> Path:
   """Test accuracy of each architecture and optimizer, with the spread over seeds.
 
   Left: per architecture, one marker per optimizer at the mean over seeds, an error bar of
@@ -352,19 +433,37 @@ def sweep_comparison(results: Sequence[Mapping[str, Any]], path: str | os.PathLi
       accs = 100 * np.array([r["test_accuracy"] for r in runs])
       std = float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0
       x = m + offset
-      left.errorbar(x, accs.mean(), yerr=std, fmt="o", color=palette[optimizer],
-                    capsize=4, markersize=7, label=optimizer)
-      left.scatter(np.full(len(accs), x + spread * 0.25), accs, s=12,
-                   color=palette[optimizer], alpha=0.6, zorder=3)
+      left.errorbar(
+        x,
+        accs.mean(),
+        yerr=std,
+        fmt="o",
+        color=palette[optimizer],
+        capsize=4,
+        markersize=7,
+        label=optimizer,
+      )
+      left.scatter(
+        np.full(len(accs), x + spread * 0.25),
+        accs,
+        s=12,
+        color=palette[optimizer],
+        alpha=0.6,
+        zorder=3,
+      )
       right.scatter(runs[0]["num_params"], accs.mean(), color=palette[optimizer], s=40)
-      right.annotate(model, (runs[0]["num_params"], accs.mean()), fontsize=8,
-                     xytext=(4, 3), textcoords="offset points")
+      right.annotate(
+        model,
+        (runs[0]["num_params"], accs.mean()),
+        fontsize=8,
+        xytext=(4, 3),
+        textcoords="offset points",
+      )
   left.set_xticks(range(len(models)), models, rotation=20, ha="right")
   left.set_xlim(-0.5, len(models) - 0.5)
   left.set_ylabel("test accuracy (%)")
   seeds = max((len(v) for v in groups.values()), default=0)
-  left.set_title(f"Test accuracy: mean \u00b1 std over seeds (dots: single seeds, up to "
-                 f"{seeds})")
+  left.set_title(f"Test accuracy: mean \u00b1 std over seeds (dots: single seeds, up to {seeds})")
   handles, labels = left.get_legend_handles_labels()
   unique = dict(zip(labels, handles, strict=True))  # one entry per optimizer
   left.legend(unique.values(), unique.keys(), title="optimizer")
@@ -385,8 +484,12 @@ def sweep_comparison(results: Sequence[Mapping[str, Any]], path: str | os.PathLi
   return _save(fig, path)
 
 
-def validation_curves(histories: Mapping[tuple[str, str], Sequence[Sequence[Mapping[str, Any]]]],
-                      path: str | os.PathLike, *, title: str = "") -> Path:
+def validation_curves(
+  histories: Mapping[tuple[str, str], Sequence[Sequence[Mapping[str, Any]]]],
+  path: str | os.PathLike,
+  *,
+  title: str = "",
+) -> Path:
   """Validation accuracy (left) and loss (right) per epoch of every architecture/optimizer.
 
   Each (model, optimizer) is one line, the mean over its seeds, with a band from the
@@ -419,19 +522,39 @@ def validation_curves(histories: Mapping[tuple[str, str], Sequence[Sequence[Mapp
       epochs = sorted(by_epoch)
       last_epoch = max(last_epoch, epochs[-1])
       values = [by_epoch[e] for e in epochs]
-      ax.plot(epochs, [np.mean(v) for v in values], style, marker="o", markersize=3,
-              color=color, label=f"{model} / {optimizer}")
+      ax.plot(
+        epochs,
+        [np.mean(v) for v in values],
+        style,
+        marker="o",
+        markersize=3,
+        color=color,
+        label=f"{model} / {optimizer}",
+      )
       if max(len(v) for v in values) > 1:
-        ax.fill_between(epochs, [min(v) for v in values], [max(v) for v in values],
-                        color=color, alpha=0.15, linewidth=0)
+        ax.fill_between(
+          epochs,
+          [min(v) for v in values],
+          [max(v) for v in values],
+          color=color,
+          alpha=0.15,
+          linewidth=0,
+        )
   for ax, name in ((axes[0], "validation accuracy (%)"), (axes[1], "validation loss")):
     ax.set_xlabel("epoch")
     ax.set_ylabel(name)
     ax.set_xticks(_epoch_ticks(last_epoch))
     ax.grid(alpha=0.3)
     if not plotted:
-      ax.text(0.5, 0.5, "no validation split", ha="center", va="center",
-              transform=ax.transAxes, fontsize=14)
+      ax.text(
+        0.5,
+        0.5,
+        "no validation split",
+        ha="center",
+        va="center",
+        transform=ax.transAxes,
+        fontsize=14,
+      )
   axes[0].set_title("Validation accuracy (mean over seeds, band: min to max)")
   axes[1].set_title("Validation loss (mean over seeds)")
   if plotted:

@@ -42,21 +42,31 @@ log = logging.getLogger(__name__)
 
 # Names shown in the reports and plots; a dataset not listed uses the class numbers.
 CLASS_NAMES: dict[str, tuple[str, ...]] = {
-    "mnist": tuple(str(i) for i in range(10)),
-    "fashion_mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
-                      "Sneaker", "Bag", "Ankle boot"),
-    # Kuzushiji-MNIST's hiragana, romanised: the plots' default font has no kana.
-    "kmnist": ("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"),
+  "mnist": tuple(str(i) for i in range(10)),
+  "fashion_mnist": (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+  ),
+  # Kuzushiji-MNIST's hiragana, romanised: the plots' default font has no kana.
+  "kmnist": ("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"),
 }
 
 PLOTS_DIR = "plots"
 TENSORBOARD_DIR = summaries.LOG_DIR
 PLOT_FILES = {
-    "training_curves": "training_curves.png",
-    "confusion_matrices": "confusion_matrix.png",
-    "misclassified_grid": "misclassified.png",
-    "predictions_grid": "predictions.png",
-    "reliability_diagram": "reliability.png",
+  "training_curves": "training_curves.png",
+  "confusion_matrices": "confusion_matrix.png",
+  "misclassified_grid": "misclassified.png",
+  "predictions_grid": "predictions.png",
+  "reliability_diagram": "reliability.png",
 }
 
 
@@ -72,8 +82,10 @@ def run_title(saved_config: Mapping[str, Any] | None) -> str:
   """``model / optimizer / seed N (dataset)`` from a config.json's ``config`` entry."""
   if not saved_config:
     return ""
-  return (f"{saved_config.get('model')} / {saved_config.get('optimizer')} / seed "
-          f"{saved_config.get('seed')} ({saved_config.get('dataset')})")
+  return (
+    f"{saved_config.get('model')} / {saved_config.get('optimizer')} / seed "
+    f"{saved_config.get('seed')} ({saved_config.get('dataset')})"
+  )
 
 
 def _confusion_csv(cm: np.ndarray, names: Sequence[str]) -> str:
@@ -85,9 +97,16 @@ def _confusion_csv(cm: np.ndarray, names: Sequence[str]) -> str:
   return out.getvalue()
 
 
-def write_run_report(workdir: str | os.PathLike, logits: Any, labels: Any, images: Any,
-                     history: Sequence[Mapping[str, Any]], *, best_epoch: int | None = None,
-                     test_metrics: Mapping[str, float] | None = None) -> dict[str, Any]:
+def write_run_report(
+  workdir: str | os.PathLike,
+  logits: Any,
+  labels: Any,
+  images: Any,
+  history: Sequence[Mapping[str, Any]],
+  *,
+  best_epoch: int | None = None,
+  test_metrics: Mapping[str, float] | None = None,
+) -> dict[str, Any]:
   """Writes every report, plot and TensorBoard scalar of a run into ``workdir``.
 
   Args:
@@ -111,8 +130,10 @@ def write_run_report(workdir: str | os.PathLike, logits: Any, labels: Any, image
   labels = np.asarray(labels)
   images = np.asarray(images)
   if logits.ndim != 2 or len(logits) != len(labels) or len(images) != len(labels):
-    raise ValueError(f"logits {logits.shape}, labels {labels.shape} and images {images.shape} "
-                     "must have one row per test example")
+    raise ValueError(
+      f"logits {logits.shape}, labels {labels.shape} and images {images.shape} "
+      "must have one row per test example"
+    )
   num_classes = logits.shape[1]
   saved_config = None
   if (workdir / "config.json").is_file():
@@ -130,36 +151,65 @@ def write_run_report(workdir: str | os.PathLike, logits: Any, labels: Any, image
   confidences = probs[np.arange(len(labels)), predicted]
   calibration = metrics.calibration_summary(confidences, correct)
 
-  written = ["classification_report.txt", "classification_report.json",
-             "confusion_matrix.csv", "calibration.json"]
+  written = [
+    "classification_report.txt",
+    "classification_report.json",
+    "confusion_matrix.csv",
+    "calibration.json",
+  ]
   files.write_text(workdir / written[0], metrics.format_report(report))
   files.write_json(workdir / written[1], report)
   files.write_text(workdir / written[2], _confusion_csv(cm, names))
   files.write_json(workdir / written[3], calibration)
 
   plot_dir = workdir / PLOTS_DIR
-  plots.training_curves(history, plot_dir / PLOT_FILES["training_curves"],
-                        best_epoch=best_epoch, title=title)
-  plots.confusion_matrices(cm, plot_dir / PLOT_FILES["confusion_matrices"], class_names=names,
-                           title=f"Confusion matrix: {title}" if title else "")
-  plots.misclassified_grid(images, labels, probs, plot_dir / PLOT_FILES["misclassified_grid"],
-                           class_names=names, title=title)
-  plots.predictions_grid(images, labels, probs, plot_dir / PLOT_FILES["predictions_grid"],
-                         class_names=names, title=title)
-  plots.reliability_diagram(metrics.reliability_bins(confidences, correct, calibration["num_bins"]),
-                            calibration["ece"], plot_dir / PLOT_FILES["reliability_diagram"],
-                            title=title)
+  plots.training_curves(
+    history, plot_dir / PLOT_FILES["training_curves"], best_epoch=best_epoch, title=title
+  )
+  plots.confusion_matrices(
+    cm,
+    plot_dir / PLOT_FILES["confusion_matrices"],
+    class_names=names,
+    title=f"Confusion matrix: {title}" if title else "",
+  )
+  plots.misclassified_grid(
+    images,
+    labels,
+    probs,
+    plot_dir / PLOT_FILES["misclassified_grid"],
+    class_names=names,
+    title=title,
+  )
+  plots.predictions_grid(
+    images, labels, probs, plot_dir / PLOT_FILES["predictions_grid"], class_names=names, title=title
+  )
+  plots.reliability_diagram(
+    metrics.reliability_bins(confidences, correct, calibration["num_bins"]),
+    calibration["ece"],
+    plot_dir / PLOT_FILES["reliability_diagram"],
+    title=title,
+  )
   written += [f"{PLOTS_DIR}/{name}" for name in PLOT_FILES.values()]
-  if write_tensorboard(workdir / TENSORBOARD_DIR, history, best_epoch=best_epoch,
-                       test_metrics=test_metrics):
+  if write_tensorboard(
+    workdir / TENSORBOARD_DIR, history, best_epoch=best_epoch, test_metrics=test_metrics
+  ):
     written.append(f"{TENSORBOARD_DIR}/")
-  return {"accuracy": report["accuracy"], "macro_f1": report["macro avg"]["f1-score"],
-          "ece": calibration["ece"], "num_test": len(labels), "files": written}
+  return {
+    "accuracy": report["accuracy"],
+    "macro_f1": report["macro avg"]["f1-score"],
+    "ece": calibration["ece"],
+    "num_test": len(labels),
+    "files": written,
+  }
 
 
-def write_tensorboard(logdir: str | os.PathLike, history: Sequence[Mapping[str, Any]], *,
-                      best_epoch: int | None = None,
-                      test_metrics: Mapping[str, float] | None = None) -> bool:
+def write_tensorboard(
+  logdir: str | os.PathLike,
+  history: Sequence[Mapping[str, Any]],
+  *,
+  best_epoch: int | None = None,
+  test_metrics: Mapping[str, float] | None = None,
+) -> bool:
   """Writes a run's scalars (:mod:`digits_jax.training.summaries`) anew under ``logdir``.
 
   The run loop adds each epoch as it ends; at the end of a run ``logdir`` is replaced

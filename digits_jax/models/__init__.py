@@ -6,17 +6,27 @@ recipes and sources. Importing this package registers every network module below
 
 from digits_jax.models import cnn  # noqa: F401  (registers the source networks)
 from digits_jax.models.registry import (
-    ALIASES,
-    MODELS,
-    ModelSpec,
-    UnknownModelError,
-    canonical_name,
-    count_params,
-    create_model,
-    get_spec,
-    init_variables,
-    register,
+  ALIASES,
+  MODELS,
+  ModelSpec,
+  UnknownModelError,
+  canonical_name,
+  count_params,
+  create_model,
+  get_spec,
+  init_variables,
+  register,
 )
 
-__all__ = ["ALIASES", "MODELS", "ModelSpec", "UnknownModelError", "canonical_name",
-           "count_params", "create_model", "get_spec", "init_variables", "register"]
+__all__ = [
+  "ALIASES",
+  "MODELS",
+  "ModelSpec",
+  "UnknownModelError",
+  "canonical_name",
+  "count_params",
+  "create_model",
+  "get_spec",
+  "init_variables",
+  "register",
+]

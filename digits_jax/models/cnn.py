@@ -56,12 +56,12 @@ class ConvNet(nn.Module):
 
 
 @register(
-    "conv3_dense128_64",
-    recipe=dict(optimizer="adam", learning_rate=1e-3, batch_size=128, epochs=10, loss="sparse"),
-    source="Source project 1: three 3x3 conv layers with ReLU, two 2x2 max-pools, flatten, "
-    "two dense ReLU layers, softmax over 10; Adam, sparse categorical cross-entropy.",
-    reported="98.83%",
-    aliases=("conv3_dense2",),
+  "conv3_dense128_64",
+  recipe=dict(optimizer="adam", learning_rate=1e-3, batch_size=128, epochs=10, loss="sparse"),
+  source="Source project 1: three 3x3 conv layers with ReLU, two 2x2 max-pools, flatten, "
+  "two dense ReLU layers, softmax over 10; Adam, sparse categorical cross-entropy.",
+  reported="98.83%",
+  aliases=("conv3_dense2",),
 )
 class Conv3Dense128x64(ConvNet):
   """Source project 1: conv32-pool-conv64-pool-conv64, dense 128, dense 64, softmax 10.
@@ -78,12 +78,13 @@ class Conv3Dense128x64(ConvNet):
 
 
 @register(
-    "conv3_dense100",
-    recipe=dict(optimizer="sgd", learning_rate=0.01, momentum=0.9, batch_size=32, epochs=10,
-                loss="onehot"),
-    source="Source project 2: conv and max-pool layers then dense layers; SGD with momentum, "
-    "categorical (one-hot) cross-entropy.",
-    reported="about 99% (SGD lr 0.01, momentum 0.9, batch 32, 10 epochs)",
+  "conv3_dense100",
+  recipe=dict(
+    optimizer="sgd", learning_rate=0.01, momentum=0.9, batch_size=32, epochs=10, loss="onehot"
+  ),
+  source="Source project 2: conv and max-pool layers then dense layers; SGD with momentum, "
+  "categorical (one-hot) cross-entropy.",
+  reported="about 99% (SGD lr 0.01, momentum 0.9, batch 32, 10 epochs)",
 )
 class Conv3Dense100(ConvNet):
   """Source project 2: conv32-pool-conv64-conv64-pool, dense 100, softmax 10; SGD.
@@ -99,11 +100,11 @@ class Conv3Dense100(ConvNet):
 
 
 @register(
-    "conv2_dense64",
-    recipe=dict(optimizer="adam", learning_rate=1e-3, batch_size=64, epochs=10, loss="sparse"),
-    source="Source project 3: conv 32 (3x3, ReLU), max-pool, conv 64, max-pool, dense 64 ReLU, "
-    "dense 10; Adam, sparse cross-entropy, 10 epochs, batch 64, validation split.",
-    reported="above 98%",
+  "conv2_dense64",
+  recipe=dict(optimizer="adam", learning_rate=1e-3, batch_size=64, epochs=10, loss="sparse"),
+  source="Source project 3: conv 32 (3x3, ReLU), max-pool, conv 64, max-pool, dense 64 ReLU, "
+  "dense 10; Adam, sparse cross-entropy, 10 epochs, batch 64, validation split.",
+  reported="above 98%",
 )
 class Conv2Dense64(ConvNet):
   """Source project 3: conv32-pool-conv64-pool, dense 64, softmax 10.
@@ -119,11 +120,11 @@ class Conv2Dense64(ConvNet):
 
 
 @register(
-    "conv2_dense100",
-    recipe=dict(optimizer="adam", learning_rate=1e-3, batch_size=32, epochs=10, loss="sparse"),
-    source="Source project 4: conv 32, max-pool, conv 64, max-pool, dense 100 ReLU, dense 10; "
-    "Adam, sparse cross-entropy, 10 epochs.",
-    reported="98%+",
+  "conv2_dense100",
+  recipe=dict(optimizer="adam", learning_rate=1e-3, batch_size=32, epochs=10, loss="sparse"),
+  source="Source project 4: conv 32, max-pool, conv 64, max-pool, dense 100 ReLU, dense 10; "
+  "Adam, sparse cross-entropy, 10 epochs.",
+  reported="98%+",
 )
 class Conv2Dense100(ConvNet):
   """Source project 4: conv32-pool-conv64-pool, dense 100, softmax 10.
@@ -138,11 +139,11 @@ class Conv2Dense100(ConvNet):
 
 
 @register(
-    "conv2_dense128_dropout",
-    recipe=dict(optimizer="adam", learning_rate=1e-3, batch_size=128, epochs=20, loss="onehot"),
-    source="Source project 5: conv 32, max-pool, conv 64, max-pool, dense 128 ReLU, "
-    "dropout 0.5, dense 10; Adam, one-hot cross-entropy, 20 epochs.",
-    reported="98%+",
+  "conv2_dense128_dropout",
+  recipe=dict(optimizer="adam", learning_rate=1e-3, batch_size=128, epochs=20, loss="onehot"),
+  source="Source project 5: conv 32, max-pool, conv 64, max-pool, dense 128 ReLU, "
+  "dropout 0.5, dense 10; Adam, one-hot cross-entropy, 20 epochs.",
+  reported="98%+",
 )
 class Conv2Dense128Dropout(ConvNet):
   """Source project 5: conv32-pool-conv64-pool, dense 128, dropout 0.5, softmax 10.
@@ -158,14 +159,22 @@ class Conv2Dense128Dropout(ConvNet):
 
 
 @register(
-    "bn_conv3_wide",
-    recipe=dict(optimizer="adamw", learning_rate=3e-3, weight_decay=1e-4, batch_size=128,
-                epochs=15, loss="sparse", schedule="onecycle", label_smoothing=0.1,
-                augment=True),
-    source="Ours, from the sources' future work (batch norm, wider and deeper, data "
-    "augmentation): conv 32/64/128 with batch norm, dense 256, dropout 0.3; AdamW "
-    "one-cycle, label smoothing 0.1, random shifts and rotations.",
-    reported="aims at 99.5%+",
+  "bn_conv3_wide",
+  recipe=dict(
+    optimizer="adamw",
+    learning_rate=3e-3,
+    weight_decay=1e-4,
+    batch_size=128,
+    epochs=15,
+    loss="sparse",
+    schedule="onecycle",
+    label_smoothing=0.1,
+    augment=True,
+  ),
+  source="Ours, from the sources' future work (batch norm, wider and deeper, data "
+  "augmentation): conv 32/64/128 with batch norm, dense 256, dropout 0.3; AdamW "
+  "one-cycle, label smoothing 0.1, random shifts and rotations.",
+  reported="aims at 99.5%+",
 )
 class BNConv3Wide(nn.Module):
   """Modern variant: three SAME-padded conv-BN-ReLU-pool stages, dense 256.

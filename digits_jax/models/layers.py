@@ -25,13 +25,20 @@ class FastConv(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     k = self.kernel_size
     kernel = self.param(
-        "kernel", nn.initializers.lecun_normal(), (k, k, x.shape[-1], self.features))
+      "kernel", nn.initializers.lecun_normal(), (k, k, x.shape[-1], self.features)
+    )
     bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
     return ops.conv2d(x, kernel, self.padding) + bias
 
 
-def conv(features: int, *, fast: bool, padding: str = "VALID", kernel_size: int = 3,
-         name: str | None = None) -> nn.Module:
+def conv(
+  features: int,
+  *,
+  fast: bool,
+  padding: str = "VALID",
+  kernel_size: int = 3,
+  name: str | None = None,
+) -> nn.Module:
   """A stride-1 conv layer (3x3 by default), fast or plain; both have one parameter tree."""
   if fast:
     return FastConv(features, kernel_size=kernel_size, padding=padding, name=name)

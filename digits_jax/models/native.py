@@ -65,8 +65,13 @@ def _compiler() -> str | None:
 def library_path(compiler: str) -> Path:
   """Where the build for this source, jax, compiler and processor lives."""
   key = hashlib.sha256()
-  for part in (SOURCE.read_bytes(), jax.__version__.encode(), compiler.encode(),
-               " ".join(CXX_FLAGS).encode(), _cpu_signature().encode()):
+  for part in (
+    SOURCE.read_bytes(),
+    jax.__version__.encode(),
+    compiler.encode(),
+    " ".join(CXX_FLAGS).encode(),
+    _cpu_signature().encode(),
+  ):
     key.update(part + b"\0")
   return cache_dir() / f"im2col-{key.hexdigest()[:16]}.so"
 
@@ -104,13 +109,14 @@ def available() -> bool:
   if os.environ.get("DIGITS_NATIVE", "1") == "0":
     return False
   if sys.platform not in ("linux", "darwin"):
-    log.warning("digits_jax native kernels: unsupported platform %s; using XLA ops",
-                sys.platform)
+    log.warning("digits_jax native kernels: unsupported platform %s; using XLA ops", sys.platform)
     return False
   compiler = _compiler()
   if compiler is None:
-    log.warning("digits_jax native kernels: no C++ compiler ($CXX, c++, g++) found; "
-                "using XLA's convolutions, which train several times slower on CPU")
+    log.warning(
+      "digits_jax native kernels: no C++ compiler ($CXX, c++, g++) found; "
+      "using XLA's convolutions, which train several times slower on CPU"
+    )
     return False
   if _LOADED:  # registered earlier in this process (the cache was cleared)
     return True
@@ -120,8 +126,7 @@ def available() -> bool:
     log.warning("digits_jax native kernels unavailable, using XLA ops: %s", e)
     return False
   for name, symbol in TARGETS.items():
-    jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, symbol)),
-                                platform="cpu")
+    jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
   _LOADED.append(lib)  # keeps the library loaded for as long as XLA may call it
   return True
 
@@ -139,17 +144,24 @@ def im2col(x: jax.Array, kh: int, kw: int, pads: tuple[tuple[int, int], ...]) ->
   *lead, h, w, c = x.shape
   (top, bottom), (left, right) = pads
   shape = (*lead, h + top + bottom - kh + 1, w + left + right - kw + 1, kh * kw * c)
-  call = jax.ffi.ffi_call("digits_im2col", jax.ShapeDtypeStruct(shape, x.dtype),
-                          vmap_method="broadcast_all")
+  call = jax.ffi.ffi_call(
+    "digits_im2col", jax.ShapeDtypeStruct(shape, x.dtype), vmap_method="broadcast_all"
+  )
   return call(x, kh=kh, kw=kw, pad_top=top, pad_left=left)
 
 
-def col2im(patches: jax.Array, image_shape: tuple[int, ...], kh: int, kw: int,
-           pads: tuple[tuple[int, int], ...]) -> jax.Array:
+def col2im(
+  patches: jax.Array,
+  image_shape: tuple[int, ...],
+  kh: int,
+  kw: int,
+  pads: tuple[tuple[int, int], ...],
+) -> jax.Array:
   """The transpose of :func:`im2col`: sums each patches entry back onto its pixel."""
   shape = (*patches.shape[:-3], *image_shape[-3:])
-  call = jax.ffi.ffi_call("digits_col2im", jax.ShapeDtypeStruct(shape, patches.dtype),
-                          vmap_method="broadcast_all")
+  call = jax.ffi.ffi_call(
+    "digits_col2im", jax.ShapeDtypeStruct(shape, patches.dtype), vmap_method="broadcast_all"
+  )
   return call(patches, kh=kh, kw=kw, pad_top=pads[0][0], pad_left=pads[1][0])
 
 
@@ -174,8 +186,10 @@ def tune_allocator() -> bool:
     return False
   try:
     libc = ctypes.CDLL("libc.so.6")
-    ok = all(libc.mallopt(param, ctypes.c_int(ALLOCATOR_THRESHOLD)) == 1
-             for param in (M_MMAP_THRESHOLD, M_TRIM_THRESHOLD))
+    ok = all(
+      libc.mallopt(param, ctypes.c_int(ALLOCATOR_THRESHOLD)) == 1
+      for param in (M_MMAP_THRESHOLD, M_TRIM_THRESHOLD)
+    )
   except (OSError, AttributeError):
     return False
   return ok

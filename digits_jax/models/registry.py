@@ -47,8 +47,9 @@ class UnknownModelError(ValueError):
   """A model name that is not registered; the message lists the registered ones."""
 
 
-def register(name: str, *, recipe: Mapping[str, Any], source: str, reported: str,
-             aliases: tuple[str, ...] = ()) -> Callable[[type[nn.Module]], type[nn.Module]]:
+def register(
+  name: str, *, recipe: Mapping[str, Any], source: str, reported: str, aliases: tuple[str, ...] = ()
+) -> Callable[[type[nn.Module]], type[nn.Module]]:
   """Class decorator adding a Linen module to :data:`MODELS` under ``name``."""
 
   def wrap(cls: type[nn.Module]) -> type[nn.Module]:
@@ -77,7 +78,8 @@ def get_spec(name: str) -> ModelSpec:
     return MODELS[canonical_name(name)]
   except KeyError:
     raise UnknownModelError(
-        f"unknown model {name!r}; registered models are: {', '.join(MODELS)}") from None
+      f"unknown model {name!r}; registered models are: {', '.join(MODELS)}"
+    ) from None
 
 
 def create_model(name: str, *, fast: bool = True, num_classes: int = NUM_CLASSES) -> nn.Module:

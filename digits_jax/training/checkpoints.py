@@ -36,8 +36,9 @@ class CheckpointError(RuntimeError):
 
 
 # How a user gets past an unusable checkpoint; ends every CheckpointError message.
-FIX_HINT = ("Move the work directory away, or pass --overwrite to delete its results and "
-            "start again.")
+FIX_HINT = (
+  "Move the work directory away, or pass --overwrite to delete its results and start again."
+)
 
 
 def _brief(e: BaseException, limit: int = 300) -> str:
@@ -48,8 +49,11 @@ def _brief(e: BaseException, limit: int = 300) -> str:
 
 
 # What asyncio logs about the futures of an abandoned read.
-_ABANDONED = ("Task exception was never retrieved", "Future exception was never retrieved",
-              "Task was destroyed but it is pending")
+_ABANDONED = (
+  "Task exception was never retrieved",
+  "Future exception was never retrieved",
+  "Task was destroyed but it is pending",
+)
 
 
 def quiet_abandoned_reads() -> None:
@@ -68,14 +72,16 @@ def quiet_abandoned_reads() -> None:
     previous = sys.unraisablehook
 
     def hook(args):
-      if not (isinstance(args.exc_value, RuntimeError)
-              and "Event loop is closed" in str(args.exc_value)):
+      if not (
+        isinstance(args.exc_value, RuntimeError) and "Event loop is closed" in str(args.exc_value)
+      ):
         previous(args)
 
     hook._drops_closed_loop = True
     sys.unraisablehook = hook
     logging.getLogger("asyncio").addFilter(
-        lambda record: not record.getMessage().startswith(_ABANDONED))
+      lambda record: not record.getMessage().startswith(_ABANDONED)
+    )
 
 
 def _open_manager(directory: Path, **options: Any) -> ocp.CheckpointManager:
@@ -87,17 +93,20 @@ def _open_manager(directory: Path, **options: Any) -> ocp.CheckpointManager:
   """
   try:
     manager = ocp.CheckpointManager(
-        directory,
-        options=ocp.CheckpointManagerOptions(
-            enable_async_checkpointing=False, cleanup_tmp_directories=True, **options))
+      directory,
+      options=ocp.CheckpointManagerOptions(
+        enable_async_checkpointing=False, cleanup_tmp_directories=True, **options
+      ),
+    )
     await_cleanup = getattr(manager, "_maybe_await_cleanup_tmp_directory", None)
     if await_cleanup is not None:
       await_cleanup()
     return manager
   except Exception as e:  # orbax raises many types for unreadable metadata
     raise CheckpointError(
-        f"the checkpoint directory {directory} cannot be read ({_brief(e)}); it is corrupt "
-        f"or not an orbax checkpoint directory. {FIX_HINT}") from e
+      f"the checkpoint directory {directory} cannot be read ({_brief(e)}); it is corrupt "
+      f"or not an orbax checkpoint directory. {FIX_HINT}"
+    ) from e
 
 
 class BestCheckpoint:
@@ -108,8 +117,9 @@ class BestCheckpoint:
 
   def __init__(self, directory: str | os.PathLike):
     self.directory = Path(directory).absolute() / "best"
-    self._manager = _open_manager(self.directory, max_to_keep=1,
-                                  best_fn=lambda m: m["score"], best_mode="max")
+    self._manager = _open_manager(
+      self.directory, max_to_keep=1, best_fn=lambda m: m["score"], best_mode="max"
+    )
     self._best_score = self._existing_best_score()
 
   def _existing_best_score(self) -> float | None:
@@ -123,15 +133,17 @@ class BestCheckpoint:
       return float(score)
     except Exception as e:  # a foreign manager's metrics: best_fn's KeyError, ...
       raise CheckpointError(
-          f"the best-checkpoint directory {self.directory} cannot be read ({_brief(e)}); it is "
-          f"corrupt or not this program's. {FIX_HINT}") from e
+        f"the best-checkpoint directory {self.directory} cannot be read ({_brief(e)}); it is "
+        f"corrupt or not this program's. {FIX_HINT}"
+      ) from e
 
   def maybe_save(self, epoch: int, variables: Any, score: float) -> bool:
     """Saves ``variables`` as epoch ``epoch`` if ``score`` beats the best so far."""
     if self._best_score is not None and score <= self._best_score:
       return False
-    self._manager.save(epoch, args=ocp.args.StandardSave(variables),
-                       metrics={"score": float(score)})
+    self._manager.save(
+      epoch, args=ocp.args.StandardSave(variables), metrics={"score": float(score)}
+    )
     self._manager.wait_until_finished()
     self._best_score = score
     return True
@@ -153,8 +165,9 @@ class BestCheckpoint:
       return self._manager.restore(step, args=ocp.args.StandardRestore(like))
     except Exception as e:  # orbax raises many types for unreadable or foreign trees
       raise CheckpointError(
-          f"checkpoint {self.directory}/{step} cannot be restored as this model "
-          f"({_brief(e)}); it may be corrupt or from another config. {FIX_HINT}") from e
+        f"checkpoint {self.directory}/{step} cannot be restored as this model "
+        f"({_brief(e)}); it may be corrupt or from another config. {FIX_HINT}"
+      ) from e
 
 
 class LatestCheckpoint:
@@ -177,9 +190,13 @@ class LatestCheckpoint:
 
   def save(self, epoch: int, state: Any) -> None:
     """Saves ``state`` (a Flax-serializable object, e.g. a TrainState) as epoch ``epoch``."""
-    self._manager.save(epoch, args=ocp.args.Composite(
+    self._manager.save(
+      epoch,
+      args=ocp.args.Composite(
         state=ocp.args.StandardSave(serialization.to_state_dict(state)),
-        run=ocp.args.JsonSave({"epoch": epoch, "identity": self._identity})))
+        run=ocp.args.JsonSave({"epoch": epoch, "identity": self._identity}),
+      ),
+    )
     self._manager.wait_until_finished()
 
   def restore(self, like: Any) -> tuple[int, Any]:
@@ -198,8 +215,9 @@ class LatestCheckpoint:
       ours = run["identity"]
     except Exception as e:  # orbax raises many types for unreadable or foreign trees
       raise CheckpointError(
-          f"checkpoint {path} cannot be read ({_brief(e)}); it is corrupt or was not written "
-          f"by this program. {FIX_HINT}") from e
+        f"checkpoint {path} cannot be read ({_brief(e)}); it is corrupt or was not written "
+        f"by this program. {FIX_HINT}"
+      ) from e
     try:
       theirs = identity_of(ours)
       diffs = "; ".join(differences(theirs, self._identity))
@@ -209,10 +227,12 @@ class LatestCheckpoint:
       raise CheckpointError(f"checkpoint {path} belongs to another run ({diffs}). {FIX_HINT}")
     target = serialization.to_state_dict(like)
     try:
-      saved = self._manager.restore(epoch, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(target))).state
+      saved = self._manager.restore(
+        epoch, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
+      ).state
       return epoch, serialization.from_state_dict(like, saved)
     except Exception as e:  # orbax raises many types for unreadable or foreign trees
       raise CheckpointError(
-          f"checkpoint {path} cannot be restored as this model ({_brief(e)}); it is corrupt "
-          f"or from another config. {FIX_HINT}") from e
+        f"checkpoint {path} cannot be restored as this model ({_brief(e)}); it is corrupt "
+        f"or from another config. {FIX_HINT}"
+      ) from e

@@ -31,12 +31,12 @@ from digits_jax.training import checkpoints, history, sharding, workdirs
 from digits_jax.training.loop import TrainedRun, run_keys, training_split
 from digits_jax.training.optim import make_optimizer
 from digits_jax.training.step import (
-    create_train_state,
-    make_epoch_fn,
-    metrics_from_logits,
-    model_variables,
-    predict,
-    steps_per_epoch,
+  create_train_state,
+  make_epoch_fn,
+  metrics_from_logits,
+  model_variables,
+  predict,
+  steps_per_epoch,
 )
 
 log = logging.getLogger(__name__)
@@ -56,8 +56,9 @@ def _model(tree: Any, i: int) -> Any:
   return jax.tree_util.tree_map(lambda x: x[i], tree)
 
 
-def train_group(configs: Sequence[Config], run_dirs: Sequence[str | Path], *,
-                datasets: data.Datasets) -> list[TrainedRun]:
+def train_group(
+  configs: Sequence[Config], run_dirs: Sequence[str | Path], *, datasets: data.Datasets
+) -> list[TrainedRun]:
   """Trains K configs that share a :func:`group_key` in one vmapped step, from scratch.
 
   Each model writes ``config.json`` (with the group's run names), ``metrics.jsonl`` and
@@ -82,8 +83,9 @@ def train_group(configs: Sequence[Config], run_dirs: Sequence[str | Path], *,
   split = training_split(base, datasets)
   run_dirs = [Path(d) for d in run_dirs]
   for config, run_dir in zip(configs, run_dirs):
-    workdirs.write_config(run_dir, config, datasets, len(split.labels),
-                          group=[d.name for d in run_dirs])
+    workdirs.write_config(
+      run_dir, config, datasets, len(split.labels), group=[d.name for d in run_dirs]
+    )
 
   steps = steps_per_epoch(len(split.labels), base.batch_size)
   # One optimizer and one module for all: the peak learning rate lives in the state.
@@ -93,8 +95,9 @@ def train_group(configs: Sequence[Config], run_dirs: Sequence[str | Path], *,
   for config in configs:
     init_rng, train_rng = run_keys(config)
     state = create_train_state(config, init_rng, steps, tx=tx, model=model)
-    hyperparams = dict(state.opt_state.hyperparams,
-                       learning_rate=jnp.asarray(config.learning_rate, jnp.float32))
+    hyperparams = dict(
+      state.opt_state.hyperparams, learning_rate=jnp.asarray(config.learning_rate, jnp.float32)
+    )
     states.append(state.replace(opt_state=state.opt_state._replace(hyperparams=hyperparams)))
     train_rngs.append(train_rng)
   state = sharding.stack_models(states)
@@ -114,8 +117,9 @@ def train_group(configs: Sequence[Config], run_dirs: Sequence[str | Path], *,
     state, step_metrics = epoch_fn(state, epoch_rngs, x_train, y_train)
     step_metrics = jax.device_get(step_metrics)
     seconds = time.perf_counter() - t0
-    val_logits = (predict(state, x_val, base.eval_batch_size, models_axis=True)
-                  if len(y_val) else None)
+    val_logits = (
+      predict(state, x_val, base.eval_batch_size, models_axis=True) if len(y_val) else None
+    )
     for i, run_dir in enumerate(run_dirs):
       history.check_finite(step_metrics["loss"][i], epoch)
       val = None if val_logits is None else metrics_from_logits(val_logits[i], y_val)
@@ -123,7 +127,12 @@ def train_group(configs: Sequence[Config], run_dirs: Sequence[str | Path], *,
       histories[i].append(row)
       files.write_jsonl(run_dir / "metrics.jsonl", histories[i])
       bests[i].maybe_save(epoch, model_variables(_model(state, i)), history.score(row))
-    log.info("%s group of %d, epoch %d: %.1f s, val accuracy %s", base.model, k, epoch,
-             seconds, " ".join(f"{h[-1].get('val_accuracy', float('nan')):.4f}"
-                               for h in histories))
+    log.info(
+      "%s group of %d, epoch %d: %.1f s, val accuracy %s",
+      base.model,
+      k,
+      epoch,
+      seconds,
+      " ".join(f"{h[-1].get('val_accuracy', float('nan')):.4f}" for h in histories),
+    )
   return [TrainedRun(_model(state, i), histories[i], bests[i], num_params) for i in range(k)]

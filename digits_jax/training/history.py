@@ -17,12 +17,19 @@ class TrainingDivergedError(RuntimeError):
   """The loss became NaN or infinite."""
 
 
-def epoch_row(epoch: int, seconds: float, step_metrics: Mapping[str, np.ndarray],
-              validation: Mapping[str, float] | None = None) -> dict[str, Any]:
+def epoch_row(
+  epoch: int,
+  seconds: float,
+  step_metrics: Mapping[str, np.ndarray],
+  validation: Mapping[str, float] | None = None,
+) -> dict[str, Any]:
   """The ``metrics.jsonl`` row of one epoch, from its per-step metrics and validation."""
-  row = {"epoch": epoch, "epoch_seconds": seconds,
-         "train_loss": float(np.mean(step_metrics["loss"])),
-         "train_accuracy": float(np.mean(step_metrics["accuracy"]))}
+  row = {
+    "epoch": epoch,
+    "epoch_seconds": seconds,
+    "train_loss": float(np.mean(step_metrics["loss"])),
+    "train_accuracy": float(np.mean(step_metrics["accuracy"])),
+  }
   if validation is not None:
     row |= {"val_loss": validation["loss"], "val_accuracy": validation["accuracy"]}
   return row
@@ -59,10 +66,14 @@ def check_finite(step_losses: np.ndarray, epoch: int) -> None:
   bad = np.flatnonzero(~np.isfinite(step_losses))
   if bad.size:
     step, steps = int(bad[0]) + 1, step_losses.size
-    kept = ("no epoch finished, so nothing was saved" if epoch == 1 else
-            f"the checkpoints and metrics.jsonl of epoch {epoch - 1}, the last good one, are kept")
+    kept = (
+      "no epoch finished, so nothing was saved"
+      if epoch == 1
+      else f"the checkpoints and metrics.jsonl of epoch {epoch - 1}, the last good one, are kept"
+    )
     raise TrainingDivergedError(
-        f"training diverged: the loss became {step_losses[bad[0]]} at epoch {epoch}, step "
-        f"{step} of {steps} (step {(epoch - 1) * steps + step} of the run); stopped, and {kept}. "
-        "Lower --learning_rate (or check the data), then start again with --overwrite or in "
-        "another --workdir.")
+      f"training diverged: the loss became {step_losses[bad[0]]} at epoch {epoch}, step "
+      f"{step} of {steps} (step {(epoch - 1) * steps + step} of the run); stopped, and {kept}. "
+      "Lower --learning_rate (or check the data), then start again with --overwrite or in "
+      "another --workdir."
+    )

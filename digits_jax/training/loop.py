@@ -22,12 +22,12 @@ from digits_jax import data, files, models
 from digits_jax.config import Config
 from digits_jax.training import checkpoints, history, summaries, workdirs
 from digits_jax.training.step import (
-    TrainState,
-    create_train_state,
-    evaluate,
-    make_epoch_fn,
-    model_variables,
-    steps_per_epoch,
+  TrainState,
+  create_train_state,
+  evaluate,
+  make_epoch_fn,
+  model_variables,
+  steps_per_epoch,
 )
 
 log = logging.getLogger(__name__)
@@ -57,8 +57,12 @@ def run_keys(config: Config) -> tuple[jax.Array, jax.Array]:
   return init_rng, train_rng
 
 
-def resume(workdir: Path, state: TrainState, latest: checkpoints.LatestCheckpoint,
-           best: checkpoints.BestCheckpoint) -> tuple[TrainState, list[dict[str, Any]]]:
+def resume(
+  workdir: Path,
+  state: TrainState,
+  latest: checkpoints.LatestCheckpoint,
+  best: checkpoints.BestCheckpoint,
+) -> tuple[TrainState, list[dict[str, Any]]]:
   """The state and history a run continues from: those of its last complete checkpoint.
 
   At the end of each epoch a run writes ``metrics.jsonl``, then the latest checkpoint,
@@ -84,13 +88,17 @@ def resume(workdir: Path, state: TrainState, latest: checkpoints.LatestCheckpoin
     best.maybe_save(epoch, model_variables(state), history.score(rows[-1]))
   files.write_jsonl(workdir / "metrics.jsonl", rows)
   if best.best_epoch() != history.best_epoch(rows):
-    found = (f"there is no checkpoint in {latest.directory} to resume from" if epoch is None
-             else f"{workdir / 'metrics.jsonl'} and the latest checkpoint (epoch {epoch}) make "
-             f"epoch {history.best_epoch(rows)} the best")
+    found = (
+      f"there is no checkpoint in {latest.directory} to resume from"
+      if epoch is None
+      else f"{workdir / 'metrics.jsonl'} and the latest checkpoint (epoch {epoch}) make "
+      f"epoch {history.best_epoch(rows)} the best"
+    )
     raise checkpoints.CheckpointError(
-        f"the best checkpoint in {best.directory} holds epoch {best.best_epoch()}, but {found}; "
-        "the directory was changed by hand or written by another program. "
-        f"{checkpoints.FIX_HINT}")
+      f"the best checkpoint in {best.directory} holds epoch {best.best_epoch()}, but {found}; "
+      "the directory was changed by hand or written by another program. "
+      f"{checkpoints.FIX_HINT}"
+    )
   if epoch is not None:
     log.info("%s: resuming after epoch %d, from its checkpoint", workdir, epoch)
   return state, rows
@@ -127,8 +135,7 @@ def train(config: Config, workdir: str | Path, datasets: data.Datasets) -> Train
   try:
     for epoch in range(len(rows) + 1, config.epochs + 1):
       t0 = time.perf_counter()
-      state, step_metrics = epoch_fn(state, jax.random.fold_in(train_rng, epoch), x_train,
-                                     y_train)
+      state, step_metrics = epoch_fn(state, jax.random.fold_in(train_rng, epoch), x_train, y_train)
       step_metrics = jax.device_get(step_metrics)
       seconds = time.perf_counter() - t0
       history.check_finite(step_metrics["loss"], epoch)
@@ -137,8 +144,12 @@ def train(config: Config, workdir: str | Path, datasets: data.Datasets) -> Train
       rows.append(row)
       files.write_jsonl(workdir / "metrics.jsonl", rows)
       scalars.add_epoch(row)
-      log.info("%s epoch %d: %s", config.model, epoch,
-               ", ".join(f"{k}={v:.4f}" for k, v in row.items() if k != "epoch"))
+      log.info(
+        "%s epoch %d: %s",
+        config.model,
+        epoch,
+        ", ".join(f"{k}={v:.4f}" for k, v in row.items() if k != "epoch"),
+      )
       # This order (metrics.jsonl, latest, best) is what resume() relies on after a kill.
       latest.save(epoch, state)
       best.maybe_save(epoch, model_variables(state), history.score(row))

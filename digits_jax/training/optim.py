@@ -14,14 +14,16 @@ def make_schedule(config: Config, steps_per_epoch: int) -> optax.Schedule:
     return optax.constant_schedule(1.0)
   if config.schedule == "cosine":
     return optax.warmup_cosine_decay_schedule(
-        0.0, 1.0, warmup_steps=min(steps_per_epoch, total // 10), decay_steps=total)
+      0.0, 1.0, warmup_steps=min(steps_per_epoch, total // 10), decay_steps=total
+    )
   if config.schedule == "onecycle":
     return optax.cosine_onecycle_schedule(total, 1.0)
   raise ValueError(config.schedule)
 
 
-def _optimizer(learning_rate, *, name: str, multiplier: optax.Schedule, momentum: float,
-               weight_decay: float) -> optax.GradientTransformation:
+def _optimizer(
+  learning_rate, *, name: str, multiplier: optax.Schedule, momentum: float, weight_decay: float
+) -> optax.GradientTransformation:
   lr = lambda count: learning_rate * multiplier(count)  # noqa: E731
   if name == "adam":
     return optax.adam(lr)
@@ -44,7 +46,12 @@ def make_optimizer(config: Config, steps_per_epoch: int) -> optax.GradientTransf
   ``jax.vmap`` (:mod:`digits_jax.training.groups`).
   """
   factory = optax.inject_hyperparams(
-      _optimizer, static_args=("name", "multiplier", "momentum", "weight_decay"))
-  return factory(learning_rate=config.learning_rate, name=config.optimizer,
-                 multiplier=make_schedule(config, steps_per_epoch),
-                 momentum=config.momentum, weight_decay=config.weight_decay)
+    _optimizer, static_args=("name", "multiplier", "momentum", "weight_decay")
+  )
+  return factory(
+    learning_rate=config.learning_rate,
+    name=config.optimizer,
+    multiplier=make_schedule(config, steps_per_epoch),
+    momentum=config.momentum,
+    weight_decay=config.weight_decay,
+  )

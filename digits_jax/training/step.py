@@ -34,23 +34,26 @@ class TrainState(train_state.TrainState):
   batch_stats: Any = None
 
 
-def create_train_state(config: Config, rng: jax.Array, steps_per_epoch: int,
-                       num_classes: int = NUM_CLASSES,
-                       tx: optax.GradientTransformation | None = None,
-                       model: nn.Module | None = None) -> TrainState:
+def create_train_state(
+  config: Config,
+  rng: jax.Array,
+  steps_per_epoch: int,
+  num_classes: int = NUM_CLASSES,
+  tx: optax.GradientTransformation | None = None,
+  model: nn.Module | None = None,
+) -> TrainState:
   """A fresh TrainState.
 
   ``tx`` and ``model`` default to those ``config`` names; states that are to be
   stacked (:mod:`digits_jax.training.groups`) must share both objects.
   """
-  model = model or models.create_model(config.model, fast=config.fast_ops,
-                                       num_classes=num_classes)
+  model = model or models.create_model(config.model, fast=config.fast_ops, num_classes=num_classes)
   variables = models.init_variables(model, rng)
   return TrainState.create(
-      apply_fn=model.apply,
-      params=variables["params"],
-      batch_stats=variables.get("batch_stats", {}),
-      tx=tx or make_optimizer(config, steps_per_epoch),
+    apply_fn=model.apply,
+    params=variables["params"],
+    batch_stats=variables.get("batch_stats", {}),
+    tx=tx or make_optimizer(config, steps_per_epoch),
   )
 
 
@@ -59,8 +62,9 @@ def model_variables(state: TrainState) -> dict[str, Any]:
   return {"params": state.params, "batch_stats": state.batch_stats}
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array, *, loss: str = "sparse",
-                  label_smoothing: float = 0.0) -> jax.Array:
+def cross_entropy(
+  logits: jax.Array, labels: jax.Array, *, loss: str = "sparse", label_smoothing: float = 0.0
+) -> jax.Array:
   """Per-example softmax cross-entropy.
 
   ``sparse`` takes the integer labels directly, ``onehot`` builds categorical targets
@@ -82,8 +86,9 @@ def _apply_variables(state: TrainState, params=None) -> dict:
   return variables
 
 
-def train_step(state: TrainState, images: jax.Array, labels: jax.Array, rng: jax.Array,
-               *, config: Config) -> tuple[TrainState, dict[str, jax.Array]]:
+def train_step(
+  state: TrainState, images: jax.Array, labels: jax.Array, rng: jax.Array, *, config: Config
+) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer step on one batch. Pure; ``rng`` drives augmentation and dropout."""
   augment_rng, dropout_rng = jax.random.split(rng)
   if config.augment:
@@ -91,15 +96,21 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, rng: jax
 
   def loss_fn(params):
     logits, updates = state.apply_fn(
-        _apply_variables(state, params), images, train=True,
-        rngs={"dropout": dropout_rng}, mutable=["batch_stats"])
-    loss = cross_entropy(logits, labels, loss=config.loss,
-                         label_smoothing=config.label_smoothing).mean()
+      _apply_variables(state, params),
+      images,
+      train=True,
+      rngs={"dropout": dropout_rng},
+      mutable=["batch_stats"],
+    )
+    loss = cross_entropy(
+      logits, labels, loss=config.loss, label_smoothing=config.label_smoothing
+    ).mean()
     return loss, (logits, updates)
 
   (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   state = state.apply_gradients(
-      grads=grads, batch_stats=updates.get("batch_stats", state.batch_stats))
+    grads=grads, batch_stats=updates.get("batch_stats", state.batch_stats)
+  )
   accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
   return state, {"loss": loss, "accuracy": accuracy}
 
@@ -117,16 +128,26 @@ def _epoch_plan(rng: jax.Array, num_train: int, batch_size: int) -> tuple[jax.Ar
   return batches.reshape(steps, batch_size), step_rng
 
 
-def _indexed_step(state: TrainState, images: jax.Array, labels: jax.Array, batches: jax.Array,
-                  step: jax.Array, step_rng: jax.Array, *, config: Config):
+def _indexed_step(
+  state: TrainState,
+  images: jax.Array,
+  labels: jax.Array,
+  batches: jax.Array,
+  step: jax.Array,
+  step_rng: jax.Array,
+  *,
+  config: Config,
+):
   """Step ``step`` of an epoch: gathers its batch on the device, then trains on it."""
   idx = batches[step]
-  return train_step(state, images[idx], labels[idx], jax.random.fold_in(step_rng, step),
-                    config=config)
+  return train_step(
+    state, images[idx], labels[idx], jax.random.fold_in(step_rng, step), config=config
+  )
 
 
-def train_epoch(state: TrainState, rng: jax.Array, images: jax.Array, labels: jax.Array,
-                *, config: Config) -> tuple[TrainState, dict[str, jax.Array]]:
+def train_epoch(
+  state: TrainState, rng: jax.Array, images: jax.Array, labels: jax.Array, *, config: Config
+) -> tuple[TrainState, dict[str, jax.Array]]:
   """One epoch as a single ``lax.scan`` over a fresh on-device permutation.
 
   Returns the new state and per-step metrics (arrays of length steps).
@@ -203,8 +224,9 @@ def forward(state: TrainState, images: jax.Array) -> jax.Array:
 _forward_models = jax.jit(jax.vmap(forward, in_axes=(0, None)))
 
 
-def predict(state: TrainState, images: jax.Array, batch_size: int = 1000, *,
-            models_axis: bool = False) -> jax.Array:
+def predict(
+  state: TrainState, images: jax.Array, batch_size: int = 1000, *, models_axis: bool = False
+) -> jax.Array:
   """Logits for ``images``, in fixed-size batches (the last one padded).
 
   A host loop over one compiled forward pass: XLA:CPU's own convolutions (the fallback
@@ -220,7 +242,7 @@ def predict(state: TrainState, images: jax.Array, batch_size: int = 1000, *,
   bs = max(1, min(batch_size, n))
   padded = jnp.pad(images, ((0, (-n) % bs),) + ((0, 0),) * (images.ndim - 1))
   fn = _forward_models if models_axis else forward
-  chunks = [fn(state, padded[i:i + bs]) for i in range(0, padded.shape[0], bs)]
+  chunks = [fn(state, padded[i : i + bs]) for i in range(0, padded.shape[0], bs)]
   logits = jnp.concatenate(chunks, axis=1 if models_axis else 0)
   return logits[:, :n] if models_axis else logits[:n]
 
@@ -228,12 +250,13 @@ def predict(state: TrainState, images: jax.Array, batch_size: int = 1000, *,
 def metrics_from_logits(logits: jax.Array, labels: jax.Array) -> dict[str, float]:
   """Mean cross-entropy and accuracy."""
   return {
-      "loss": float(cross_entropy(logits, labels).mean()),
-      "accuracy": float(jnp.mean(jnp.argmax(logits, -1) == labels)),
+    "loss": float(cross_entropy(logits, labels).mean()),
+    "accuracy": float(jnp.mean(jnp.argmax(logits, -1) == labels)),
   }
 
 
-def evaluate(state: TrainState, images: jax.Array, labels: jax.Array,
-             batch_size: int = 1000) -> dict[str, float]:
+def evaluate(
+  state: TrainState, images: jax.Array, labels: jax.Array, batch_size: int = 1000
+) -> dict[str, float]:
   """Mean cross-entropy and accuracy over a whole split."""
   return metrics_from_logits(predict(state, images, batch_size), labels)

@@ -21,9 +21,8 @@ LOG_DIR = "tensorboard"  # the scalars' folder inside a run directory
 
 # split -> the metrics.jsonl keys written there, and the tag each is written under.
 SERIES: dict[str, dict[str, str]] = {
-    "train": {"train_loss": "loss", "train_accuracy": "accuracy",
-              "epoch_seconds": "epoch_seconds"},
-    "validation": {"val_loss": "loss", "val_accuracy": "accuracy"},
+  "train": {"train_loss": "loss", "train_accuracy": "accuracy", "epoch_seconds": "epoch_seconds"},
+  "validation": {"val_loss": "loss", "val_accuracy": "accuracy"},
 }
 
 
@@ -31,8 +30,9 @@ def _summary_writer():
   try:
     from tensorboardX import SummaryWriter
   except ImportError:
-    log.warning("tensorboardX is not installed: no TensorBoard scalars written "
-                "(pip install tensorboardX)")
+    log.warning(
+      "tensorboardX is not installed: no TensorBoard scalars written (pip install tensorboardX)"
+    )
     return None
   return SummaryWriter
 

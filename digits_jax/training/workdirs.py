@@ -31,10 +31,18 @@ log = logging.getLogger(__name__)
 # Everything a run writes into its work directory; :func:`clear` deletes these and
 # nothing else. A module that writes more files into a run directory adds them here.
 RUN_FILES = [
-    "config.json", "metrics.jsonl", "results.json", "checkpoints", "test_outputs.npz",
-    # digits_jax.analysis.report.write_run_report
-    "classification_report.txt", "classification_report.json", "confusion_matrix.csv",
-    "calibration.json", "plots", "tensorboard",
+  "config.json",
+  "metrics.jsonl",
+  "results.json",
+  "checkpoints",
+  "test_outputs.npz",
+  # digits_jax.analysis.report.write_run_report
+  "classification_report.txt",
+  "classification_report.json",
+  "confusion_matrix.csv",
+  "calibration.json",
+  "plots",
+  "tensorboard",
 ]
 
 
@@ -43,8 +51,10 @@ class WorkdirError(ConfigError):
 
 
 def _fix(workdir: Path) -> str:
-  return (f"choose another --workdir, or pass --overwrite to delete the results in "
-          f"{workdir} and start again")
+  return (
+    f"choose another --workdir, or pass --overwrite to delete the results in "
+    f"{workdir} and start again"
+  )
 
 
 def saved_config(workdir: str | os.PathLike) -> dict[str, Any] | None:
@@ -61,8 +71,9 @@ def saved_config(workdir: str | os.PathLike) -> dict[str, Any] | None:
     if not isinstance(saved, dict):
       raise TypeError(f"'config' is a {type(saved).__name__}, not an object")
   except (OSError, ValueError, KeyError, TypeError) as e:
-    raise WorkdirError(f"{path} cannot be read as a run's config ({type(e).__name__}: {e}); "
-                       f"{_fix(Path(workdir))}") from e
+    raise WorkdirError(
+      f"{path} cannot be read as a run's config ({type(e).__name__}: {e}); {_fix(Path(workdir))}"
+    ) from e
   return saved
 
 
@@ -86,21 +97,31 @@ def finished_results(config: Config, workdir: str | os.PathLike) -> dict[str, An
     return None
 
 
-def write_config(workdir: str | os.PathLike, config: Config, datasets: data.Datasets,
-                 num_train: int, **extra: Any) -> None:
+def write_config(
+  workdir: str | os.PathLike, config: Config, datasets: data.Datasets, num_train: int, **extra: Any
+) -> None:
   """Writes ``config.json``: the resolved config, the environment and the data sizes."""
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  files.write_json(workdir / "config.json",
-                   {"config": config.to_dict(), "environment": environment(),
-                    "data": {"backend": datasets.backend, "train": num_train,
-                             "validation": len(datasets.validation.labels),
-                             "test": len(datasets.test.labels)},
-                    **extra})
+  files.write_json(
+    workdir / "config.json",
+    {
+      "config": config.to_dict(),
+      "environment": environment(),
+      "data": {
+        "backend": datasets.backend,
+        "train": num_train,
+        "validation": len(datasets.validation.labels),
+        "test": len(datasets.test.labels),
+      },
+      **extra,
+    },
+  )
 
 
-def check(config: Config, workdir: str | os.PathLike, *,
-          overwrite: bool = False) -> dict[str, Any] | None:
+def check(
+  config: Config, workdir: str | os.PathLike, *, overwrite: bool = False
+) -> dict[str, Any] | None:
   """Checks that ``workdir`` may hold a run of ``config``; reads, never writes.
 
   Args:
@@ -126,14 +147,16 @@ def check(config: Config, workdir: str | os.PathLike, *,
     leftovers = [name for name in RUN_FILES if (workdir / name).exists()]
     if leftovers:
       raise WorkdirError(
-          f"{workdir} holds {', '.join(leftovers)} but no config.json, so it cannot be told "
-          f"whose they are; {_fix(workdir)}")
+        f"{workdir} holds {', '.join(leftovers)} but no config.json, so it cannot be told "
+        f"whose they are; {_fix(workdir)}"
+      )
     return None
   diffs = _same_run(saved, config)
   if diffs:
     raise WorkdirError(
-        f"{workdir} holds the results of a different config ({'; '.join(diffs)}); refusing "
-        f"to mix them: {_fix(workdir)}")
+      f"{workdir} holds the results of a different config ({'; '.join(diffs)}); refusing "
+      f"to mix them: {_fix(workdir)}"
+    )
   return finished_results(config, workdir)
 
 
@@ -177,12 +200,17 @@ def resume_history(workdir: str | os.PathLike, epoch: int) -> list[dict[str, Any
   try:
     rows = files.read_jsonl(path)
   except (OSError, ValueError) as e:
-    raise WorkdirError(f"{path} cannot be read ({type(e).__name__}: {e}); "
-                       f"{_fix(Path(workdir))}") from e
-  kept = [r for r in rows
-          if isinstance(r, dict) and isinstance(r.get("epoch"), int) and r["epoch"] <= epoch]
+    raise WorkdirError(
+      f"{path} cannot be read ({type(e).__name__}: {e}); {_fix(Path(workdir))}"
+    ) from e
+  kept = [
+    r
+    for r in rows
+    if isinstance(r, dict) and isinstance(r.get("epoch"), int) and r["epoch"] <= epoch
+  ]
   if [r.get("epoch") for r in kept] != list(range(1, epoch + 1)):
     raise WorkdirError(
-        f"cannot resume from the checkpoint of epoch {epoch}: {path} should list epochs 1 to "
-        f"{epoch} once each, but lists {[r.get('epoch') for r in kept]}; {_fix(Path(workdir))}")
+      f"cannot resume from the checkpoint of epoch {epoch}: {path} should list epochs 1 to "
+      f"{epoch} once each, but lists {[r.get('epoch') for r in kept]}; {_fix(Path(workdir))}"
+    )
   return kept
