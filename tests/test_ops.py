@@ -188,3 +188,48 @@ def test_small_cnn_gradients_match_reference():
   ])
   for fast, plain in zip(*grads(x, k1, k2), strict=True):
     assert rel_err(fast, plain) < TOLERANCE
+
+
+def test_max_pool_gradient_survives_a_recomputed_input():
+  """Batch norm, ReLU, pool, then another layer: the gradient equals the reference's.
+
+  XLA may recompute a cheap pool input (here batch norm and ReLU) inside the backward pass,
+  rounded differently from the forward pass; a backward pass that compared that input with
+  the saved maximum dropped whole windows' gradients here (errors of the order of the
+  gradients themselves in the first layer).
+  """
+  import flax.linen as nn
+
+  class Net(nn.Module):
+    pool: object
+
+    @nn.compact
+    def __call__(self, x):
+      for width in (16, 32):
+        x = nn.Conv(width, (3, 3), padding="SAME")(x)
+        x = self.pool(nn.relu(nn.BatchNorm(use_running_average=False)(x)))
+      return x
+
+  x = jax.random.uniform(jax.random.key(1), (6, 28, 28, 1))
+  w = normal(2, (6, 7, 7, 32))
+  variables = Net(ops.max_pool_2x2_reference).init(jax.random.key(0), x)
+
+  def grads(pool):
+    def loss(params):
+      y, _ = Net(pool).apply({**variables, "params": params}, x, mutable=["batch_stats"])
+      return jnp.sum(y * w)
+
+    return jax.jit(jax.grad(loss))(variables["params"])
+
+  # Compiled apart: in one program XLA would share the forward pass between the two.
+  fast, plain = (grads(pool) for pool in POOLS)
+  for a, b in zip(jax.tree_util.tree_leaves(fast), jax.tree_util.tree_leaves(plain), strict=True):
+    assert rel_err(a, b) < TOLERANCE
+
+
+def test_max_pool_nan_window_passes_no_gradient():
+  x = normal(0, (1, 4, 4, 1)).at[0, 1, 1, 0].set(jnp.nan)
+  (y, y_vjp, (dx,)), _ = jax.jit(lambda x: [forward_and_grads(op, x) for op in POOLS])(x)
+  assert jnp.isnan(y[0, 0, 0, 0]) and jnp.isnan(y_vjp[0, 0, 0, 0])
+  assert not dx[0, :2, :2].any()  # the NaN window
+  assert jnp.count_nonzero(dx[0, 2:, 2:]) == 1 and jnp.count_nonzero(dx[0, :2, 2:]) == 1
