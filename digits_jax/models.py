@@ -299,3 +299,6 @@ class BNConv3Wide(nn.Module):
 def init_variables(model: nn.Module, rng: jax.Array, image_shape=(28, 28, 1)) -> dict:
   """Initialises a model's variables (params and, for BN models, batch_stats)."""
   return model.init({"params": rng}, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+
+
+from digits_jax import deep_models  # noqa: E402,F401  (registers the ResNet and VGG nets)

@@ -19,6 +19,8 @@ EXPECTED_PARAMS = {
     "conv2_dense100": 179_926,
     "conv2_dense128_dropout": 225_034,
     "bn_conv3_wide": 391_370,
+    "resnet8": 78_090,
+    "vgg_small": 223_034,
 }
 
 
