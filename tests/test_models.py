@@ -14,12 +14,14 @@ from digits_jax.training import step
 # Counted by hand from the layer shapes (VALID 3x3 convs, 2x2 pools), so a change
 # in any layer fails here.
 EXPECTED_PARAMS = {
-    "conv3_dense128_64": 138_506,
-    "conv3_dense100": 159_254,
-    "conv2_dense64": 121_930,
-    "conv2_dense100": 179_926,
-    "conv2_dense128_dropout": 225_034,
-    "bn_conv3_wide": 391_370,
+  "conv3_dense128_64": 138_506,
+  "conv3_dense100": 159_254,
+  "conv2_dense64": 121_930,
+  "conv2_dense100": 179_926,
+  "conv2_dense128_dropout": 225_034,
+  "bn_conv3_wide": 391_370,
+  "resnet8": 78_090,
+  "vgg_small": 223_034,
 }
 
 
@@ -44,8 +46,9 @@ def test_fast_and_plain_agree(name):
   x = jax.random.uniform(jax.random.PRNGKey(1), (4, 28, 28, 1))
   fast, plain = models.create_model(name, fast=True), models.create_model(name, fast=False)
   variables = models.init_variables(fast, jax.random.PRNGKey(0))
-  np.testing.assert_allclose(fast.apply(variables, x), plain.apply(variables, x),
-                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    fast.apply(variables, x), plain.apply(variables, x), rtol=1e-5, atol=1e-5
+  )
 
 
 @pytest.mark.parametrize("name", list(models.MODELS))

@@ -70,20 +70,21 @@ def test_max_pool_ties_go_to_the_first_maximum_like_the_reference():
 
 def test_max_pool_vmapped_over_models():
   x = normal(0, (3, 2, 7, 8, 4))  # (models, batch, H, W, C)
-  check_pool(jax.jit(lambda x: [jax.vmap(functools.partial(forward_and_grads, op))(x)
-                                for op in POOLS])(x))
+  check_pool(
+    jax.jit(lambda x: [jax.vmap(functools.partial(forward_and_grads, op))(x) for op in POOLS])(x)
+  )
 
 
 # --- conv ---------------------------------------------------------------------------
 
 CONV_CASES = [  # (input NHWC, kernel HWIO, padding)
-    ((1, 28, 28, 1), (3, 3, 1, 8), "VALID"),
-    ((2, 13, 13, 6), (3, 3, 6, 5), "VALID"),
-    ((3, 14, 14, 5), (3, 3, 5, 7), "SAME"),
-    ((2, 7, 9, 3), (3, 3, 3, 4), "SAME"),
-    ((2, 6, 5, 4), (2, 2, 4, 3), "SAME"),  # even kernel: asymmetric SAME padding
-    ((2, 9, 8, 4), (5, 3, 4, 2), "VALID"),
-    ((1, 5, 5, 8), (1, 1, 8, 4), "SAME"),
+  ((1, 28, 28, 1), (3, 3, 1, 8), "VALID"),
+  ((2, 13, 13, 6), (3, 3, 6, 5), "VALID"),
+  ((3, 14, 14, 5), (3, 3, 5, 7), "SAME"),
+  ((2, 7, 9, 3), (3, 3, 3, 4), "SAME"),
+  ((2, 6, 5, 4), (2, 2, 4, 3), "SAME"),  # even kernel: asymmetric SAME padding
+  ((2, 9, 8, 4), (5, 3, 4, 2), "VALID"),
+  ((1, 5, 5, 8), (1, 1, 8, 4), "SAME"),
 ]
 CONV_IDS = [f"{x}-{k}-{p}" for x, k, p in CONV_CASES]
 
@@ -128,10 +129,11 @@ def check_conv(results, x, kernel, vmapped=False, impl="xla"):
 @pytest.mark.parametrize("x_shape,k_shape,padding", CONV_CASES, ids=CONV_IDS)
 def test_conv_matches_reference(x_shape, k_shape, padding, impl):
   x, kernel = conv_inputs(x_shape, k_shape)
-  results = jax.jit(
-      lambda x, k: [forward_and_grads(op, x, k) for op in convs(padding, impl)])(x, kernel)
+  results = jax.jit(lambda x, k: [forward_and_grads(op, x, k) for op in convs(padding, impl)])(
+    x, kernel
+  )
   expected = jax.lax.conv_general_dilated(
-      x, kernel, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+    x, kernel, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
   )
   np.testing.assert_array_equal(results[1][0], expected)
   check_conv(results, x, kernel, impl=impl)
@@ -139,8 +141,7 @@ def test_conv_matches_reference(x_shape, k_shape, padding, impl):
 
 def test_conv_eager_matches_reference(impl):
   x, kernel = conv_inputs((1, 5, 4, 4), (3, 3, 4, 2))
-  check_conv([forward_and_grads(op, x, kernel) for op in convs("SAME", impl)], x, kernel,
-             impl=impl)
+  check_conv([forward_and_grads(op, x, kernel) for op in convs("SAME", impl)], x, kernel, impl=impl)
 
 
 def test_conv_dispatches_to_im2col_on_cpu():
@@ -152,14 +153,17 @@ def test_conv_dispatches_to_im2col_on_cpu():
 
 
 @pytest.mark.parametrize(
-    "x_shape,k_shape,padding",
-    [((2, 28, 28, 1), (3, 3, 1, 4), "SAME"), ((2, 13, 13, 6), (3, 3, 6, 5), "VALID")],
+  "x_shape,k_shape,padding",
+  [((2, 28, 28, 1), (3, 3, 1, 4), "SAME"), ((2, 13, 13, 6), (3, 3, 6, 5), "VALID")],
 )
 def test_conv_vmapped_over_models(x_shape, k_shape, padding, impl):
   # Several models trained side by side: params and inputs both carry the model axis.
   x, kernel = conv_inputs(x_shape, k_shape, leading=(3,))
-  results = jax.jit(lambda x, k: [jax.vmap(functools.partial(forward_and_grads, op))(x, k)
-                                  for op in convs(padding, impl)])(x, kernel)
+  results = jax.jit(
+    lambda x, k: [
+      jax.vmap(functools.partial(forward_and_grads, op))(x, k) for op in convs(padding, impl)
+    ]
+  )(x, kernel)
   check_conv(results, x, kernel, vmapped=True)
 
 
@@ -167,8 +171,12 @@ def test_conv_vmapped_over_models_sharing_the_input(impl):
   x, _ = conv_inputs((2, 13, 13, 6), (3, 3, 6, 5))
   _, kernel = conv_inputs((2, 13, 13, 6), (3, 3, 6, 5), leading=(3,))
   per_model = lambda op: jax.vmap(lambda k: forward_and_grads(op, x, k))  # noqa: E731
-  check_conv(jax.jit(lambda k: [per_model(op)(k) for op in convs("VALID", impl)])(kernel),
-             jnp.broadcast_to(x, (3, *x.shape)), kernel, vmapped=True)
+  check_conv(
+    jax.jit(lambda k: [per_model(op)(k) for op in convs("VALID", impl)])(kernel),
+    jnp.broadcast_to(x, (3, *x.shape)),
+    kernel,
+    vmapped=True,
+  )
 
 
 def test_small_cnn_gradients_match_reference():
@@ -182,9 +190,56 @@ def test_small_cnn_gradients_match_reference():
     h = pool(jax.nn.relu(conv(h, k2, "VALID")))
     return jnp.sum(h * normal(3, h.shape))
 
-  grads = jax.jit(lambda *args: [
+  grads = jax.jit(
+    lambda *args: [
       jax.grad(loss, (2, 3, 4))(ops.conv2d, ops.max_pool_2x2, *args),
       jax.grad(loss, (2, 3, 4))(ops.conv2d_reference, ops.max_pool_2x2_reference, *args),
-  ])
+    ]
+  )
   for fast, plain in zip(*grads(x, k1, k2), strict=True):
     assert rel_err(fast, plain) < TOLERANCE
+
+
+def test_max_pool_gradient_survives_a_recomputed_input():
+  """Batch norm, ReLU, pool, then another layer: the gradient equals the reference's.
+
+  XLA may recompute a cheap pool input (here batch norm and ReLU) inside the backward pass,
+  rounded differently from the forward pass; a backward pass that compared that input with
+  the saved maximum dropped whole windows' gradients here (errors of the order of the
+  gradients themselves in the first layer).
+  """
+  import flax.linen as nn
+
+  class Net(nn.Module):
+    pool: object
+
+    @nn.compact
+    def __call__(self, x):
+      for width in (16, 32):
+        x = nn.Conv(width, (3, 3), padding="SAME")(x)
+        x = self.pool(nn.relu(nn.BatchNorm(use_running_average=False)(x)))
+      return x
+
+  x = jax.random.uniform(jax.random.key(1), (6, 28, 28, 1))
+  w = normal(2, (6, 7, 7, 32))
+  variables = Net(ops.max_pool_2x2_reference).init(jax.random.key(0), x)
+
+  def grads(pool):
+    def loss(params):
+      y, _ = Net(pool).apply({**variables, "params": params}, x, mutable=["batch_stats"])
+      return jnp.sum(y * w)
+
+    return jax.jit(jax.grad(loss))(variables["params"])
+
+  # Compiled apart: in one program XLA would share the forward pass between the two.
+  fast, plain = (grads(pool) for pool in POOLS)
+  for a, b in zip(jax.tree_util.tree_leaves(fast), jax.tree_util.tree_leaves(plain), strict=True):
+    assert rel_err(a, b) < TOLERANCE
+
+
+def test_max_pool_nan_window_passes_no_gradient():
+  x = normal(0, (1, 4, 4, 1)).at[0, 1, 1, 0].set(jnp.nan)
+  (y, y_vjp, (dx,)), _ = jax.jit(lambda x: [forward_and_grads(op, x) for op in POOLS])(x)
+  assert jnp.isnan(y[0, 0, 0, 0]) and jnp.isnan(y_vjp[0, 0, 0, 0])
+  assert not dx[0, :2, :2].any()  # the NaN window
+  assert jnp.count_nonzero(dx[0, 2:, 2:]) == 1 and jnp.count_nonzero(dx[0, :2, 2:]) == 1

@@ -18,6 +18,7 @@ LAYERS = {
   "digits_jax.data": 0,
   "digits_jax.augment": 0,
   "digits_jax.preprocess": 0,
+  "digits_jax.userstyle": 0,
   "digits_jax.models": 1,
   "digits_jax.config": 2,
   "digits_jax.training": 3,

@@ -4,7 +4,7 @@
 recipes and sources. Importing this package registers every network module below.
 """
 
-from digits_jax.models import cnn  # noqa: F401  (registers the source networks)
+from digits_jax.models import cnn, resnet, vgg  # noqa: F401  (register the networks)
 from digits_jax.models.registry import (
   ALIASES,
   MODELS,

@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax
 
 from digits_jax.data import NUM_CLASSES
-from digits_jax.models.layers import conv, pool
+from digits_jax.models.layers import batch_norm, conv, pool
 from digits_jax.models.registry import register
 
 
@@ -190,7 +190,7 @@ class BNConv3Wide(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    norm = lambda: nn.BatchNorm(use_running_average=not train, momentum=0.9)  # noqa: E731
+    norm = lambda: batch_norm(train)  # noqa: E731
     for i, width in enumerate((32, 64, 128)):
       x = conv(width, fast=self.fast, padding="SAME", name=f"conv{i}")(x)
       x = pool(nn.relu(norm()(x)), fast=self.fast)

@@ -45,6 +45,11 @@ def conv(
   return nn.Conv(features, (kernel_size, kernel_size), padding=padding, name=name)
 
 
+def batch_norm(train: bool, name: str | None = None) -> nn.BatchNorm:
+  """Batch norm with batch statistics in training and running ones after (momentum 0.9)."""
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9, name=name)
+
+
 def pool(x: jax.Array, *, fast: bool) -> jax.Array:
   """2x2 max-pool with stride 2 (odd sizes are floored, as in Keras)."""
   if fast:

@@ -68,13 +68,22 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
   Undifferentiated (evaluation), this is the plain ``lax.reduce_window``, which XLA:CPU
   fuses with the convolution before it. Under differentiation the forward pass takes the
   maximum of the four strided quarters of ``x`` (the same values) and the backward pass
-  routes each window's cotangent by comparing the quarters with the maximum.
+  routes each window's cotangent to its first maximum, found by comparing the four
+  corners with each other.
+
+  The backward pass never compares ``x`` with the forward pass's maximum for equality:
+  XLA:CPU recomputes a cheap ``x`` (batch norm then ReLU) separately inside the forward
+  and the backward fusions, and the two copies can round differently, so a window whose
+  recomputed corners no longer equal its saved maximum would pass no gradient at all (in
+  a net with batch norm before each pool, about 8% of the first pool's windows did). The
+  corner comparisons instead route every window's cotangent to exactly one corner.
 
   The gradient goes to the first maximum of each window in row-major order, as in
   ``lax.reduce_window``'s select-and-scatter, so it equals the reference gradient also
   when a window holds tied maxima. (Autodiff of ``jnp.maximum`` would instead split the
   gradient between the tied elements.) Rows and columns cut off by an odd size get zero
-  gradient, as in the reference. A window whose maximum is NaN passes no gradient.
+  gradient, as in the reference. A window holding a NaN passes no gradient (the
+  reference passes it to the window's largest number).
 
   Args:
     x: NHWC input.
@@ -85,21 +94,26 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
   return max_pool_2x2_reference(x)
 
 
-def _max_pool_2x2_fwd(x: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+def _max_pool_2x2_fwd(x: jax.Array) -> tuple[jax.Array, jax.Array]:
   a, b, c, d = _quarters(x)
-  y = jnp.maximum(jnp.maximum(a, b), jnp.maximum(c, d))
-  return y, (x, y)
+  return jnp.maximum(jnp.maximum(a, b), jnp.maximum(c, d)), x
 
 
-def _max_pool_2x2_bwd(res: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[jax.Array]:
-  x, y = res
-  taken = jnp.zeros(y.shape, bool)  # windows whose maximum an earlier corner already holds
-  grads = []
-  for corner in _quarters(x):
-    hit = (corner == y) & ~taken
-    grads.append(jnp.where(hit, g, 0))
-    taken = taken | hit
-  ga, gb, gc, gd = grads
+def _max_pool_2x2_bwd(x: jax.Array, g: jax.Array) -> tuple[jax.Array]:
+  a, b, c, d = _quarters(x)
+  # A later corner wins only if strictly greater than every earlier one: the first maximum
+  # in row-major order, found by comparing corners with each other, never with a maximum
+  # computed elsewhere (see max_pool_2x2).
+  later_b = b > a
+  best = jnp.where(later_b, b, a)
+  later_c = c > best
+  later_d = d > jnp.where(later_c, c, best)
+  g = jnp.where(jnp.isnan(a) | jnp.isnan(b) | jnp.isnan(c) | jnp.isnan(d), 0, g)
+  # Each corner's share is peeled off what is left, last corner first, so the four shares
+  # sum to g in every window whatever the comparisons saw.
+  gd, g = jnp.where(later_d, g, 0), jnp.where(later_d, 0, g)
+  gc, g = jnp.where(later_c, g, 0), jnp.where(later_c, 0, g)
+  gb, ga = jnp.where(later_b, g, 0), jnp.where(later_b, 0, g)
   n, h, w, ch = g.shape
   # (n, h, 2, w, 2, ch) -> (n, 2h, 2w, ch) puts each corner back in its place.
   gx = jnp.stack([jnp.stack([ga, gb], 3), jnp.stack([gc, gd], 3)], 2).reshape(n, 2 * h, 2 * w, ch)
@@ -121,9 +135,7 @@ def conv2d_reference(x: jax.Array, kernel: jax.Array, padding: str) -> jax.Array
   Returns:
     The NHWC output, without bias.
   """
-  return lax.conv_general_dilated(
-      x, kernel, (1, 1), padding, dimension_numbers=_DIMENSION_NUMBERS
-  )
+  return lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=_DIMENSION_NUMBERS)
 
 
 def conv2d(x: jax.Array, kernel: jax.Array, padding: str) -> jax.Array:
@@ -178,8 +190,9 @@ def _im2col_fwd(x: jax.Array, kernel: jax.Array, padding: str):
   kh, kw, cin, cout = kernel.shape
   pads = _pads(x, kernel, padding)
   patches = native.im2col(x, kh, kw, pads)
-  y = lax.dot_general(patches, kernel.reshape(kh * kw * cin, cout),
-                      (((patches.ndim - 1,), (0,)), ((), ())))
+  y = lax.dot_general(
+    patches, kernel.reshape(kh * kw * cin, cout), (((patches.ndim - 1,), (0,)), ((), ()))
+  )
   return y, (patches, kernel, x.shape, pads)
 
 
@@ -227,13 +240,13 @@ def conv2d_xla(x: jax.Array, kernel: jax.Array, padding: str) -> jax.Array:
 
 
 def _conv2d_fwd(
-    x: jax.Array, kernel: jax.Array, padding: str
+  x: jax.Array, kernel: jax.Array, padding: str
 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
   return conv2d_xla(x, kernel, padding), (x, kernel)
 
 
 def _conv2d_bwd(
-    padding: str, res: tuple[jax.Array, jax.Array], g: jax.Array
+  padding: str, res: tuple[jax.Array, jax.Array], g: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
   x, kernel = res
   pads = _pads(x, kernel, padding)
@@ -262,7 +275,7 @@ def _conv(pads: Pads) -> Callable[[jax.Array, jax.Array], jax.Array]:
 
   @conv.def_vmap
   def conv_vmap(
-      axis_size: int, in_batched: tuple[bool, bool], x: jax.Array, kernel: jax.Array
+    axis_size: int, in_batched: tuple[bool, bool], x: jax.Array, kernel: jax.Array
   ) -> tuple[jax.Array, bool]:
     x_batched, kernel_batched = in_batched
     if not kernel_batched:  # one kernel: fold the vmapped axis into the batch
@@ -285,7 +298,7 @@ def _input_grad(g: jax.Array, kernel: jax.Array, pads: Pads) -> jax.Array:
 
 
 def _kernel_grad(
-    x: jax.Array, g: jax.Array, kernel_shape: tuple[int, ...], pads: Pads
+  x: jax.Array, g: jax.Array, kernel_shape: tuple[int, ...], pads: Pads
 ) -> jax.Array:
   """d(loss)/d(kernel): input patches times output cotangent, over batch and positions."""
   kh, kw, cin, cout = kernel_shape
