@@ -22,8 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from digits_jax import data, files
-from digits_jax.analysis import compare, report
+from digits_jax import data, files, models
+from digits_jax.analysis import compare, report, visualize
 from digits_jax.config import Config, ConfigError, check_sizes, resolve
 from digits_jax.training import checkpoints, loop, workdirs
 from digits_jax.training.step import (
@@ -68,15 +68,42 @@ def test_logits(config: Config, state: TrainState, datasets: data.Datasets) -> j
   return predict(state, jnp.asarray(datasets.test.images), config.eval_batch_size)
 
 
+def write_pictures(
+  workdir: Path, config: Config, state: TrainState, datasets: data.Datasets, logits: jax.Array
+) -> list[str]:
+  """What the network learned: ``plots/filters.png``, ``activations.png``, ``saliency.png``.
+
+  Returns the paths written, relative to ``workdir``
+  (:func:`digits_jax.analysis.visualize.write_visualizations`).
+  """
+  model = models.create_model(config.model, fast=config.fast_ops, num_classes=datasets.num_classes)
+  variables = {"params": state.params}
+  if state.batch_stats:
+    variables["batch_stats"] = state.batch_stats
+  probabilities = np.asarray(jax.nn.softmax(logits.astype(jnp.float32), axis=-1))
+  paths = visualize.write_visualizations(
+    workdir / report.PLOTS_DIR,
+    model,
+    variables,
+    datasets.test.images,
+    datasets.test.labels,
+    probabilities,
+    class_names=report.class_names(config.dataset, datasets.num_classes),
+    title=report.run_title(config.to_dict()),
+  )
+  return [str(Path(p).relative_to(workdir)) for p in paths]
+
+
 def write_evaluation(
   workdir: Path,
   config: Config,
+  state: TrainState,
   logits: jax.Array,
   datasets: data.Datasets,
   history: list[dict[str, Any]],
   best_epoch: int,
 ) -> dict[str, Any]:
-  """Writes what a run's test logits give: the stored test outputs, reports and plots.
+  """Writes what a run's test logits give: the stored test outputs, reports and pictures.
 
   ``test_outputs.npz`` (:func:`digits_jax.analysis.compare.save_test_outputs`) keeps the
   class probabilities for comparisons between runs.
@@ -101,6 +128,7 @@ def write_evaluation(
     best_epoch=best_epoch,
     test_metrics=test,
   )
+  summary["files"] += write_pictures(workdir, config, state, datasets, logits)
   return {"test": test, "report": summary}
 
 
@@ -116,7 +144,9 @@ def finish(
   best_epoch = trained.best.best_epoch()
   state = restore_best(trained.state, trained.best)
   logits = test_logits(config, state, datasets)
-  evaluation = write_evaluation(workdir, config, logits, datasets, trained.history, best_epoch)
+  evaluation = write_evaluation(
+    workdir, config, state, logits, datasets, trained.history, best_epoch
+  )
   best_row = trained.history[best_epoch - 1]
   seconds = [r["epoch_seconds"] for r in trained.history]
   results = {
@@ -310,7 +340,13 @@ def rebuild(
   run = load_run(workdir, datasets.num_classes)
   logits = test_logits(config, run.state, datasets)
   evaluation = write_evaluation(
-    workdir, config, logits, datasets, files.read_jsonl(workdir / "metrics.jsonl"), run.best_epoch
+    workdir,
+    config,
+    run.state,
+    logits,
+    datasets,
+    files.read_jsonl(workdir / "metrics.jsonl"),
+    run.best_epoch,
   )
   saved_accuracy = None
   if (workdir / "results.json").is_file():

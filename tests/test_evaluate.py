@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from digits_jax import data, files, runs
-from digits_jax.analysis import compare, report
+from digits_jax.analysis import compare, report, visualize
 from digits_jax.training import checkpoints
 from tests.conftest import REPO
 from tests.test_report import RUN_PLOTS, check_png
@@ -53,6 +53,9 @@ def test_evaluate_rebuilds_the_reports_and_reproduces_the_test_accuracy(
     assert (workdir / name).read_bytes() == (original / name).read_bytes(), name
   for kind, name in RUN_PLOTS.items():
     check_png(workdir / name, kind)
+  # What the network learned (their panels: tests/test_visualize.py).
+  for name in visualize.FILES.values():
+    assert (workdir / report.PLOTS_DIR / name).stat().st_size > 10_000, name
   for split in ("train", "validation", "test"):
     assert any((workdir / report.TENSORBOARD_DIR / split).glob("events.out.tfevents.*"))
   # The stored test outputs of a run that lacks them (an earlier version's) are written.

@@ -9,12 +9,15 @@ import numpy as np
 import pytest
 from matplotlib import image as mpimg
 
-from digits_jax import deep_models, models, visualize
+from digits_jax import models
+from digits_jax.analysis import visualize
+from digits_jax.models import vgg
+from digits_jax.models.cnn import ConvNet
 
 
-def tiny_net(fast: bool = False) -> models.ConvNet:
+def tiny_net(fast: bool = False) -> ConvNet:
   """Two small convolutions, a pool and a dense layer: the registered nets' structure."""
-  return models.ConvNet(layers=(4, "pool", 6), dense=(8,), fast=fast)
+  return ConvNet(layers=(4, "pool", 6), dense=(8,), fast=fast)
 
 
 def random_images(n: int, seed: int = 0) -> np.ndarray:
@@ -52,7 +55,7 @@ def test_saliency_matches_central_differences():
 
 def test_saliency_is_per_image_in_batch_norm_nets():
   """Evaluation mode: one image's map does not depend on the rest of the batch."""
-  model = deep_models.VGG(widths=(4, 8), dense=16)
+  model = vgg.VGG(widths=(4, 8), dense=16)
   variables = models.init_variables(model, jax.random.PRNGKey(0))
   images = random_images(5)
   batch, predictions = visualize.saliency(model.apply, variables, images)

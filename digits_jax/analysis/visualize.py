@@ -36,7 +36,7 @@ from matplotlib import colors
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from digits_jax import plots
+from digits_jax.analysis import plots
 
 FILES = {"filters": "filters.png", "activations": "activations.png", "saliency": "saliency.png"}
 CONV_NAME = re.compile(r"conv\d+")
