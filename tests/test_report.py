@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import struct
+import time
 
 import numpy as np
 import pytest
@@ -203,3 +204,46 @@ def test_sweep_plots_of_one_seed_without_validation(tmp_path):
   sweep.write_plots(results, tmp_path)
   check_png(tmp_path / "comparison.png", "sweep_comparison")
   check_png(tmp_path / "validation_curves.png", "validation_curves")
+
+
+def _scalars_when_ready(logdir, tag, steps, timeout_s=20.0):
+  """``read_scalars(logdir)[tag]`` once it holds ``steps`` points (the writer thread flushes)."""
+  deadline = time.monotonic() + timeout_s
+  while True:
+    found = read_scalars(logdir).get(tag, []) if any(logdir.glob("events.*")) else []
+    if len(found) >= steps or time.monotonic() > deadline:
+      return found
+    time.sleep(0.1)
+
+
+def test_scalars_are_readable_as_each_epoch_ends(tmp_path):
+  """The run loop's writer flushes within a second, so TensorBoard shows a run as it trains."""
+  from digits_jax.training import summaries
+
+  scalars = summaries.Scalars(tmp_path)
+  rows = [
+    {
+      "epoch": 1,
+      "epoch_seconds": 2.0,
+      "train_loss": 0.5,
+      "train_accuracy": 0.8,
+      "val_loss": 0.4,
+      "val_accuracy": 0.85,
+    },
+    {
+      "epoch": 2,
+      "epoch_seconds": 1.5,
+      "train_loss": 0.3,
+      "train_accuracy": 0.9,
+      "val_loss": 0.25,
+      "val_accuracy": 0.91,
+    },
+  ]
+  try:
+    scalars.add_epoch(rows[0])
+    assert _scalars_when_ready(tmp_path / "validation", "accuracy", 1) == [(1, pytest.approx(0.85))]
+    scalars.add_epoch(rows[1])
+    train = _scalars_when_ready(tmp_path / "train", "loss", 2)  # the writers are still open
+    assert train == [(1, 0.5), (2, pytest.approx(0.3))]
+  finally:
+    scalars.close()
