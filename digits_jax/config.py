@@ -177,6 +177,35 @@ def resolve(config: Config) -> Config:
   return config
 
 
+# Fields every run is named by anyway, or that never name one.
+_NAMED_ALWAYS = ("model", "optimizer", "seed")
+
+
+def own_settings(config: Config) -> dict[str, Any]:
+  """The settings of a resolved ``config`` that differ from its model's recipe and defaults.
+
+  Model, optimizer, seed and the implementation fields are left out: what is left is what
+  sets a run apart from its model's recipe (``{"learning_rate": 0.003}``).
+  """
+  recipe = resolve(Config(model=config.model, optimizer=config.optimizer)).to_dict()
+  return {
+    k: v
+    for k, v in config.to_dict().items()
+    if k not in _NAMED_ALWAYS and k not in IMPLEMENTATION_FIELDS and v != recipe[k]
+  }
+
+
+def varied_settings(configs: list[Config]) -> list[str]:
+  """The settings that differ among ``configs`` away from their recipes.
+
+  Two models whose recipes differ in batch size vary nothing; a grid over learning rates
+  varies ``learning_rate``.
+  """
+  own = [own_settings(c) for c in configs]
+  names = dict.fromkeys(k for o in own for k in o)
+  return [k for k in names if len({repr(o.get(k, "recipe")) for o in own}) > 1]
+
+
 def _choice(name: str, value: str, valid: tuple[str, ...]) -> None:
   if value not in valid:
     raise ConfigError(f"unknown {name} {value!r}; valid values are: {', '.join(valid)}")

@@ -24,7 +24,7 @@ from typing import Any
 
 from digits_jax import data, files, models, runs
 from digits_jax.analysis import plots
-from digits_jax.config import IMPLEMENTATION_FIELDS, SHORT_NAMES, Config, resolve
+from digits_jax.config import SHORT_NAMES, Config, own_settings, resolve, varied_settings
 from digits_jax.training import groups, workdirs
 
 log = logging.getLogger(__name__)
@@ -45,8 +45,6 @@ TABLE_COLUMNS = (
   "seconds_per_epoch",
   "reported",
 )
-# Fields that every run name carries, or that never name a run.
-_NAMED_ALWAYS = ("model", "optimizer", "seed")
 
 
 def expand(base: Config, grid: Mapping[str, Sequence[Any]]) -> list[Config]:
@@ -67,21 +65,6 @@ def expand(base: Config, grid: Mapping[str, Sequence[Any]]) -> list[Config]:
     for values in itertools.product(*grid.values())
   ]
   return list(dict.fromkeys(configs))
-
-
-def _recipe_config(config: Config) -> Config:
-  """``config``'s model and optimizer at their recipe settings."""
-  return resolve(Config(model=config.model, optimizer=config.optimizer, seed=config.seed))
-
-
-def own_settings(config: Config) -> dict[str, Any]:
-  """The settings of ``config`` that differ from its model's recipe (and the defaults)."""
-  recipe = _recipe_config(config).to_dict()
-  return {
-    k: v
-    for k, v in config.to_dict().items()
-    if k not in _NAMED_ALWAYS and k not in IMPLEMENTATION_FIELDS and v != recipe[k]
-  }
 
 
 def _value(v: Any) -> str:
@@ -121,17 +104,6 @@ def run_dir(workdir: Path, config: Config) -> Path:
 def run_dirs(workdir: str | Path, configs: Sequence[Config]) -> list[Path]:
   """The directories of ``configs``' runs under the sweep's ``workdir``."""
   return [run_dir(Path(workdir), c) for c in dict.fromkeys(configs)]
-
-
-def varied_settings(configs: Sequence[Config]) -> list[str]:
-  """The settings, besides model, optimizer and seed, that the grid varies.
-
-  A setting counts when the configs set it to different values away from their
-  recipes: two models whose recipes differ in batch size vary nothing.
-  """
-  own = [own_settings(c) for c in configs]
-  names = dict.fromkeys(k for o in own for k in o)
-  return [k for k in names if len({repr(o.get(k, "recipe")) for o in own}) > 1]
 
 
 def variant(config: Config, varied: Sequence[str]) -> str:

@@ -68,7 +68,7 @@ from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.multitest import multipletests
 
 from digits_jax import files
-from digits_jax.config import SHORT_NAMES, ConfigError, identity_of
+from digits_jax.config import SHORT_NAMES, Config, ConfigError, identity_of, varied_settings
 
 log = logging.getLogger(__name__)
 
@@ -666,13 +666,16 @@ def _format_value(value: Any) -> str:
 def _labels(keys: Sequence[tuple[tuple[str, str], ...]]) -> list[str]:
   """Model and optimizer, plus the fields whose values differ among the configurations."""
   dicts = [{k: json.loads(v) for k, v in key} for key in keys]
-  names = sorted(set().union(*dicts))
-  varying = [
-    n
-    for n in names
-    if n not in ("model", "optimizer")
-    and len({json.dumps(d.get(n), sort_keys=True) for d in dicts}) > 1
-  ]
+  try:  # settings varied away from the models' recipes (a grid), not the recipes themselves
+    varying = varied_settings([Config.from_dict(d) for d in dicts])
+  except (ConfigError, TypeError, ValueError):  # a model this version does not register
+    names = sorted(set().union(*dicts))
+    varying = [
+      n
+      for n in names
+      if n not in ("model", "optimizer")
+      and len({json.dumps(d.get(n), sort_keys=True) for d in dicts}) > 1
+    ]
   labels = []
   for d in dicts:
     parts = [str(d.get("model", "?")), str(d.get("optimizer", "?"))]
