@@ -1,4 +1,4 @@
-"""Shared fixtures: the real MNIST folder beside the repo, loaded once per session."""
+"""Shared fixtures: the real MNIST folder ($DIGITS_MANUAL_DIR), loaded once per test session."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Most tests use small synthetic IDX files written to ``tmp_path`` and registered in place of
 the real MNIST checksums (``_SOURCES`` is monkeypatched), so they are fast and need no data.
-Tests that need the real files read ``../shared/datasets/mnist`` beside the repo; they skip
+Tests that need the real files read the folder named by ``DIGITS_MANUAL_DIR``; they skip
 when it is absent, except under ``CI=true``, where a missing copy is a failure.
 """
 
