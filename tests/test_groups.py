@@ -85,12 +85,16 @@ def _sharded(mnist_dir, tmp_path, devices):
   return json.loads(out.stdout.splitlines()[-1])
 
 
-def test_four_devices_match_one(mnist_dir, tmp_path):
-  """A single run on a 4-device host, and 4 vmapped models split over the 4 devices."""
+def test_several_devices_match_one(mnist_dir, tmp_path):
+  """A single run on a 2-device host, and 4 vmapped models split over the 2 devices.
+
+  Two CPU devices, not more: XLA:CPU's collectives wait for one thread per device, and
+  with more devices than cores a loaded machine can miss their 40 s rendezvous.
+  """
   one = _sharded(mnist_dir, tmp_path / "one", 1)
-  four = _sharded(mnist_dir, tmp_path / "four", 4)
-  assert (one["devices"], four["devices"]) == (1, 4)
+  two = _sharded(mnist_dir, tmp_path / "two", 2)
+  assert (one["devices"], two["devices"]) == (1, 2)
   for key in COMPARED:
-    assert four["single"][key] == pytest.approx(one["single"][key], rel=1e-4, abs=1e-6), key
-    for a, b in zip(four["group"], one["group"], strict=True):
+    assert two["single"][key] == pytest.approx(one["single"][key], rel=1e-4, abs=1e-6), key
+    for a, b in zip(two["group"], one["group"], strict=True):
       assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
