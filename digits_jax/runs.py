@@ -69,7 +69,11 @@ def test_logits(config: Config, state: TrainState, datasets: data.Datasets) -> j
 
 
 def write_pictures(
-  workdir: Path, config: Config, state: TrainState, datasets: data.Datasets, logits: jax.Array
+  workdir: Path,
+  config: Config,
+  state: TrainState,
+  datasets: data.Datasets,
+  probabilities: np.ndarray,
 ) -> list[str]:
   """What the network learned: ``plots/filters.png``, ``activations.png``, ``saliency.png``.
 
@@ -80,7 +84,6 @@ def write_pictures(
   variables = {"params": state.params}
   if state.batch_stats:
     variables["batch_stats"] = state.batch_stats
-  probabilities = np.asarray(jax.nn.softmax(logits.astype(jnp.float32), axis=-1))
   paths = visualize.write_visualizations(
     workdir / report.PLOTS_DIR,
     model,
@@ -113,12 +116,8 @@ def write_evaluation(
     :func:`digits_jax.analysis.report.write_run_report`).
   """
   test = metrics_from_logits(logits, jnp.asarray(datasets.test.labels))
-  compare.save_test_outputs(
-    workdir,
-    jax.nn.softmax(logits.astype(jnp.float32), axis=-1),
-    datasets.test.labels,
-    datasets.test.images,
-  )
+  probabilities = np.asarray(jax.nn.softmax(logits.astype(jnp.float32), axis=-1))
+  compare.save_test_outputs(workdir, probabilities, datasets.test.labels, datasets.test.images)
   summary = report.write_run_report(
     workdir,
     logits,
@@ -128,7 +127,7 @@ def write_evaluation(
     best_epoch=best_epoch,
     test_metrics=test,
   )
-  summary["files"] += write_pictures(workdir, config, state, datasets, logits)
+  summary["files"] += write_pictures(workdir, config, state, datasets, probabilities)
   return {"test": test, "report": summary}
 
 
