@@ -39,7 +39,7 @@ format: venv
 	$(VENV)/bin/ruff format .
 
 benchmark: venv
-	$(PY) -m experiments.benchmark $(ARGS)
+	$(PY) -m benchmarks.frameworks $(ARGS)
 
 lock:
 	rm -rf /tmp/digits-lock && $(PYTHON) -m venv /tmp/digits-lock

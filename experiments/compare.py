@@ -6,9 +6,10 @@
 Searches every --workdir recursively for finished run directories, groups them into
 configurations (runs that differ only in seed are seeds of one), and writes compare.md,
 compare.csv, compare_pairs.csv, compare.json, compare_forest.png and compare_pairs.png into
---output_dir (default: the first --workdir); prints compare.md. Runs that cannot be compared
-(other datasets or test sets, no stored test outputs) stop it with one ``error:`` line and
-exit status 1. The logic and the statistics are in :mod:`digits_jax.analysis.compare`.
+--output_dir (default: the first --workdir); prints compare.md. The best --ensemble_top
+configurations by validation accuracy are also averaged into an ensemble. Runs that cannot
+be compared (other datasets or test sets, no stored test outputs) stop it with one
+``error:`` line and exit status 1. The logic and the statistics are in :mod:`digits_jax.analysis.compare`.
 """
 
 import logging
@@ -24,6 +25,13 @@ flags.DEFINE_multi_string(
   "Folder of finished runs (a sweep, a run, or a folder of sweeps), "
   "searched recursively; give it several times to compare runs of "
   "several sweeps.",
+)
+flags.DEFINE_integer(
+  "ensemble_top",
+  compare.DEFAULT_ENSEMBLE_TOP,
+  "Average the configurations with the best mean validation accuracy, this many, into an "
+  "ensemble of configurations (0: none).",
+  lower_bound=0,
 )
 flags.DEFINE_string("output_dir", None, "Where to write the files (default: the first --workdir).")
 flags.mark_flag_as_required("workdir")
@@ -42,7 +50,9 @@ def main(argv):
   )
   output_dir = FLAGS.output_dir or FLAGS.workdir[0]
   try:
-    comparison = compare.compare_runs(compare.find_runs(FLAGS.workdir))
+    comparison = compare.compare_runs(
+      compare.find_runs(FLAGS.workdir), ensemble_top=FLAGS.ensemble_top
+    )
     markdown = compare.write_comparison(comparison, output_dir)
   except compare.ComparisonError as e:
     sys.exit(f"error: {e}")

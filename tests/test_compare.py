@@ -484,3 +484,37 @@ def test_outputs_that_disagree_with_results_json_are_flagged():
   assert warning.startswith("stale:") and "experiments.evaluate --workdir=stale" in warning
   assert f"**Warning:** {warning}" in compare.to_markdown(result)
   assert compare.compare([a]).warnings == ()
+
+
+def test_the_ensemble_of_configurations_is_chosen_by_validation_and_averages_per_seed():
+  rng = np.random.default_rng(7)
+  labels, difficulty, images = synthetic_test_set(rng, 3000)
+  runs = []
+  # "lucky" is the best on the test set but the worst on validation: it must not be chosen.
+  for model, skill, val in (("a", 5.0, 0.99), ("b", 4.8, 0.98), ("lucky", 6.0, 0.90)):
+    for r in configuration_runs(rng, labels, difficulty, images, skill, (0, 1, 2), model=model):
+      r.results.update(val_accuracy=val, train_seconds=10.0, seconds_per_epoch=5.0)
+      runs.append(r)
+  result = compare.compare(runs, ensemble_top=2)
+  e = result.ensemble
+  assert e.members == ("a adam", "b adam") and e.versus == "a adam"
+  assert e.seeds == (0, 1, 2) and e.interval.method == "t over 3 seeds"
+  for seed, accuracy in zip(e.seeds, e.accuracies, strict=True):
+    members = [r for r in runs if r.seed == seed and r.config["model"] in ("a", "b")]
+    mean = np.mean([r.outputs.probabilities.astype(np.float32) for r in members], axis=0)
+    assert accuracy == pytest.approx(np.mean(mean.argmax(1) == labels))
+  assert e.mean == pytest.approx(np.mean(e.accuracies))
+  assert e.runs == 6 and e.train_seconds == 20.0
+  a = next(c for c in result.configurations if c.label == "a adam")
+  assert e.difference == pytest.approx(e.all_accuracy - a.ensemble_accuracy)
+  assert e.table[0][1] - e.table[1][0] == round(e.difference * len(labels))
+  assert 0 < e.pvalue <= 1
+  assert (a.val_accuracy, a.seconds_per_epoch, a.train_seconds) == pytest.approx((0.99, 5.0, 10.0))
+  markdown = compare.to_markdown(result)
+  assert "## Ensemble of the 2 best configurations by validation accuracy" in markdown
+  assert "a adam, b adam" in markdown
+  # Without validation accuracies, or with ensemble_top=0, there is no ensemble.
+  assert compare.compare(runs, ensemble_top=0).ensemble is None
+  for r in runs:
+    r.results.pop("val_accuracy")
+  assert compare.compare(runs).ensemble is None

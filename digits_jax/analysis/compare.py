@@ -79,6 +79,8 @@ ALPHA = 0.05
 A_BETTER, B_BETTER, NO_DIFFERENCE = "A better", "B better", "no significant difference"
 EVALUATE_COMMAND = "python -m experiments.evaluate --workdir={}"
 DPI = 100
+# The ensemble of configurations averages the best this many, by validation accuracy.
+DEFAULT_ENSEMBLE_TOP = 3
 
 
 class ComparisonError(Exception):
@@ -509,6 +511,10 @@ class Configuration:
     ensemble_accuracy: accuracy of the mean of the seeds' probabilities.
     ensemble_interval: binomial over test images.
     num_params: from results.json, when there.
+    val_accuracy: mean validation accuracy over seeds (results.json), when there: what an
+      ensemble of configurations is chosen by (never the test accuracy).
+    seconds_per_epoch: mean training seconds per epoch over seeds, when there.
+    train_seconds: mean training seconds of one run over seeds, when there.
   """
 
   label: str
@@ -522,6 +528,51 @@ class Configuration:
   ensemble_accuracy: float
   ensemble_interval: Interval
   num_params: int | None
+  val_accuracy: float | None = None
+  seconds_per_epoch: float | None = None
+  train_seconds: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Ensemble:
+  """Several configurations averaged: the ``top`` best by validation accuracy.
+
+  Attributes:
+    members: the configurations' labels, best validation accuracy first.
+    seeds: the seeds every member has; at each, the members' networks of that seed are
+      averaged (one ensemble per seed).
+    accuracies: test accuracy of each seed's ensemble.
+    mean: their mean.
+    std: their sample standard deviation (NaN with one seed).
+    interval: t over those seeds (two or more) or binomial over test images (one).
+    all_accuracy: accuracy of the mean of every member run's probabilities (all seeds).
+    all_interval: binomial over test images.
+    runs: how many runs the all-seed ensemble averages.
+    train_seconds: training seconds of one seed's ensemble (the members' mean run times
+      added), when every member has them.
+    versus: the best member (by validation accuracy), whose seed ensemble is tested against
+      the all-seed ensemble.
+    difference: ``all_accuracy`` minus the accuracy of ``versus``'s seed ensemble.
+    table: McNemar table ``[[both right, ensemble only], [best member only, both wrong]]``.
+    pvalue: exact McNemar p-value of that table (one test, not corrected).
+    difference_interval: exact, conditional on the images where they disagree.
+  """
+
+  members: tuple[str, ...]
+  seeds: tuple[Any, ...]
+  accuracies: tuple[float, ...]
+  mean: float
+  std: float
+  interval: Interval | None
+  all_accuracy: float
+  all_interval: Interval
+  runs: int
+  train_seconds: float | None
+  versus: str
+  difference: float
+  table: tuple[tuple[int, int], tuple[int, int]]
+  pvalue: float
+  difference_interval: Interval
 
 
 @dataclasses.dataclass(frozen=True)
@@ -572,6 +623,8 @@ class Comparison:
     test_images_sha256: digest of the shared test images.
     warnings: runs whose stored outputs disagree with their results.json (the comparison
       uses the stored outputs).
+    ensemble: the ensemble of the best configurations by validation accuracy, or ``None``
+      (fewer than two configurations, or no validation accuracies).
   """
 
   configurations: tuple[Configuration, ...]
@@ -581,6 +634,7 @@ class Comparison:
   num_test: int
   test_images_sha256: str
   warnings: tuple[str, ...] = ()
+  ensemble: Ensemble | None = None
 
 
 def _listing(runs: Iterable[Run]) -> str:
@@ -704,11 +758,21 @@ def _ensemble_correct(runs: Sequence[Run]) -> np.ndarray:
   return mean.argmax(axis=1) == runs[0].outputs.labels
 
 
-def compare(runs: Sequence[Run]) -> Comparison:
+def _mean_of(members: Sequence[Run], field: str) -> float | None:
+  """The mean of a results.json number over runs, or ``None`` where a run lacks it."""
+  values = [r.results.get(field) for r in members]
+  if any(not isinstance(v, (int, float)) for v in values):
+    return None
+  return float(np.mean(values))
+
+
+def compare(runs: Sequence[Run], ensemble_top: int = DEFAULT_ENSEMBLE_TOP) -> Comparison:
   """The statistics of the module docstring for already loaded runs.
 
   Args:
     runs: finished runs of one dataset and test set (each configuration and seed once).
+    ensemble_top: how many configurations, the best by mean validation accuracy, the
+      ensemble of configurations averages (0: none).
 
   Returns:
     The comparison; with one configuration it has no pairs, with one seed no seed intervals.
@@ -728,7 +792,7 @@ def compare(runs: Sequence[Run]) -> Comparison:
   keys = list(groups)
   labels = dict(zip(keys, _labels(keys), strict=True))
 
-  configurations, correct, counts = [], {}, {}
+  configurations, correct, counts, by_label = [], {}, {}, {}
   for key, members in groups.items():
     members = sorted(members, key=lambda r: _seed_sort_key(r.seed))
     label = labels[key]
@@ -756,8 +820,12 @@ def compare(runs: Sequence[Run]) -> Comparison:
         ensemble_accuracy=float(ensemble.mean()),
         ensemble_interval=binomial_interval(int(ensemble.sum()), num_test),
         num_params=None if params is None else int(params),
+        val_accuracy=_mean_of(members, "val_accuracy"),
+        seconds_per_epoch=_mean_of(members, "seconds_per_epoch"),
+        train_seconds=_mean_of(members, "train_seconds"),
       )
     )
+    by_label[label] = members
     correct[label] = ({r.seed: r.outputs.correct for r in members}, ensemble)
     counts[label] = dict(zip((r.seed for r in members), n_correct, strict=True))
   configurations.sort(key=lambda c: (-c.mean, -c.ensemble_accuracy, c.label))
@@ -819,10 +887,80 @@ def compare(runs: Sequence[Run]) -> Comparison:
     num_test=num_test,
     test_images_sha256=runs[0].outputs.images_sha256,
     warnings=tuple(_disagreements(runs)),
+    ensemble=ensemble_of_best(configurations, by_label, correct, ensemble_top),
   )
 
 
-def compare_runs(run_dirs: Iterable[str | os.PathLike]) -> Comparison:
+def ensemble_of_best(
+  configurations: Sequence[Configuration],
+  runs: Mapping[str, Sequence[Run]],
+  correct: Mapping[str, tuple[Mapping[Any, np.ndarray], np.ndarray]],
+  top: int,
+) -> Ensemble | None:
+  """The ensemble of the ``top`` configurations with the best mean validation accuracy.
+
+  The members are chosen on the validation split only. Each seed that every member has
+  gives one ensemble (the members' networks of that seed averaged), so the ensemble has a
+  mean and spread over seeds like a configuration; the mean of every member run is tested
+  (exact McNemar, one test) against the best member's seed ensemble.
+
+  Args:
+    configurations: the compared configurations.
+    runs: each configuration's runs, by label.
+    correct: each configuration's per-seed and seed-ensemble correctness, by label.
+    top: how many configurations to average (fewer when fewer have a validation accuracy).
+
+  Returns:
+    The ensemble, or ``None`` with fewer than two configurations to average.
+  """
+  ranked = sorted(
+    (c for c in configurations if c.val_accuracy is not None),
+    key=lambda c: (-c.val_accuracy, c.label),
+  )[:top]
+  if len(ranked) < 2:
+    return None
+  members = [runs[c.label] for c in ranked]
+  labels = members[0][0].outputs.labels
+  num_test = len(labels)
+  shared = sorted(set.intersection(*({r.seed for r in m} for m in members)), key=_seed_sort_key)
+  n_correct = []
+  for seed in shared:
+    at_seed = [next(r for r in m if r.seed == seed) for m in members]
+    n_correct.append(int(_ensemble_correct(at_seed).sum()))
+  if len(n_correct) >= 2:
+    t = seed_interval(n_correct)
+    interval = Interval(max(t.low / num_test, 0.0), min(t.high / num_test, 1.0), t.method)
+    std = float(np.std(n_correct, ddof=1)) / num_test
+  elif n_correct:
+    interval, std = binomial_interval(n_correct[0], num_test), math.nan
+  else:
+    interval, std = None, math.nan
+  everything = _ensemble_correct([r for m in members for r in m])
+  best = ranked[0]
+  table = mcnemar_table(everything, correct[best.label][1])
+  seconds = [c.train_seconds for c in ranked]
+  return Ensemble(
+    members=tuple(c.label for c in ranked),
+    seeds=tuple(shared),
+    accuracies=tuple(n / num_test for n in n_correct),
+    mean=float(np.mean(n_correct)) / num_test if n_correct else math.nan,
+    std=std,
+    interval=interval,
+    all_accuracy=float(everything.mean()),
+    all_interval=binomial_interval(int(everything.sum()), num_test),
+    runs=sum(len(m) for m in members),
+    train_seconds=None if None in seconds else float(sum(seconds)),
+    versus=best.label,
+    difference=float(everything.mean()) - best.ensemble_accuracy,
+    table=tuple(tuple(int(v) for v in row) for row in table),
+    pvalue=mcnemar_pvalue(table),
+    difference_interval=discordant_interval(table),
+  )
+
+
+def compare_runs(
+  run_dirs: Iterable[str | os.PathLike], ensemble_top: int = DEFAULT_ENSEMBLE_TOP
+) -> Comparison:
   """Loads finished run directories (see :func:`find_runs`) and compares them.
 
   Raises:
@@ -837,7 +975,7 @@ def compare_runs(run_dirs: Iterable[str | os.PathLike]) -> Comparison:
       f"{len(missing)} of {len(run_dirs)} runs have no {OUTPUTS_FILE} (stored test outputs): "
       f"{', '.join(map(str, missing))}. Write them from each run's checkpoint with: {commands}"
     )
-  return compare([read_run(d) for d in run_dirs])
+  return compare([read_run(d) for d in run_dirs], ensemble_top=ensemble_top)
 
 
 # --------------------------------------------------------------------------------------------
@@ -857,6 +995,43 @@ def _interval(iv: Interval | None, points: bool = False) -> str:
     return "n/a"
   fmt = _pp if points else (lambda v: f"{100 * v:.2f}")
   return f"[{fmt(iv.low)}, {fmt(iv.high)}]"
+
+
+def _seconds(x: float | None) -> str:
+  return "-" if x is None else f"{x:,.0f}" if x >= 10 else f"{x:.1f}"
+
+
+def ensemble_markdown(ensemble: Ensemble | None) -> list[str]:
+  """The section of ``compare.md`` on the ensemble of the best configurations (or nothing)."""
+  e = ensemble
+  if e is None:
+    return []
+  table = e.table
+  per_seed = (
+    ", ".join(f"{_pct(a)} ({s})" for s, a in zip(e.seeds, e.accuracies, strict=True))
+    or "no seed shared by every member"
+  )
+  interval = "n/a" if e.interval is None else f"{_interval(e.interval)} ({e.interval.method})"
+  cost = "-" if e.train_seconds is None else f"{e.train_seconds:,.0f} s of training per seed"
+  return [
+    "",
+    f"## Ensemble of the {len(e.members)} best configurations by validation accuracy",
+    "",
+    f"Members (chosen on the validation split, never the test set): {', '.join(e.members)}.",
+    "",
+    "| ensemble | seeds | mean test accuracy | std | 95% interval | all runs averaged "
+    "| 95% interval (binomial) | cost |",
+    "|---|---|---|---|---|---|---|---|",
+    f"| one network of each member per seed | {per_seed} | {_pct(e.mean)} | {_pct(e.std)} | "
+    f"{interval} | {_pct(e.all_accuracy)} ({e.runs} runs) | {_interval(e.all_interval)} | "
+    f"{cost} |",
+    "",
+    f"All {e.runs} runs averaged against the seed ensemble of {e.versus} (the best member "
+    f"by validation): {table[0][1]} test images only the ensemble gets right, {table[1][0]} "
+    f"only {e.versus}; difference {_pp(e.difference)} pp "
+    f"{_interval(e.difference_interval, points=True)}, exact McNemar p = {_p(e.pvalue)} "
+    "(one test, not part of the Holm correction below).",
+  ]
 
 
 def _p(p: float) -> str:
@@ -887,6 +1062,9 @@ CONFIG_COLUMNS = (
   "ensemble_ci_low",
   "ensemble_ci_high",
   "params",
+  "val_accuracy",
+  "seconds_per_epoch",
+  "train_seconds",
   "runs",
 )
 PAIR_COLUMNS = (
@@ -926,6 +1104,9 @@ def configuration_rows(comparison: Comparison) -> list[dict[str, Any]]:
       "ensemble_ci_low": c.ensemble_interval.low,
       "ensemble_ci_high": c.ensemble_interval.high,
       "params": c.num_params,
+      "val_accuracy": c.val_accuracy,
+      "seconds_per_epoch": c.seconds_per_epoch,
+      "train_seconds": c.train_seconds,
       "runs": " ".join(map(str, c.runs)),
     }
     for c in comparison.configurations
@@ -995,8 +1176,9 @@ def to_markdown(comparison: Comparison) -> str:
     "## Configurations",
     "",
     "| configuration | seeds | mean test accuracy | std | 95% interval | interval over "
-    "| seed ensemble | 95% interval (binomial) | params |",
-    "|---|---|---|---|---|---|---|---|---|",
+    "| seed ensemble | 95% interval (binomial) | params | validation accuracy "
+    "| s/epoch | s/run |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|",
   ]
   for cf in c.configurations:
     ensemble = "single run" if len(cf.seeds) == 1 else _pct(cf.ensemble_accuracy)
@@ -1005,8 +1187,10 @@ def to_markdown(comparison: Comparison) -> str:
     lines.append(
       f"| {cf.label} | {len(cf.seeds)} ({', '.join(map(str, cf.seeds))}) | "
       f"{_pct(cf.mean)} | {_pct(cf.std)} | {_interval(cf.interval)} | "
-      f"{cf.interval.method} | {ensemble} | {ens_iv} | {params} |"
+      f"{cf.interval.method} | {ensemble} | {ens_iv} | {params} | {_pct(cf.val_accuracy)} | "
+      f"{_seconds(cf.seconds_per_epoch)} | {_seconds(cf.train_seconds)} |"
     )
+  lines += ensemble_markdown(c.ensemble)
   lines += ["", "## Pairs", ""]
   if not n_pairs:
     lines.append("Only one configuration: the pairwise tests are not applicable.")
@@ -1044,6 +1228,9 @@ def to_markdown(comparison: Comparison) -> str:
     "- **Mean A - B.** Single networks: interval over seeds, paired t on the per-seed "
     "differences when both configurations have the same seeds, Welch's t otherwise; n/a "
     "with one seed on a side.",
+    "- **Ensemble of configurations.** The configurations with the best mean validation "
+    "accuracy, averaged: per seed (their networks of that seed), with the t interval over "
+    "seeds, and all their runs together, with the binomial interval over the test images.",
     "- **Per-seed McNemar.** Exact McNemar test of each seed's two networks on the same "
     "images (uncorrected): do the seeds agree?",
     "- **Verdict.** Exact McNemar test of the two seed ensembles, Holm-corrected over all "
