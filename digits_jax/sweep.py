@@ -69,7 +69,7 @@ TABLE_COLUMNS = (
 # lock files of its runs, its grid record and its table.
 SWEEP_FILE = "sweep.json"
 LOCKS_DIR = ".locks"
-# How long a worker waits for another to finish writing sweep.json, and the table.
+# How long a worker waits for another to finish writing sweep.json, or the table.
 GRID_WAIT_S = 30.0
 COLLECT_WAIT_S = 600.0
 
@@ -441,45 +441,80 @@ def finished_runs(
   return results, missing
 
 
+def _collect_once(workdir: Path, configs: list[Config], num_workers: int) -> Collected:
+  position = {run_dir(workdir, c).name: i for i, c in enumerate(configs)}
+  results, missing = finished_runs(workdir, configs)
+  worker_of = {name: position[name] % num_workers for name in missing}
+  if not results:
+    return Collected(results, missing, worker_of, "", None, "no run has finished")
+  markdown = write_tables(summarize(results), workdir, missing=missing, total=len(configs))
+  write_plots(results, workdir)
+  try:
+    comparison = compare.compare_runs([workdir / r["run"] for r in results])
+    compare.write_comparison(comparison, workdir)
+    error = None
+  except compare.ComparisonError as e:  # e.g. runs of an earlier version without test outputs
+    comparison, error = None, str(e)
+  return Collected(results, missing, worker_of, markdown, comparison, error)
+
+
 def collect(
   workdir: str | Path,
   configs: Sequence[Config],
   *,
   num_workers: int = 1,
-  wait_s: float = COLLECT_WAIT_S,
-) -> Collected:
+  wait: bool = True,
+) -> Collected | None:
   """Writes the table, plots and comparison of the grid's finished runs; names the others.
 
-  Workers collect one at a time (under ``.locks/collect.lock``), each reading the runs
-  when its turn comes, so the last to write has seen the most; a table that lacks runs
-  says which below it. Nothing is written when no run has finished.
+  One process writes at a time (under ``.locks/collect.lock``). A request made while
+  another writes (``.locks/collect.pending``) makes the writer read the runs and write
+  again when it is done, so the last table written has seen every run finished before
+  the last request. A table that lacks runs says which below it. Nothing is written when
+  no run has finished.
 
   Args:
     workdir: the sweep's directory.
     configs: the grid, in order.
     num_workers: the split, to say which worker each missing run belongs to.
-    wait_s: how long to wait for another process that is writing the table.
+    wait: wait for a process that is writing the table, then write it here (else leave
+      the request to that process and return ``None``).
+
+  Returns:
+    What was found and written; ``None`` if left to another process.
 
   Raises:
-    WorkerError: the table has been locked by another process for over ``wait_s``.
+    WorkerError: the table has been locked by another process for over
+      :data:`COLLECT_WAIT_S` (when waiting), or file locks do not work in ``workdir``.
   """
   workdir = Path(workdir)
   configs = list(dict.fromkeys(configs))
-  position = {run_dir(workdir, c).name: i for i, c in enumerate(configs)}
-  with _guard(workdir, "collect", wait_s=wait_s):
-    results, missing = finished_runs(workdir, configs)
-    worker_of = {name: position[name] % num_workers for name in missing}
-    if not results:
-      return Collected(results, missing, worker_of, "", None, "no run has finished")
-    markdown = write_tables(summarize(results), workdir, missing=missing, total=len(configs))
-    write_plots(results, workdir)
+  pending = workdir / LOCKS_DIR / "collect.pending"
+  pending.parent.mkdir(parents=True, exist_ok=True)
+  pending.touch()
+  collected = None
+  while True:
     try:
-      comparison = compare.compare_runs([workdir / r["run"] for r in results])
-      compare.write_comparison(comparison, workdir)
-      error = None
-    except compare.ComparisonError as e:  # e.g. runs of an earlier version without test outputs
-      comparison, error = None, str(e)
-  return Collected(results, missing, worker_of, markdown, comparison, error)
+      with _lock(workdir, "collect", wait_s=COLLECT_WAIT_S if wait else 0.0):
+        while True:
+          pending.unlink(missing_ok=True)  # requests from now on are answered by a rewrite
+          collected = _collect_once(workdir, configs, num_workers)
+          if not pending.exists():
+            break
+    except files.LockBusyError as e:
+      if not wait:
+        return collected  # the holder sees the request after it lets go, at the latest
+      raise WorkerError(
+        f"{e.path} has been held by {e.holder} for over {COLLECT_WAIT_S:.0f} s; if that "
+        "process is hung, stop it and collect again"
+      ) from e
+    except files.LockError as e:
+      raise WorkerError(str(e)) from e
+    # A request made between the last look and letting go: answer it, unless another
+    # process holds the lock by now (then that one does).
+    if not pending.exists():
+      return collected
+    wait = False
 
 
 def _std(xs: list[float]) -> float:

@@ -76,6 +76,8 @@ FLAGS = flags.FLAGS
 
 SLURM_COUNT = "SLURM_ARRAY_TASK_COUNT"
 SLURM_INDEX = "SLURM_ARRAY_TASK_ID"
+SLURM_MIN = "SLURM_ARRAY_TASK_MIN"
+SLURM_MAX = "SLURM_ARRAY_TASK_MAX"
 
 
 def _use_vmap() -> bool:
@@ -103,6 +105,15 @@ def _worker() -> tuple[int, int]:
   worker_index, index_from = _from_env("worker_index", SLURM_INDEX, 0)
   if num_workers < 1:
     raise ConfigError(f"{count_from}={num_workers}: the number of workers must be at least 1")
+  first, last = os.environ.get(SLURM_MIN), os.environ.get(SLURM_MAX)
+  if count_from.startswith("$") and index_from.startswith("$") and first and last:
+    # The array's size is the number of workers only if its indices are 0..N-1.
+    if (first, last) != ("0", str(num_workers - 1)):
+      raise ConfigError(
+        f"this job array's indices run {first} to {last} for {num_workers} tasks, but a "
+        f"sweep's workers are numbered 0 to N-1: submit it with --array=0-{num_workers - 1} "
+        "(or pass --num_workers=N of the whole array when resubmitting part of one)"
+      )
   if not 0 <= worker_index < num_workers:
     hint = ""
     if index_from.startswith("$"):
@@ -147,6 +158,8 @@ def main(argv):
     # Scalars the grid leaves out keep their defaults (or the recipe's).
     configs = sweep.expand(common.config_from_flags(skip=FIELDS), grid)
     if FLAGS.collect_only:
+      if not os.path.isdir(workdir):
+        raise ConfigError(f"--workdir {workdir} does not exist: there is nothing to collect")
       sweep.record_grid(workdir, configs, write=False)
     else:
       trained = sweep.run_sweep(
@@ -158,9 +171,18 @@ def main(argv):
         num_workers=num_workers,
         worker_index=worker_index,
       )
-    collected = sweep.collect(workdir, configs, num_workers=num_workers)
+    # A worker leaves the table to one that is writing it (which then writes it again).
+    collected = sweep.collect(
+      workdir, configs, num_workers=num_workers, wait=FLAGS.collect_only or num_workers == 1
+    )
   except (*common.USER_ERRORS, ConfigError) as e:
     common.fail(e)
+  if collected is None:
+    print(
+      f"{len(trained)} runs in {time.perf_counter() - start:.0f} s; another worker is writing "
+      f"the table in {workdir}/results.md, and writes it again to include these runs"
+    )
+    return
   if not collected.results:
     _report_missing(collected, len(configs), num_workers)
     if FLAGS.collect_only:

@@ -138,6 +138,24 @@ def test_a_held_lock_is_busy_names_its_holder_and_dies_with_it(tmp_path):
     pass
 
 
+def test_a_table_being_written_is_left_to_its_writer_who_writes_again(tmp_path):
+  configs = [_config(0), _config(1)]
+  pending = tmp_path / sweep.LOCKS_DIR / "collect.pending"
+  with files.exclusive_lock(tmp_path / sweep.LOCKS_DIR / "collect.lock"):
+    assert sweep.collect(tmp_path, configs, num_workers=2, wait=False) is None
+    assert pending.exists()  # the request the writer answers when it is done
+    with pytest.raises(sweep.WorkerError, match="collect.lock has been held by"):
+      with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sweep, "COLLECT_WAIT_S", 0.2)
+        sweep.collect(tmp_path, configs)
+  collected = sweep.collect(tmp_path, configs, num_workers=2, wait=False)
+  assert not pending.exists()
+  assert collected.results == [] and collected.markdown == ""
+  assert collected.missing == [sweep.run_name(c) for c in configs]
+  assert collected.worker_of == {sweep.run_name(c): c.seed for c in configs}
+  assert not (tmp_path / "results.md").exists()
+
+
 # ----------------------------------------------------------------------------------------
 # Misconfiguration: a message within seconds, nothing written
 
@@ -150,12 +168,18 @@ def test_a_worker_index_out_of_range_fails_at_once(tmp_path):
 
 
 def test_a_slurm_array_not_numbered_from_zero_fails_at_once(tmp_path):
-  env = cli.env() | {"SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_COUNT": "2"}
-  out = _fast(*GRID, f"--workdir={tmp_path}", env=env)
+  slurm = {"SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_COUNT": "2"}
+  out = _fast(*GRID, f"--workdir={tmp_path}", env=cli.env() | slurm)
   assert out.returncode == 1
   line = cli.error_line(out)
   assert "$SLURM_ARRAY_TASK_ID=2 is out of range for $SLURM_ARRAY_TASK_COUNT=2" in line
   assert "sbatch --array=0-1" in line
+  # --array=1-2: task 1 is in range, but worker 0's runs would never run.
+  slurm |= {"SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_MAX": "2"}
+  out = _fast(*GRID, f"--workdir={tmp_path}", env=cli.env() | slurm)
+  assert out.returncode == 1
+  assert "indices run 1 to 2 for 2 tasks" in cli.error_line(out)
+  assert "--array=0-1" in cli.error_line(out)
   assert not any(tmp_path.iterdir())
 
 
