@@ -234,7 +234,6 @@ def filled(mnist_dir, tmp_path_factory):
     proc, lambda: _epochs_saved(seed0) >= 1, delay_s=random.uniform(0, 0.2)
   )
   outputs["finished_before_restart"] = (seed0 / "results.json").exists()
-  outputs["collect_nothing"] = _fast(*_flags(mnist_dir, workdir, "--collect_only"))
   outputs["restarted"] = cli.run(SWEEP, *worker0)
   outputs["table_of_one"] = _table(workdir)
   outputs["results_md_of_one"] = (workdir / "results.md").read_text()
@@ -248,10 +247,7 @@ def filled(mnist_dir, tmp_path_factory):
 def test_a_killed_worker_resumes_and_the_table_fills_as_runs_finish(filled):
   workdir, out = filled
   seed0, seed1 = (sweep.run_name(_config(s)) for s in (0, 1))
-  # Killed mid-run: nothing finished, so there is nothing to collect.
   assert out["killed"] and not out["finished_before_restart"], "finished before the kill"
-  assert out["collect_nothing"].returncode == 1
-  assert "none of the 2 runs" in cli.error_line(out["collect_nothing"])
 
   # Started again, worker 0 resumes its run, and tables what has finished: its own run,
   # naming worker 1's as missing (below the table and in its output).
