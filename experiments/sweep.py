@@ -11,8 +11,18 @@ and every value is checked before the first run. Writes <workdir>/results.md and
 results.csv, comparison.png and validation_curves.png, and one directory per run.
 Started again on the same workdir, finished runs are skipped and an interrupted run
 resumes. The logic lives in :mod:`digits_jax.sweep`.
+
+Split across N worker processes (each trains runs i, i+N, ... into the same workdir; the
+defaults come from a SLURM job array's SLURM_ARRAY_TASK_ID and SLURM_ARRAY_TASK_COUNT):
+
+    python -m experiments.sweep --preset=source --seeds=0,1,2 --num_workers=8 --worker_index=3
+    python -m experiments.sweep --preset=source --seeds=0,1,2 --collect_only
+
+Every worker writes the table of whatever has finished when it is done; --collect_only
+writes it without training. Command lines for SLURM, GPUs and TPUs: docs/workers.md.
 """
 
+import os
 import time
 
 import jax
@@ -45,7 +55,29 @@ flags.DEFINE_enum(
   f"quick: {QUICK_EPOCHS} epochs per run unless --epochs is given; "
   "source: each model's source recipe (the full table).",
 )
+flags.DEFINE_integer(
+  "num_workers",
+  None,
+  "Split the sweep across this many worker processes sharing --workdir; worker i trains "
+  "runs i, i+N, ... of the grid. Default: $SLURM_ARRAY_TASK_COUNT, else 1.",
+)
+flags.DEFINE_integer(
+  "worker_index",
+  None,
+  "This worker's number, 0 to --num_workers - 1. Default: $SLURM_ARRAY_TASK_ID, else 0.",
+)
+flags.DEFINE_bool(
+  "collect_only",
+  False,
+  "Train nothing: write the table, plots and comparison of the runs that have finished "
+  "in --workdir, and name those that have not.",
+)
 FLAGS = flags.FLAGS
+
+SLURM_COUNT = "SLURM_ARRAY_TASK_COUNT"
+SLURM_INDEX = "SLURM_ARRAY_TASK_ID"
+SLURM_MIN = "SLURM_ARRAY_TASK_MIN"
+SLURM_MAX = "SLURM_ARRAY_TASK_MAX"
 
 
 def _use_vmap() -> bool:
@@ -54,39 +86,122 @@ def _use_vmap() -> bool:
   return FLAGS.vmap == "on"
 
 
+def _from_env(flag: str, env: str, default: int) -> tuple[int, str]:
+  """The flag's value, else the environment variable's, else ``default``; and where it came from."""
+  if FLAGS[flag].value is not None:
+    return FLAGS[flag].value, f"--{flag}"
+  text = os.environ.get(env)
+  if text is None:
+    return default, f"--{flag}"
+  try:
+    return int(text), f"${env}"
+  except ValueError:
+    raise ConfigError(f"${env}={text!r} is not an integer; pass --{flag} instead") from None
+
+
+def _worker() -> tuple[int, int]:
+  """(num_workers, worker_index) from the flags or the SLURM array's environment."""
+  num_workers, count_from = _from_env("num_workers", SLURM_COUNT, 1)
+  worker_index, index_from = _from_env("worker_index", SLURM_INDEX, 0)
+  if num_workers < 1:
+    raise ConfigError(f"{count_from}={num_workers}: the number of workers must be at least 1")
+  first, last = os.environ.get(SLURM_MIN), os.environ.get(SLURM_MAX)
+  if count_from.startswith("$") and index_from.startswith("$") and first and last:
+    # The array's size is the number of workers only if its indices are 0..N-1.
+    if (first, last) != ("0", str(num_workers - 1)):
+      raise ConfigError(
+        f"this job array's indices run {first} to {last} for {num_workers} tasks, but a "
+        f"sweep's workers are numbered 0 to N-1: submit it with --array=0-{num_workers - 1} "
+        "(or pass --num_workers=N of the whole array when resubmitting part of one)"
+      )
+  if not 0 <= worker_index < num_workers:
+    hint = ""
+    if index_from.startswith("$"):
+      hint = (
+        f"; a job array's indices must be 0 to N-1 (sbatch --array=0-{num_workers - 1}); "
+        "when resubmitting part of an array, pass --num_workers=N of the whole array"
+      )
+    raise ConfigError(
+      f"{index_from}={worker_index} is out of range for {count_from}={num_workers}: workers "
+      f"are numbered 0 to {num_workers - 1}{hint}"
+    )
+  return num_workers, worker_index
+
+
+def _report_missing(collected: sweep.Collected, total: int, num_workers: int) -> None:
+  if not collected.missing:
+    return
+  names = ", ".join(
+    f"{name} (worker {collected.worker_of[name]})" if num_workers > 1 else name
+    for name in collected.missing
+  )
+  print(
+    f"{len(collected.missing)} of {total} runs have not finished: {names}. Start "
+    + ("those workers" if num_workers > 1 else "the sweep")
+    + " again with the same flags to train them (or while none is running: one process "
+    "with --num_workers=1 trains them all)."
+  )
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   common.setup()
   workdir = FLAGS.workdir or f"runs/sweep-{FLAGS.preset}"
+  start = time.perf_counter()
   try:
+    num_workers, worker_index = _worker()
     grid = {"model": FLAGS.models, "seed": [common.parse_value("seed", s) for s in FLAGS.seeds]}
     grid |= common.grid_from_flags([n for n in FIELDS if n not in ("model", "seed")])
     if "epochs" not in grid and FLAGS.preset == "quick":
       grid["epochs"] = [QUICK_EPOCHS]
     # Scalars the grid leaves out keep their defaults (or the recipe's).
     configs = sweep.expand(common.config_from_flags(skip=FIELDS), grid)
-    start = time.perf_counter()
-    results = sweep.run_sweep(
-      configs, workdir, load=common.load_data, overwrite=FLAGS.overwrite, vmap=_use_vmap()
+    if FLAGS.collect_only:
+      if not os.path.isdir(workdir):
+        raise ConfigError(f"--workdir {workdir} does not exist: there is nothing to collect")
+      sweep.record_grid(workdir, configs, write=False)
+    else:
+      trained = sweep.run_sweep(
+        configs,
+        workdir,
+        load=common.load_data,
+        overwrite=FLAGS.overwrite,
+        vmap=_use_vmap(),
+        num_workers=num_workers,
+        worker_index=worker_index,
+      )
+    # A worker leaves the table to one that is writing it (which then writes it again).
+    collected = sweep.collect(
+      workdir, configs, num_workers=num_workers, wait=FLAGS.collect_only or num_workers == 1
     )
   except (*common.USER_ERRORS, ConfigError) as e:
     common.fail(e)
-  markdown = sweep.write_tables(sweep.summarize(results), workdir)
-  sweep.write_plots(results, workdir)
-  print(markdown)
+  if collected is None:
+    print(
+      f"{len(trained)} runs in {time.perf_counter() - start:.0f} s; another worker is writing "
+      f"the table in {workdir}/results.md, and writes it again to include these runs"
+    )
+    return
+  if not collected.results:
+    _report_missing(collected, len(configs), num_workers)
+    if FLAGS.collect_only:
+      common.fail(ConfigError(f"none of the {len(configs)} runs in {workdir} has finished"))
+    return
+  print(collected.markdown)
+  if FLAGS.collect_only:
+    print(f"{len(collected.results)} finished runs collected", end="")
+  else:
+    print(f"{len(trained)} runs in {time.perf_counter() - start:.0f} s", end="")
   print(
-    f"{len(results)} runs in {time.perf_counter() - start:.0f} s; "
-    f"tables in {workdir}/results.md and results.csv, "
+    f"; tables in {workdir}/results.md and results.csv, "
     "plots in comparison.png and validation_curves.png"
   )
-  try:
-    comparison = compare.compare_runs(sweep.run_dirs(workdir, configs))
-  except compare.ComparisonError as e:  # e.g. runs of an earlier version without test outputs
-    print(f"no comparison: {e}")
+  _report_missing(collected, len(configs), num_workers)
+  if collected.comparison is None:
+    print(f"no comparison: {collected.comparison_error}")
     return
-  compare.write_comparison(comparison, workdir)
-  print(compare.headline(comparison))
+  print(compare.headline(collected.comparison))
   print(f"comparison with intervals and paired tests in {workdir}/compare.md")
 
 

@@ -33,11 +33,15 @@ TIMEOUT_S = 300
 
 
 def env(home: pathlib.Path | None = None) -> dict[str, str]:
-  """The environment of a run: CPU only (bit-for-bit repeatable), no proxies or data env."""
+  """The environment of a run: CPU only (bit-for-bit repeatable), no proxies or data env.
+
+  A SLURM array's variables are left out too: a sweep would take them as its worker split.
+  """
   out = {
     k: v
     for k, v in os.environ.items()
     if k.lower() not in ("http_proxy", "https_proxy", "all_proxy", "digits_manual_dir")
+    and not k.startswith("SLURM_ARRAY_")
   }
   out["JAX_PLATFORMS"] = "cpu"
   if home is not None:
