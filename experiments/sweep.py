@@ -49,6 +49,8 @@ FLAGS = flags.FLAGS
 
 
 def _use_vmap() -> bool:
+  if jax.process_count() > 1:  # groups are not split over processes; each run is, instead
+    return False
   if FLAGS.vmap == "auto":
     return jax.default_backend() != "cpu"
   return FLAGS.vmap == "on"
@@ -57,7 +59,7 @@ def _use_vmap() -> bool:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  common.setup()
+  common.setup(multiprocess=True)
   workdir = FLAGS.workdir or f"runs/sweep-{FLAGS.preset}"
   try:
     grid = {"model": FLAGS.models, "seed": [common.parse_value("seed", s) for s in FLAGS.seeds]}
@@ -72,6 +74,8 @@ def main(argv):
     )
   except (*common.USER_ERRORS, ConfigError) as e:
     common.fail(e)
+  if jax.process_index() != 0:  # process 0 writes the tables of a multi-process sweep
+    return
   markdown = sweep.write_tables(sweep.summarize(results), workdir)
   sweep.write_plots(results, workdir)
   print(markdown)
