@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import logging
 import re
+import socket
+import time
 
 import jax
 from jax.experimental import multihost_utils
@@ -61,6 +63,43 @@ def _check_arguments(
       f"--process_id={process_id} is out of range for --num_processes={num_processes}: "
       f"give each process its own id from 0 to {num_processes - 1}"
     )
+
+
+def _host_port(address: str) -> tuple[str, int]:
+  host, port = address.rsplit(":", 1)
+  return host.strip("[]"), int(port)
+
+
+def _check_coordinator(address: str, process_id: int | None, timeout_s: float) -> None:
+  """Fails with a clear message where JAX's runtime would abort the process instead.
+
+  Process 0 must be able to listen on the port; any other process waits (up to
+  ``timeout_s``) for something to answer at ``address``.
+  """
+  host, port = _host_port(address)
+  if process_id == 0:
+    try:
+      with socket.create_server(("", port), family=socket.AF_INET6, dualstack_ipv6=True):
+        pass
+    except (OSError, ValueError) as e:
+      raise DistributedError(
+        f"process 0 cannot listen on port {port} of --coordinator_address={address} ({e}); "
+        "choose a free port, the same for every process"
+      ) from e
+    return
+  deadline = time.monotonic() + timeout_s
+  while True:
+    try:
+      with socket.create_connection((host, port), timeout=1.0):
+        return
+    except OSError as e:
+      if time.monotonic() >= deadline:
+        raise DistributedError(
+          f"nothing answers at --coordinator_address={address} after {timeout_s:g} s ({e}); "
+          "start process 0 with the same address (its host and a free port), check that "
+          "this host can reach it, or raise --distributed_timeout"
+        ) from e
+      time.sleep(0.2)
 
 
 def initialize(
@@ -120,6 +159,17 @@ def initialize(
   if "jax_cpu_collectives_implementation" in jax.config.values:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
   where = coordinator_address or f"the coordinator {cluster} names"
+  if coordinator_address is not None:
+    _check_coordinator(coordinator_address, process_id, timeout_s)
+  # JAX's runtime aborts the process (no exception) when the others do not all join in
+  # time; this line says what it was waiting for.
+  log.info(
+    "process %s of %s: joining the run's processes at %s (waiting up to %d s)",
+    "?" if process_id is None else process_id,
+    "?" if num_processes is None else num_processes,
+    where,
+    timeout_s,
+  )
   try:
     jax.distributed.initialize(
       coordinator_address=coordinator_address,
