@@ -25,9 +25,7 @@ from flax.linen.module import merge_param
 from digits_jax.models import ops
 
 # The mesh axis the batch is split over while a train step is traced; None: not split.
-_BATCH_AXIS: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-  "batch_axis", default=None
-)
+_BATCH_AXIS: contextvars.ContextVar[str | None] = contextvars.ContextVar("batch_axis", default=None)
 
 
 @contextlib.contextmanager
