@@ -35,7 +35,12 @@ def _warp(image: jax.Array, angle: jax.Array, shift: jax.Array) -> jax.Array:
 
 
 def random_rotate_shift(
-  rng: jax.Array, images: jax.Array, max_degrees: float = MAX_DEGREES, max_shift: float = MAX_SHIFT
+  rng: jax.Array,
+  images: jax.Array,
+  max_degrees: float = MAX_DEGREES,
+  max_shift: float = MAX_SHIFT,
+  *,
+  batch_axis: str | None = None,
 ) -> jax.Array:
   """Augments a batch of NHWC images with per-image rotations and shifts.
 
@@ -44,12 +49,21 @@ def random_rotate_shift(
     images: (B, H, W, C) float images, background 0.
     max_degrees: angles are uniform in [-max_degrees, max_degrees].
     max_shift: shifts are uniform in [-max_shift, max_shift] pixels on each axis.
+    batch_axis: inside ``jax.shard_map``, the mesh axis the batch is split over:
+      ``images`` is then this device's equal part of the batch, and its images get the
+      angles and shifts they get when the whole batch is augmented at once.
 
   Returns:
     The augmented batch, same shape and dtype.
   """
   b = images.shape[0]
+  parts = 1 if batch_axis is None else jax.lax.axis_size(batch_axis)
   angle_rng, shift_rng = jax.random.split(rng)
-  angles = jnp.deg2rad(jax.random.uniform(angle_rng, (b,), minval=-max_degrees, maxval=max_degrees))
-  shifts = jax.random.uniform(shift_rng, (b, 2), minval=-max_shift, maxval=max_shift)
+  angles = jax.random.uniform(angle_rng, (b * parts,), minval=-max_degrees, maxval=max_degrees)
+  shifts = jax.random.uniform(shift_rng, (b * parts, 2), minval=-max_shift, maxval=max_shift)
+  if batch_axis is not None:
+    start = jax.lax.axis_index(batch_axis) * b
+    angles = jax.lax.dynamic_slice_in_dim(angles, start, b)
+    shifts = jax.lax.dynamic_slice_in_dim(shifts, start, b)
+  angles = jnp.deg2rad(angles)
   return jax.vmap(_warp)(images, angles, shifts).astype(images.dtype)

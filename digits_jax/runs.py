@@ -25,7 +25,7 @@ import numpy as np
 from digits_jax import data, files, models
 from digits_jax.analysis import compare, report, visualize
 from digits_jax.config import Config, ConfigError, check_sizes, resolve
-from digits_jax.training import checkpoints, loop, workdirs
+from digits_jax.training import checkpoints, distributed, loop, sharding, workdirs
 from digits_jax.training.step import (
   TrainState,
   create_train_state,
@@ -138,14 +138,19 @@ def finish(
 
   First writes the reports, plots and TensorBoard scalars from the test logits;
   ``results.json`` comes last, as it marks the run finished. ``extra`` items are added
-  to the results.
+  to the results. With several processes, all of them restore and predict, and process 0
+  writes the files.
   """
   best_epoch = trained.best.best_epoch()
   state = restore_best(trained.state, trained.best)
   logits = test_logits(config, state, datasets)
-  evaluation = write_evaluation(
-    workdir, config, state, logits, datasets, trained.history, best_epoch
-  )
+  if distributed.is_writer():
+    evaluation = write_evaluation(
+      workdir, config, sharding.to_local(state), logits, datasets, trained.history, best_epoch
+    )
+    test = evaluation["test"]
+  else:
+    test = metrics_from_logits(logits, jnp.asarray(datasets.test.labels))
   best_row = trained.history[best_epoch - 1]
   seconds = [r["epoch_seconds"] for r in trained.history]
   results = {
@@ -157,28 +162,36 @@ def finish(
     "best_epoch": best_epoch,
     "val_accuracy": best_row.get("val_accuracy"),
     "val_loss": best_row.get("val_loss"),
-    "test_accuracy": evaluation["test"]["accuracy"],
-    "test_loss": evaluation["test"]["loss"],
+    "test_accuracy": test["accuracy"],
+    "test_loss": test["loss"],
     "train_seconds": sum(seconds),
     # The median leaves out the first epoch's compilation when there are 3 or more.
     "seconds_per_epoch": float(np.median(seconds)),
     **extra,
   }
-  files.write_json(workdir / "results.json", results)
+  if distributed.is_writer():
+    files.write_json(workdir / "results.json", results)
+  distributed.barrier("finished run")
   return results
 
 
 def prepare(
   config: Config, workdir: Path, datasets: data.Datasets, *, overwrite: bool = False
 ) -> None:
-  """Makes ``workdir`` this run's, once every check has passed; writes ``config.json``."""
+  """Makes ``workdir`` this run's, once every check has passed; writes ``config.json``.
+
+  With several processes, process 0 writes and the others wait for it.
+  """
   split = loop.training_split(config, datasets)
   check_sizes(config, len(split.labels))
+  sharding.check_batch_size(config.batch_size, jax.device_count())
   # Every check passed: only now may the previous run's files go.
-  if overwrite:
-    workdirs.clear(workdir)
-  if workdirs.saved_config(workdir) is None:  # else resuming: keep the original
-    workdirs.write_config(workdir, config, datasets, len(split.labels))
+  if distributed.is_writer():
+    if overwrite:
+      workdirs.clear(workdir)
+    if workdirs.saved_config(workdir) is None:  # else resuming: keep the original
+      workdirs.write_config(workdir, config, datasets, len(split.labels))
+  distributed.barrier("prepared run directory")
 
 
 def train_and_evaluate(
@@ -205,6 +218,10 @@ def train_and_evaluate(
   reports, plots and TensorBoard scalars of
   :func:`digits_jax.analysis.report.write_run_report`.
 
+  The run uses every device of every process (:func:`digits_jax.training.loop.train`);
+  with several processes, each calls this with the same arguments and process 0 writes
+  the files.
+
   Args:
     config: what to run; ``None`` fields come from the model's source recipe.
     workdir: directory for the run's files (created).
@@ -226,6 +243,8 @@ def train_and_evaluate(
   config = resolve(config)
   workdir = Path(workdir)
   finished = workdirs.check(config, workdir, overwrite=overwrite)
+  # Every process has read the directory before process 0 changes it.
+  distributed.barrier("checked run directory")
   if finished is not None:
     log.info("%s: finished already, not trained again (results.json)", workdir)
     return finished

@@ -34,6 +34,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import jax
+
 from digits_jax import data, files, models, runs
 from digits_jax.analysis import compare, plots
 from digits_jax.config import (
@@ -170,6 +172,11 @@ def grid_digest(configs: Sequence[Config]) -> str:
 
 
 def _lock(workdir: Path, name: str, *, wait_s: float = 0.0):
+  if jax.process_count() > 1:
+    # The processes of one multi-process run train every run together: a lock taken by one
+    # would turn the others away and leave them waiting in a collective. Such a sweep is a
+    # single worker (run_sweep refuses a split), so there is no one to lock out.
+    return contextlib.nullcontext()
   return files.exclusive_lock(workdir / LOCKS_DIR / f"{name}.lock", wait_s=wait_s)
 
 
@@ -243,7 +250,7 @@ def record_grid(
           "new grid shares are reused)"
         )
       log.info("%s: replacing the grid recorded there (%d runs)", path, len(recorded["runs"]))
-    if write:
+    if write and jax.process_index() == 0:
       files.write_json(path, ours)
 
 
@@ -310,6 +317,13 @@ def run_sweep(
   """
   workdir = Path(workdir)
   configs = list(dict.fromkeys(configs))
+  if num_workers > 1 and jax.process_count() > 1:
+    raise WorkerError(
+      f"this sweep runs as {jax.process_count()} processes of one jax.distributed runtime "
+      f"and as worker {worker_index} of {num_workers}: split a sweep into workers or "
+      "spread each run over processes, not both (pass --num_workers=1, or start the "
+      "workers without the distributed runtime, --distributed=off)"
+    )
   mine = share(configs, num_workers, worker_index)
   record_grid(workdir, configs, replace=overwrite)
   dirs = {c: run_dir(workdir, c) for c in mine}

@@ -23,7 +23,7 @@ from digits_jax import data
 from digits_jax.config import FIELDS, RECIPE_FIELDS, Config, ConfigError
 from digits_jax.models import UnknownModelError, native
 from digits_jax.runs import RunDirError
-from digits_jax.training import checkpoints
+from digits_jax.training import checkpoints, distributed
 from digits_jax.training.history import TrainingDivergedError
 
 flags.DEFINE_string(
@@ -60,6 +60,25 @@ flags.DEFINE_bool(
   "the process keeps its peak heap). See docs/speed.md.",
 )
 
+flags.DEFINE_enum(
+  "distributed",
+  "auto",
+  list(distributed.MODES),
+  "Join a multi-process JAX runtime (one run over the devices of several hosts). auto: "
+  "when --coordinator_address, --num_processes or --process_id is given, or JAX detects "
+  "a cluster (SLURM, Cloud TPU, Open MPI, ...); on: always; off: never. See docs/scaling.md.",
+)
+flags.DEFINE_string(
+  "coordinator_address", None, "HOST:PORT of process 0 in a multi-process run (all processes)."
+)
+flags.DEFINE_integer("num_processes", None, "How many processes a multi-process run has.")
+flags.DEFINE_integer("process_id", None, "This process's id in a multi-process run: 0, 1, ...")
+flags.DEFINE_integer(
+  "distributed_timeout",
+  60,
+  "Seconds to wait for every process of a multi-process run to join before failing.",
+)
+
 FLAGS = flags.FLAGS
 
 # The errors a user's input can cause; each message names the problem and the fix.
@@ -70,6 +89,7 @@ USER_ERRORS = (
   checkpoints.CheckpointError,
   TrainingDivergedError,
   RunDirError,
+  distributed.DistributedError,
 )
 
 
@@ -157,9 +177,12 @@ def load_data(config: Config) -> data.Datasets:
   )
 
 
-def setup() -> None:
+def setup(*, multiprocess: bool = False) -> None:
   """Start-up of every entry point: logging, and the process-wide settings it opts into.
 
+  With ``multiprocess`` (train and sweep), the process first joins a multi-process
+  runtime as the distributed flags say (:func:`digits_jax.training.distributed.initialize`),
+  exiting with the reason when it cannot.
   Progress lines go to stderr (orbax's per-checkpoint chatter only when asked for);
   orbax's noise after a failed restore is dropped
   (:func:`digits_jax.training.checkpoints.quiet_abandoned_reads`); on CPU, with
@@ -174,6 +197,17 @@ def setup() -> None:
     force=True,
   )
   absl.logging.set_verbosity(absl.logging.WARNING)
+  if multiprocess:
+    try:
+      distributed.initialize(
+        FLAGS.coordinator_address,
+        FLAGS.num_processes,
+        FLAGS.process_id,
+        mode=FLAGS.distributed,
+        timeout_s=FLAGS.distributed_timeout,
+      )
+    except (ConfigError, distributed.DistributedError) as e:
+      fail(e)
   checkpoints.quiet_abandoned_reads()
   if FLAGS.tune_malloc and jax.default_backend() == "cpu":
     native.tune_allocator()

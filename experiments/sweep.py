@@ -81,6 +81,8 @@ SLURM_MAX = "SLURM_ARRAY_TASK_MAX"
 
 
 def _use_vmap() -> bool:
+  if jax.process_count() > 1:  # groups are not split over processes; each run is, instead
+    return False
   if FLAGS.vmap == "auto":
     return jax.default_backend() != "cpu"
   return FLAGS.vmap == "on"
@@ -146,7 +148,7 @@ def _report_missing(collected: sweep.Collected, total: int, num_workers: int) ->
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  common.setup()
+  common.setup(multiprocess=True)
   workdir = FLAGS.workdir or f"runs/sweep-{FLAGS.preset}"
   start = time.perf_counter()
   try:
@@ -171,6 +173,8 @@ def main(argv):
         num_workers=num_workers,
         worker_index=worker_index,
       )
+    if jax.process_index() != 0:  # process 0 writes the tables of a multi-process sweep
+      return
     # A worker leaves the table to one that is writing it (which then writes it again).
     collected = sweep.collect(
       workdir, configs, num_workers=num_workers, wait=FLAGS.collect_only or num_workers == 1

@@ -5,6 +5,10 @@ Every field of :class:`digits_jax.config.Config` is a flag (``--epochs``,
 recipe. Writes config.json, metrics.jsonl, results.json, checkpoints/ and the reports
 into --workdir; the same command started again resumes an interrupted run or prints
 the results of a finished one. The logic lives in :mod:`digits_jax.runs`.
+
+On several hosts, the same command runs on each, with --coordinator_address,
+--num_processes and --process_id (or under SLURM or on a Cloud TPU slice, without them):
+one run then uses every device of every host (docs/scaling.md).
 """
 
 from absl import app, flags
@@ -22,7 +26,7 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  common.setup()
+  common.setup(multiprocess=True)
   try:
     config = resolve(common.config_from_flags())
     # Checked before loading any data: a finished run needs none.

@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax
 
 from digits_jax.data import NUM_CLASSES
-from digits_jax.models.layers import batch_norm, conv, pool
+from digits_jax.models.layers import Dropout, batch_norm, conv, pool
 from digits_jax.models.registry import register
 
 
@@ -51,7 +51,7 @@ class ConvNet(nn.Module):
     for width in self.dense:
       x = nn.relu(nn.Dense(width)(x))
       if self.dropout:
-        x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        x = Dropout(self.dropout, deterministic=not train)(x)
     return nn.Dense(self.num_classes)(x)
 
 
@@ -196,5 +196,5 @@ class BNConv3Wide(nn.Module):
       x = pool(nn.relu(norm()(x)), fast=self.fast)
     x = x.reshape((x.shape[0], -1))
     x = nn.relu(norm()(nn.Dense(256)(x)))
-    x = nn.Dropout(0.3, deterministic=not train)(x)
+    x = Dropout(0.3, deterministic=not train)(x)
     return nn.Dense(self.num_classes)(x)

@@ -4,14 +4,86 @@ With ``fast=True`` (the default) convolutions and pools run through
 :mod:`digits_jax.models.ops`, whose backward passes are much cheaper on XLA:CPU; with
 ``fast=False`` they are plain ``nn.Conv`` / ``nn.max_pool``. Both build the same
 parameter tree, so a checkpoint trained one way loads the other way.
+
+Inside :func:`split_batch` (a data-parallel train step, where each device holds a slice
+of the batch), :func:`batch_norm` averages its statistics over the whole batch and
+:class:`Dropout` draws the whole batch's mask and keeps this device's rows, so a split
+batch gets the numbers of the whole one, up to float rounding.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
+
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
+from flax.linen.module import merge_param
 
 from digits_jax.models import ops
+
+# The mesh axis the batch is split over while a train step is traced; None: not split.
+_BATCH_AXIS: contextvars.ContextVar[str | None] = contextvars.ContextVar("batch_axis", default=None)
+
+
+@contextlib.contextmanager
+def split_batch(axis_name: str) -> Iterator[None]:
+  """Within it, models are traced for a batch split over the mesh axis ``axis_name``.
+
+  Used around ``model.apply`` inside ``jax.shard_map``: BatchNorm reduces over the axis,
+  dropout masks are drawn for the whole batch.
+  """
+  token = _BATCH_AXIS.set(axis_name)
+  try:
+    yield
+  finally:
+    _BATCH_AXIS.reset(token)
+
+
+def batch_slice(x: jax.Array, axis_name: str | None) -> jax.Array:
+  """This device's rows of ``x``, an array drawn for the whole batch split over ``axis_name``.
+
+  Args:
+    x: an array whose leading axis is the whole batch (the same on every device).
+    axis_name: the mesh axis the batch is split over, in equal parts; ``None``: ``x``.
+  """
+  if axis_name is None:
+    return x
+  rows = x.shape[0] // jax.lax.axis_size(axis_name)
+  return jax.lax.dynamic_slice_in_dim(x, jax.lax.axis_index(axis_name) * rows, rows, axis=0)
+
+
+class Dropout(nn.Dropout):
+  """``nn.Dropout`` whose mask does not depend on how the batch is split over devices.
+
+  Outside :func:`split_batch` it is ``nn.Dropout`` (same name, same key, same mask).
+  Inside, each device draws the mask of the whole batch and keeps its own rows: the
+  mask a device's examples get is the one they get when one device holds the batch.
+  """
+
+  @nn.compact
+  def __call__(self, inputs, deterministic: bool | None = None, rng: jax.Array | None = None):
+    deterministic = merge_param("deterministic", self.deterministic, deterministic)
+    if self.rate == 0.0 or deterministic:
+      return inputs
+    if self.rate == 1.0:
+      return jnp.zeros_like(inputs)
+    keep_prob = 1.0 - self.rate
+    if rng is None:
+      rng = self.make_rng(self.rng_collection)
+    axis = _BATCH_AXIS.get()
+    shape = list(inputs.shape)
+    if axis is not None and 0 not in self.broadcast_dims:
+      shape[0] *= jax.lax.axis_size(axis)
+    else:
+      axis = None
+    for dim in self.broadcast_dims:
+      shape[dim] = 1
+    mask = batch_slice(jax.random.bernoulli(rng, p=keep_prob, shape=shape), axis)
+    mask = jnp.broadcast_to(mask, inputs.shape)
+    return jax.lax.select(mask, inputs / keep_prob, jnp.zeros_like(inputs))
 
 
 class FastConv(nn.Module):
@@ -46,8 +118,12 @@ def conv(
 
 
 def batch_norm(train: bool, name: str | None = None) -> nn.BatchNorm:
-  """Batch norm with batch statistics in training and running ones after (momentum 0.9)."""
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, name=name)
+  """Batch norm with batch statistics in training and running ones after (momentum 0.9).
+
+  Within :func:`split_batch` the batch statistics are those of the whole batch.
+  """
+  axis = _BATCH_AXIS.get() if train else None
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9, axis_name=axis, name=name)
 
 
 def pool(x: jax.Array, *, fast: bool) -> jax.Array:

@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 
 from digits_jax.data import NUM_CLASSES
-from digits_jax.models.layers import batch_norm, conv, pool
+from digits_jax.models.layers import Dropout, batch_norm, conv, pool
 from digits_jax.models.registry import register
 
 
@@ -55,7 +55,7 @@ class VGG(nn.Module):
       x = pool(x, fast=self.fast)
     x = x.reshape((x.shape[0], -1))
     x = activation(nn.Dense(self.dense)(x))
-    x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    x = Dropout(self.dropout, deterministic=not train)(x)
     return nn.Dense(self.num_classes)(x)
 
 

@@ -5,6 +5,11 @@ last epoch. After each epoch it validates, appends a row to ``metrics.jsonl``, a
 the row to the TensorBoard scalars, then saves the latest state and, when validation
 improved, the best model. What happens after training -- the test set, the reports,
 ``results.json`` -- is :mod:`digits_jax.runs`.
+
+A run uses every device of every process (:mod:`digits_jax.training.sharding`). With
+several processes, each runs this same loop: all of them train, validate and save the
+checkpoints together (orbax's multi-process saving), and only process 0 writes
+``metrics.jsonl`` and the TensorBoard scalars (:mod:`digits_jax.training.distributed`).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import jax.numpy as jnp
 
 from digits_jax import data, files, models
 from digits_jax.config import Config
-from digits_jax.training import checkpoints, history, summaries, workdirs
+from digits_jax.training import checkpoints, distributed, history, sharding, summaries, workdirs
 from digits_jax.training.step import (
   TrainState,
   create_train_state,
@@ -86,7 +91,8 @@ def resume(
     epoch, state = latest.restore(state)
     rows = workdirs.resume_history(workdir, epoch)
     best.maybe_save(epoch, model_variables(state), history.score(rows[-1]))
-  files.write_jsonl(workdir / "metrics.jsonl", rows)
+  if distributed.is_writer():
+    files.write_jsonl(workdir / "metrics.jsonl", rows)
   if best.best_epoch() != history.best_epoch(rows):
     found = (
       f"there is no checkpoint in {latest.directory} to resume from"
@@ -107,28 +113,40 @@ def resume(
 def train(config: Config, workdir: str | Path, datasets: data.Datasets) -> TrainedRun:
   """Trains a resolved ``config`` in ``workdir``, resuming from its last checkpoint.
 
-  The work directory must already be this run's (see :mod:`digits_jax.runs`).
+  The work directory must already be this run's (see :mod:`digits_jax.runs`). Every
+  batch is split over all devices of all processes; with several processes, every one
+  calls this with the same arguments.
 
   Raises:
+    ConfigError: the batch size does not split over the devices.
     CheckpointError: a checkpoint in ``workdir`` is corrupt or another run's.
     TrainingDivergedError: the loss became NaN or infinite.
   """
   workdir = Path(workdir)
+  mesh = sharding.data_mesh()
+  sharding.check_batch_size(config.batch_size, mesh.size)
   split = training_split(config, datasets)
   init_rng, train_rng = run_keys(config)
   steps = steps_per_epoch(len(split.labels), config.batch_size)
   state = create_train_state(config, init_rng, steps, datasets.num_classes)
   num_params = models.count_params(state.params)
 
-  x_train, y_train = jnp.asarray(split.images), jnp.asarray(split.labels)
-  x_val, y_val = jnp.asarray(datasets.validation.images), jnp.asarray(datasets.validation.labels)
+  x_val, y_val = datasets.validation.images, jnp.asarray(datasets.validation.labels)
+  if mesh.size > 1:
+    # Every device holds the state and the training set; each takes its part of a batch.
+    state, x_train, y_train = sharding.replicate((state, split.images, split.labels), mesh)
+  else:
+    x_train, y_train = jnp.asarray(split.images), jnp.asarray(split.labels)
+    x_val = jnp.asarray(x_val)
 
-  epoch_fn = make_epoch_fn(config)
+  epoch_fn = make_epoch_fn(config, mesh=mesh)
   latest = checkpoints.LatestCheckpoint(workdir / "checkpoints", identity=config.identity())
   if latest.epoch() is None:
     # Nothing to resume from, so the run starts at epoch 1: a best checkpoint is then left
     # by an interrupted run that saved no latest one (groups save none).
-    checkpoints.BestCheckpoint.discard(workdir / "checkpoints")
+    if distributed.is_writer():
+      checkpoints.BestCheckpoint.discard(workdir / "checkpoints")
+    distributed.barrier("discarded best checkpoint")
   best = checkpoints.BestCheckpoint(workdir / "checkpoints")
   state, rows = resume(workdir, state, latest, best)
   scalars = summaries.Scalars(workdir / summaries.LOG_DIR)
@@ -136,14 +154,15 @@ def train(config: Config, workdir: str | Path, datasets: data.Datasets) -> Train
     for epoch in range(len(rows) + 1, config.epochs + 1):
       t0 = time.perf_counter()
       state, step_metrics = epoch_fn(state, jax.random.fold_in(train_rng, epoch), x_train, y_train)
-      step_metrics = jax.device_get(step_metrics)
+      step_metrics = jax.device_get(sharding.to_local(step_metrics))
       seconds = time.perf_counter() - t0
       history.check_finite(step_metrics["loss"], epoch)
       val = evaluate(state, x_val, y_val, config.eval_batch_size) if len(y_val) else None
       row = history.epoch_row(epoch, seconds, step_metrics, val)
       rows.append(row)
-      files.write_jsonl(workdir / "metrics.jsonl", rows)
-      scalars.add_epoch(row)
+      if distributed.is_writer():
+        files.write_jsonl(workdir / "metrics.jsonl", rows)
+        scalars.add_epoch(row)
       log.info(
         "%s epoch %d: %s",
         config.model,
