@@ -198,3 +198,45 @@ class BNConv3Wide(nn.Module):
     x = nn.relu(norm()(nn.Dense(256)(x)))
     x = nn.Dropout(0.3, deterministic=not train)(x)
     return nn.Dense(self.num_classes)(x)
+
+
+@register(
+  "speedrun",
+  recipe=dict(
+    optimizer="adam",
+    learning_rate=1e-2,
+    batch_size=256,
+    epochs=1,
+    loss="sparse",
+    schedule="onecycle",
+  ),
+  source="The fastest-to-99% MNIST recipe of tuomaso/train_mnist_fast: conv 24 5x5, max-pool "
+  "before ReLU, conv 32 3x3, max-pool, ReLU, dense 256, dense 10; Adam lr 1e-2 betas "
+  "(0.7, 0.9), one-cycle, batch 256, one epoch, no shuffling.",
+  reported="99.04% mean over 30 seeds after one epoch",
+)
+class Speedrun(nn.Module):
+  """The network of the time-to-99% recipe: two VALID convs, each pooled before its ReLU.
+
+  conv24 5x5 (28->24), pool (->12), ReLU, conv32 3x3 (->10), pool (->5), ReLU, dense 256
+  ReLU, dense 10. Max-pooling before the ReLU gives the same numbers as after it (both
+  are monotone) on a quarter of the elements. The whole recipe (Adam betas (0.7, 0.9),
+  normalised inputs, a fixed batch order) is :mod:`digits_jax.training.speedrun`; trained
+  through :mod:`experiments.train` it gets the registry recipe above with Adam's default
+  betas. The widths are class attributes so a variant is a subclass.
+  """
+
+  num_classes: int = NUM_CLASSES
+  fast: bool = True
+  features: Sequence[int] = (24, 32)
+  kernel_sizes: Sequence[int] = (5, 3)
+  dense: int = 256
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    for i, (width, k) in enumerate(zip(self.features, self.kernel_sizes)):
+      x = conv(width, fast=self.fast, kernel_size=k, name=f"conv{i}")(x)
+      x = nn.relu(pool(x, fast=self.fast))
+    x = x.reshape((x.shape[0], -1))
+    x = nn.relu(nn.Dense(self.dense)(x))
+    return nn.Dense(self.num_classes)(x)
