@@ -20,6 +20,8 @@ Evaluation on the test set (once per seed, after training) is not timed.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import time
 from typing import Any
 
@@ -27,6 +29,8 @@ import numpy as np
 
 from digits_jax import models
 from digits_jax.training import speedrun as sr
+
+log = logging.getLogger(__name__)
 
 
 def torch_net(model: str = "speedrun"):
@@ -110,43 +114,57 @@ class TorchSpeedrun:
   def record(self, seed: int) -> dict[str, Any]:
     """Trains and tests one seed: ``{"seed", "train_seconds", "compile_seconds", ...}``."""
     net, seconds = self.train(seed)
+    accuracy = self.test_accuracy(net)
+    log.info("PyTorch seed %d: %.2f s, test accuracy %.2f%%", seed, seconds, 100 * accuracy)
     return {
       "seed": seed,
       "train_seconds": seconds,
       "compile_seconds": 0.0,
-      "test_accuracy": self.test_accuracy(net),
+      "test_accuracy": accuracy,
     }
 
 
 def run_side_by_side(
-  recipe: sr.Recipe, data: sr.SpeedrunData, seeds: list[int], *, torch: bool = True
+  recipe: sr.Recipe,
+  data: sr.SpeedrunData,
+  seeds: list[int],
+  *,
+  torch_recipe: sr.Recipe | None = None,
 ) -> dict[str, Any]:
   """Ours and (when installed) PyTorch, seed by seed in turns; both summaries and the ratio.
 
+  Args:
+    recipe: what ours trains.
+    data: the arrays both train and test on.
+    seeds: one run of each side per seed.
+    torch_recipe: what PyTorch trains (default: ``recipe``; the benchmark passes
+      :data:`digits_jax.training.speedrun.REFERENCE`, the published recipe).
+
   Returns:
-    :func:`digits_jax.training.speedrun.run_speedrun`'s dict, plus ``torch_runs``,
-    ``torch_summary`` and ``ratio`` (our median training seconds over PyTorch's) when
-    PyTorch ran.
+    :func:`digits_jax.training.speedrun.run_speedrun`'s dict, plus ``torch_recipe``,
+    ``torch_runs``, ``torch_summary`` and ``ratio`` (our median training seconds over
+    PyTorch's) when PyTorch is installed.
   """
+  torch_recipe = torch_recipe or recipe
   ours = sr.Speedrun(recipe, data)
-  theirs = None
-  if torch:
-    try:
-      theirs = TorchSpeedrun(recipe, data)
-    except ImportError:
-      theirs = None
+  try:
+    theirs = TorchSpeedrun(torch_recipe, data)
+  except ImportError:
+    theirs = None
   runs, torch_runs = [], []
   for seed in seeds:
     runs += ours.run([seed])
     if theirs is not None:
       torch_runs.append(theirs.record(seed))
   result = {
-    "recipe": recipe.__dict__,
+    "recipe": dataclasses.asdict(recipe),
     "steps": ours.steps,
     "runs": runs,
     "summary": sr.summarize(runs),
   }
   if torch_runs:
+    result["torch_recipe"] = dataclasses.asdict(torch_recipe)
+    result["torch_steps"] = theirs.steps
     result["torch_runs"] = torch_runs
     result["torch_summary"] = sr.summarize(torch_runs)
     result["ratio"] = (

@@ -68,7 +68,7 @@ def main(argv):
   if FLAGS.torch:
     from benchmarks import speedrun as side_by_side
 
-    result = side_by_side.run_side_by_side(recipe, data, seeds)
+    result = side_by_side.run_side_by_side(recipe, data, seeds, torch_recipe=sr.REFERENCE)
     table = sr.markdown(result)
   else:
     result = sr.run_speedrun(recipe, data, seeds, vmap_seeds=FLAGS.vmap_seeds)

@@ -13,6 +13,7 @@ Started again on the same workdir, finished runs are skipped and an interrupted 
 resumes. The logic lives in :mod:`digits_jax.sweep`.
 """
 
+import logging
 import time
 
 import jax
@@ -51,6 +52,11 @@ FLAGS = flags.FLAGS
 def _use_vmap() -> bool:
   if FLAGS.vmap == "auto":
     return jax.default_backend() != "cpu"
+  if FLAGS.vmap == "on" and jax.default_backend() == "cpu":
+    logging.warning(
+      "--vmap=on on a CPU: vmapped groups measured slower there than the same runs one "
+      "after another (docs/speed.md); --vmap=auto trains them one at a time"
+    )
   return FLAGS.vmap == "on"
 
 

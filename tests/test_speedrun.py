@@ -38,8 +38,9 @@ def test_optimizer_steps_with_the_schedule():
 
 
 def test_steps_and_batches():
-  recipe = sr.Recipe(batch_size=256)
+  recipe = sr.Recipe(batch_size=256, epochs=1)
   assert recipe.steps(60_000) == 234 and recipe.replace(epochs=0.5).steps(60_000) == 117
+  assert sr.REFERENCE.steps(60_000) == 234 and sr.Recipe().steps(60_000) == 351
   with pytest.raises(ValueError, match="less than one batch"):
     recipe.replace(epochs=0.001).steps(60_000)
   images = np.arange(10 * 2, dtype=np.float32).reshape(10, 2)

@@ -7,6 +7,10 @@ order (no shuffling; the seed changes only the initial parameters), with Adam an
 one-cycle learning rate, for one epoch or a fraction of one. No epoch or model is
 selected: each seed's final parameters are evaluated once on the test set.
 
+The default recipe is the published one (:data:`REFERENCE`: batch 256, one epoch) with
+three changes chosen on a held-out validation split, never on the test set: label
+smoothing 0.1, batch 128, and three quarters of an epoch (docs/speedrun.md).
+
 Speed comes from doing no more than the recipe needs: the training set lives on the
 device as one array of batches, and initialisation plus every step of a seed's training
 is one compiled call (a ``lax.scan``), compiled once and reused for every seed. The
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import math
 import statistics
 import time
@@ -37,6 +42,8 @@ import scipy.stats
 
 from digits_jax import data, models
 from digits_jax.training.step import cross_entropy
+
+log = logging.getLogger(__name__)
 
 # The usual MNIST normalisation (mean and standard deviation of the training pixels).
 MNIST_MEAN = 0.1307
@@ -65,15 +72,15 @@ class Recipe:
   """
 
   model: str = "speedrun"
-  batch_size: int = 256
-  epochs: float = 1.0
+  batch_size: int = 128
+  epochs: float = 0.75
   learning_rate: float = 1e-2
   b1: float = 0.7
   b2: float = 0.9
   pct_start: float = 0.3
   div_factor: float = 25.0
   final_div_factor: float = 1e4
-  label_smoothing: float = 0.0
+  label_smoothing: float = 0.1
   validation_size: int = 0
 
   def replace(self, **changes: Any) -> Recipe:
@@ -125,6 +132,18 @@ class Recipe:
   def optimizer(self, steps: int) -> optax.GradientTransformation:
     """Adam with this recipe's betas and one-cycle schedule."""
     return optax.adam(self.schedule(steps), b1=self.b1, b2=self.b2)
+
+
+# The published recipe (tuomaso/train_mnist_fast): what PyTorch trains in the benchmark.
+REFERENCE = Recipe(
+  model="speedrun",
+  batch_size=256,
+  epochs=1.0,
+  learning_rate=1e-2,
+  b1=0.7,
+  b2=0.9,
+  label_smoothing=0.0,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -318,6 +337,7 @@ class Speedrun:
     }
     if len(self.data.validation_labels):
       row["validation_accuracy"] = self.validation_accuracy(params)
+    log.info("seed %d: %.2f s, test accuracy %.2f%%", seed, seconds, 100 * row["test_accuracy"])
     return row
 
 
