@@ -9,7 +9,7 @@ ifneq ($(SHARED_MNIST),)
 export DIGITS_MANUAL_DIR ?= $(abspath $(SHARED_MNIST))
 endif
 
-.PHONY: venv sweep sweep-full test lint format lock benchmark clean
+.PHONY: venv sweep sweep-full test lint format lock benchmark speedrun clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ format: venv
 
 benchmark: venv
 	$(PY) -m benchmarks.frameworks $(ARGS)
+
+## Time to 99%: the speedrun recipe for 10 seeds, side by side with PyTorch.
+speedrun: venv
+	$(PY) -m experiments.speedrun $(ARGS)
 
 lock:
 	rm -rf /tmp/digits-lock && $(PYTHON) -m venv /tmp/digits-lock

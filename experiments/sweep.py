@@ -22,6 +22,7 @@ Every worker writes the table of whatever has finished when it is done; --collec
 writes it without training. Command lines for SLURM, GPUs and TPUs: docs/workers.md.
 """
 
+import logging
 import os
 import time
 
@@ -85,6 +86,11 @@ def _use_vmap() -> bool:
     return False
   if FLAGS.vmap == "auto":
     return jax.default_backend() != "cpu"
+  if FLAGS.vmap == "on" and jax.default_backend() == "cpu":
+    logging.warning(
+      "--vmap=on on a CPU: vmapped groups measured slower there than the same runs one "
+      "after another (docs/speed.md); --vmap=auto trains them one at a time"
+    )
   return FLAGS.vmap == "on"
 
 

@@ -22,6 +22,7 @@ EXPECTED_PARAMS = {
   "bn_conv3_wide": 391_370,
   "resnet8": 78_090,
   "vgg_small": 223_034,
+  "speedrun": 215_194,
 }
 
 

@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax
 
 from digits_jax.data import NUM_CLASSES
-from digits_jax.models.layers import Dropout, batch_norm, conv, pool
+from digits_jax.models.layers import Dropout, batch_norm, conv, pool, torch_default_init
 from digits_jax.models.registry import register
 
 
@@ -198,3 +198,50 @@ class BNConv3Wide(nn.Module):
     x = nn.relu(norm()(nn.Dense(256)(x)))
     x = Dropout(0.3, deterministic=not train)(x)
     return nn.Dense(self.num_classes)(x)
+
+
+@register(
+  "speedrun",
+  recipe=dict(
+    optimizer="adam",
+    learning_rate=1e-2,
+    batch_size=128,
+    epochs=1,
+    loss="sparse",
+    schedule="onecycle",
+    label_smoothing=0.1,
+  ),
+  source="The network of the fastest-to-99% MNIST recipe of tuomaso/train_mnist_fast: conv 24 "
+  "5x5, max-pool before ReLU, conv 32 3x3, max-pool, ReLU, dense 256, dense 10 (there: Adam lr "
+  "1e-2 betas (0.7, 0.9), one-cycle, batch 256, one epoch, no shuffling). Ours: batch 128, "
+  "label smoothing 0.1, three quarters of an epoch (digits_jax.training.speedrun).",
+  reported="99.04% mean over 30 seeds after one epoch (the source's recipe)",
+)
+class Speedrun(nn.Module):
+  """The network of the time-to-99% recipe: two VALID convs, each pooled before its ReLU.
+
+  conv24 5x5 (28->24), pool (->12), ReLU, conv32 3x3 (->10), pool (->5), ReLU, dense 256
+  ReLU, dense 10. Max-pooling before the ReLU gives the same numbers as after it (both
+  are monotone) on a quarter of the elements. The whole recipe (Adam betas (0.7, 0.9),
+  normalised inputs, a fixed batch order, 0.75 epochs) is
+  :mod:`digits_jax.training.speedrun`; trained through :mod:`experiments.train` it gets
+  the registry recipe above (whole epochs, Adam's default betas). Parameters start as
+  PyTorch initialises them (uniform in +-1/sqrt(fan in)), as in the recipe's source. The
+  widths are class attributes, so a variant is a subclass.
+  """
+
+  num_classes: int = NUM_CLASSES
+  fast: bool = True
+  features: Sequence[int] = (24, 32)
+  kernel_sizes: Sequence[int] = (5, 3)
+  dense: int = 256
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    for i, (width, k) in enumerate(zip(self.features, self.kernel_sizes)):
+      init = torch_default_init(k * k * x.shape[-1])
+      x = conv(width, fast=self.fast, kernel_size=k, name=f"conv{i}", **init)(x)
+      x = nn.relu(pool(x, fast=self.fast))
+    x = x.reshape((x.shape[0], -1))
+    x = nn.relu(nn.Dense(self.dense, **torch_default_init(x.shape[-1]))(x))
+    return nn.Dense(self.num_classes, **torch_default_init(self.dense))(x)

@@ -1,0 +1,173 @@
+"""Time to 99%, side by side: the speedrun recipe in digits_jax and in PyTorch.
+
+    python -m experiments.speedrun                    # 10 seeds each, interleaved
+    python -m experiments.speedrun --seeds=5 --torch=false
+
+Both train the same network (:class:`digits_jax.models.cnn.Speedrun`, rebuilt layer
+for layer by :func:`torch_net`) with the same recipe
+(:class:`digits_jax.training.speedrun.Recipe`) on the same normalised arrays in the same
+batch order: Adam with the recipe's betas, the learning rate of optax's one-cycle
+schedule at every step (:func:`torch_learning_rates`), cross-entropy. PyTorch's side is
+the plain loop of tuomaso/train_mnist_fast: the data in memory as one tensor, slices as
+batches, one ``optimizer.step()`` per batch. The seeds take turns (ours seed 0, PyTorch
+seed 0, ours seed 1, ...) so load from elsewhere hits both; each side's time is the
+median over seeds of the wall time from building the network to the last step.
+Evaluation on the test set (once per seed, after training) is not timed.
+
+:func:`run_side_by_side` returns both sides' runs and summaries and the ratio;
+:mod:`experiments.speedrun` prints them and writes ``speedrun.json`` and ``speedrun.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Any
+
+import numpy as np
+
+from digits_jax import models
+from digits_jax.training import speedrun as sr
+
+log = logging.getLogger(__name__)
+
+
+def torch_net(model: str = "speedrun"):
+  """The registered ``speedrun``-style network ``model`` as a ``torch.nn.Module`` (NCHW).
+
+  Same layers, shapes and parameter count as ours; PyTorch's default initialisation.
+  """
+  import torch
+
+  spec = models.get_spec(model).module
+  layers, channels, size = [], 1, 28
+  for width, k in zip(spec.features, spec.kernel_sizes):
+    layers += [torch.nn.Conv2d(channels, width, k), torch.nn.MaxPool2d(2), torch.nn.ReLU()]
+    channels, size = width, (size - k + 1) // 2
+  layers += [
+    torch.nn.Flatten(),
+    torch.nn.Linear(channels * size * size, spec.dense),
+    torch.nn.ReLU(),
+    torch.nn.Linear(spec.dense, 10),
+  ]
+  return torch.nn.Sequential(*layers)
+
+
+def torch_learning_rates(recipe: sr.Recipe, steps: int) -> np.ndarray:
+  """The learning rate of every step: the values of our optax schedule."""
+  schedule = recipe.schedule(steps)
+  return np.asarray([float(schedule(i)) for i in range(steps)])
+
+
+class TorchSpeedrun:
+  """The recipe in PyTorch on the CPU: data as NCHW tensors, batches in order.
+
+  Args:
+    recipe: the recipe (its model must be a ``Speedrun`` network).
+    data: the same normalised arrays ours trains on.
+  """
+
+  def __init__(self, recipe: sr.Recipe, data: sr.SpeedrunData):
+    import torch
+
+    self.torch = torch
+    self.recipe = recipe
+    self.data = data
+    self.steps = recipe.steps(len(data.train_labels))
+    images, labels = sr.batch_array(data.train_images, data.train_labels, recipe.batch_size)
+    self._images = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 1, 4, 2, 3)))
+    self._labels = torch.from_numpy(labels.astype(np.int64))
+    self._rates = torch_learning_rates(recipe, self.steps).tolist()
+
+  def train(self, seed: int) -> tuple[Any, float]:
+    """Builds the network from ``seed`` and trains it; returns (network, seconds)."""
+    torch = self.torch
+    t0 = time.perf_counter()
+    torch.manual_seed(seed)
+    net = torch_net(self.recipe.model)
+    opt = torch.optim.Adam(
+      net.parameters(), lr=self._rates[0], betas=(self.recipe.b1, self.recipe.b2)
+    )
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=self.recipe.label_smoothing)
+    net.train()
+    num_batches = len(self._labels)
+    for step in range(self.steps):
+      for group in opt.param_groups:
+        group["lr"] = self._rates[step]
+      b = step % num_batches
+      opt.zero_grad()
+      loss = loss_fn(net(self._images[b]), self._labels[b])
+      loss.backward()
+      opt.step()
+    return net, time.perf_counter() - t0
+
+  def test_accuracy(self, net) -> float:
+    """Accuracy of a trained network on the test set."""
+    torch = self.torch
+    net.eval()
+    with torch.no_grad():
+      x = torch.from_numpy(np.ascontiguousarray(self.data.test_images.transpose(0, 3, 1, 2)))
+      predicted = net(x).argmax(1).numpy()
+    return float(np.mean(predicted == self.data.test_labels))
+
+  def record(self, seed: int) -> dict[str, Any]:
+    """Trains and tests one seed: ``{"seed", "train_seconds", "compile_seconds", ...}``."""
+    net, seconds = self.train(seed)
+    accuracy = self.test_accuracy(net)
+    log.info("PyTorch seed %d: %.2f s, test accuracy %.2f%%", seed, seconds, 100 * accuracy)
+    return {
+      "seed": seed,
+      "train_seconds": seconds,
+      "compile_seconds": 0.0,
+      "test_accuracy": accuracy,
+    }
+
+
+def run_side_by_side(
+  recipe: sr.Recipe,
+  data: sr.SpeedrunData,
+  seeds: list[int],
+  *,
+  torch_recipe: sr.Recipe | None = None,
+) -> dict[str, Any]:
+  """Ours and (when installed) PyTorch, seed by seed in turns; both summaries and the ratio.
+
+  Args:
+    recipe: what ours trains.
+    data: the arrays both train and test on.
+    seeds: one run of each side per seed.
+    torch_recipe: what PyTorch trains (default: ``recipe``; the benchmark passes
+      :data:`digits_jax.training.speedrun.REFERENCE`, the published recipe).
+
+  Returns:
+    :func:`digits_jax.training.speedrun.run_speedrun`'s dict, plus ``torch_recipe``,
+    ``torch_runs``, ``torch_summary`` and ``ratio`` (our median training seconds over
+    PyTorch's) when PyTorch is installed.
+  """
+  torch_recipe = torch_recipe or recipe
+  ours = sr.Speedrun(recipe, data)
+  try:
+    theirs = TorchSpeedrun(torch_recipe, data)
+  except ImportError:
+    theirs = None
+  runs, torch_runs = [], []
+  for seed in seeds:
+    runs += ours.run([seed])
+    if theirs is not None:
+      torch_runs.append(theirs.record(seed))
+  result = {
+    "recipe": dataclasses.asdict(recipe),
+    "steps": ours.steps,
+    "runs": runs,
+    "summary": sr.summarize(runs),
+  }
+  if torch_runs:
+    result["torch_recipe"] = dataclasses.asdict(torch_recipe)
+    result["torch_steps"] = theirs.steps
+    result["torch_runs"] = torch_runs
+    result["torch_summary"] = sr.summarize(torch_runs)
+    result["ratio"] = (
+      result["summary"]["train_seconds_median"] / result["torch_summary"]["train_seconds_median"]
+    )
+  return result
