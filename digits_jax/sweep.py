@@ -325,10 +325,10 @@ def run_sweep(
       "workers without the distributed runtime, --distributed=off)"
     )
   mine = share(configs, num_workers, worker_index)
-  record_grid(workdir, configs, replace=overwrite)
   dirs = {c: run_dir(workdir, c) for c in mine}
-  # Every run directory is checked before the first run starts.
+  # Every run directory is checked before anything is written or the first run starts.
   finished = {c: workdirs.check(c, dirs[c], overwrite=overwrite) for c in mine}
+  record_grid(workdir, configs, replace=overwrite)
   if num_workers > 1:
     log.info(
       "worker %d of %d: %d of the grid's %d runs (%d finished already)",
