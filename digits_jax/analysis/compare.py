@@ -758,6 +758,20 @@ def _ensemble_correct(runs: Sequence[Run]) -> np.ndarray:
   return mean.argmax(axis=1) == runs[0].outputs.labels
 
 
+def _spread(n_correct: Sequence[int], num_test: int) -> tuple[Interval, float]:
+  """95% interval and std of accuracy from seeds' correct counts (one seed or more).
+
+  Two or more seeds: the t interval over seeds, clipped to [0, 1] (an accuracy lies there),
+  and the sample standard deviation. One run: the binomial interval over the test images,
+  and NaN.
+  """
+  if len(n_correct) >= 2:
+    t = seed_interval(n_correct)
+    interval = Interval(max(t.low / num_test, 0.0), min(t.high / num_test, 1.0), t.method)
+    return interval, float(np.std(n_correct, ddof=1)) / num_test
+  return binomial_interval(n_correct[0], num_test), math.nan
+
+
 def _mean_of(members: Sequence[Run], field: str) -> float | None:
   """The mean of a results.json number over runs, or ``None`` where a run lacks it."""
   values = [r.results.get(field) for r in members]
@@ -798,13 +812,7 @@ def compare(runs: Sequence[Run], ensemble_top: int = DEFAULT_ENSEMBLE_TOP) -> Co
     label = labels[key]
     n_correct = [int(r.outputs.correct.sum()) for r in members]
     accuracies = [c / num_test for c in n_correct]
-    if len(members) >= 2:
-      t = seed_interval(n_correct)  # clipped: an accuracy lies in [0, 1]
-      interval = Interval(max(t.low / num_test, 0.0), min(t.high / num_test, 1.0), t.method)
-      std = float(np.std(n_correct, ddof=1)) / num_test
-    else:
-      interval = binomial_interval(n_correct[0], num_test)
-      std = math.nan
+    interval, std = _spread(n_correct, num_test)
     ensemble = _ensemble_correct(members)
     params = members[0].results.get("num_params")
     configurations.append(
@@ -927,14 +935,7 @@ def ensemble_of_best(
   for seed in shared:
     at_seed = [next(r for r in m if r.seed == seed) for m in members]
     n_correct.append(int(_ensemble_correct(at_seed).sum()))
-  if len(n_correct) >= 2:
-    t = seed_interval(n_correct)
-    interval = Interval(max(t.low / num_test, 0.0), min(t.high / num_test, 1.0), t.method)
-    std = float(np.std(n_correct, ddof=1)) / num_test
-  elif n_correct:
-    interval, std = binomial_interval(n_correct[0], num_test), math.nan
-  else:
-    interval, std = None, math.nan
+  interval, std = _spread(n_correct, num_test) if n_correct else (None, math.nan)
   everything = _ensemble_correct([r for m in members for r in m])
   best = ranked[0]
   table = mcnemar_table(everything, correct[best.label][1])
