@@ -29,7 +29,7 @@ sweep-full: venv
 	$(PY) -m experiments.sweep --preset=source --seeds=0,1,2 $(ARGS)
 
 test: venv
-	$(PY) -m pytest -q tests $(ARGS)
+	$(PY) -m pytest -q -n auto --dist loadfile tests $(ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -32,10 +32,11 @@ TINY = (
 TIMEOUT_S = 300
 
 
-def env(home: pathlib.Path | None = None) -> dict[str, str]:
+def env(home: pathlib.Path | None = None, devices: int | None = None) -> dict[str, str]:
   """The environment of a run: CPU only (bit-for-bit repeatable), no proxies or data env.
 
   A SLURM array's variables are left out too: a sweep would take them as its worker split.
+  ``devices`` makes XLA show that many CPU devices.
   """
   out = {
     k: v
@@ -46,6 +47,8 @@ def env(home: pathlib.Path | None = None) -> dict[str, str]:
   out["JAX_PLATFORMS"] = "cpu"
   if home is not None:
     out["HOME"] = str(home)
+  if devices is not None:
+    out["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
   return out
 
 
@@ -54,13 +57,17 @@ def command(module: str, *flags: str) -> list[str]:
 
 
 def run(
-  module: str, *flags: str, home: pathlib.Path | None = None, argv: Sequence[str] | None = None
+  module: str,
+  *flags: str,
+  home: pathlib.Path | None = None,
+  argv: Sequence[str] | None = None,
+  devices: int | None = None,
 ) -> subprocess.CompletedProcess:
   """Runs ``python -m module flags...`` (or ``argv``) from the repo root; waits for it."""
   return subprocess.run(
     list(argv) if argv else command(module, *flags),
     cwd=REPO,
-    env=env(home),
+    env=env(home, devices),
     capture_output=True,
     text=True,
     timeout=TIMEOUT_S,

@@ -41,12 +41,6 @@ RUN = (
 )
 
 
-def _env(devices: int) -> dict[str, str]:
-  env = cli.env()
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-  return env
-
-
 def _free_port() -> int:
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
@@ -148,14 +142,7 @@ BIASES_BEFORE_BATCH_NORM = {
 
 
 def test_a_batch_split_over_two_devices_gives_the_numbers_of_one(mnist_dir):
-  proc = subprocess.run(
-    [sys.executable, "-c", SPLIT_CHECK, str(mnist_dir)],
-    cwd=REPO,
-    env=_env(2),
-    capture_output=True,
-    text=True,
-    timeout=cli.TIMEOUT_S,
-  )
+  proc = cli.run("", argv=[sys.executable, "-c", SPLIT_CHECK, str(mnist_dir)], devices=2)
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = json.loads(proc.stdout.strip().splitlines()[-1])
   for model in ("bn_conv3_wide", "conv3_dense100"):
@@ -191,7 +178,7 @@ def _start_processes(workdir, port: int, *flags: str) -> list[subprocess.Popen]:
         "--distributed_timeout=120",
       ),
       cwd=REPO,
-      env=_env(1),
+      env=cli.env(devices=1),
       stdout=subprocess.PIPE,
       stderr=subprocess.PIPE,
       text=True,
@@ -237,14 +224,7 @@ def test_two_processes_killed_and_resumed_end_with_the_numbers_of_one_process(mn
     assert "test accuracy" in stdout
 
   reference = tmp_path / "one"
-  proc = subprocess.run(
-    cli.command("experiments.train", *RUN, data, f"--workdir={reference}"),
-    cwd=REPO,
-    env=_env(2),
-    capture_output=True,
-    text=True,
-    timeout=cli.TIMEOUT_S,
-  )
+  proc = cli.run("experiments.train", *RUN, data, f"--workdir={reference}", devices=2)
   assert proc.returncode == 0, proc.stderr[-3000:]
 
   results, rows = cli.read_results(workdir)

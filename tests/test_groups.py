@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 
 import pytest
@@ -12,7 +10,8 @@ import pytest
 from digits_jax import files, runs, sweep
 from digits_jax.config import Config, resolve
 from digits_jax.training import groups
-from tests.conftest import REPO, tiny_datasets
+from tests import cli
+from tests.conftest import tiny_datasets
 
 COMPARED = ("test_accuracy", "test_loss", "val_accuracy", "val_loss", "best_epoch")
 
@@ -72,14 +71,8 @@ print(json.dumps({"devices": jax.device_count(), "single": single, "group": grou
 
 
 def _sharded(mnist_dir, tmp_path, devices):
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-  out = subprocess.run(
-    [sys.executable, "-c", SHARDED_RUN, str(mnist_dir), str(tmp_path)],
-    cwd=REPO,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=600,
+  out = cli.run(
+    "", argv=[sys.executable, "-c", SHARDED_RUN, str(mnist_dir), str(tmp_path)], devices=devices
   )
   assert out.returncode == 0, out.stderr[-3000:]
   return json.loads(out.stdout.splitlines()[-1])
