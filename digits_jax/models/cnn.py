@@ -223,12 +223,12 @@ class Speedrun(nn.Module):
   conv24 5x5 (28->24), pool (->12), ReLU, conv32 3x3 (->10), pool (->5), ReLU, dense 256
   ReLU, dense 10. Max-pooling before the ReLU gives the same numbers as after it (both
   are monotone) on a quarter of the elements. The whole recipe (Adam betas (0.7, 0.9),
-  normalised inputs, a fixed batch order, 0.75 epochs) is
-  :mod:`digits_jax.training.speedrun`; trained through :mod:`experiments.train` it gets
-  the registry recipe above (whole epochs, Adam's default betas). Parameters start as
-  PyTorch initialises them (uniform in +-1/sqrt(fan in)), as in the recipe's source. The
-  widths and the crop are class attributes, so a variant is a subclass
-  (:class:`SpeedrunSmall`).
+  normalised inputs, a fixed batch order, 0.75 epochs; by default on
+  :class:`SpeedrunSmall`) is :mod:`digits_jax.training.speedrun`; trained through
+  :mod:`experiments.train` it gets the registry recipe above (whole epochs, Adam's
+  default betas). Parameters start as PyTorch initialises them (uniform in +-1/sqrt(fan
+  in)), as in the recipe's source. The widths and the crop are class attributes, so a
+  variant is a subclass (:class:`SpeedrunSmall`).
   """
 
   num_classes: int = NUM_CLASSES
