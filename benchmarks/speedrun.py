@@ -42,6 +42,10 @@ def torch_net(model: str = "speedrun"):
 
   spec = models.get_spec(model).module
   layers, channels, size = [], 1, 28
+  if spec.crop:
+    c = spec.crop
+    layers.append(torch.nn.ZeroPad2d(-c))  # negative padding cuts c pixels off every edge
+    size -= 2 * c
   for width, k in zip(spec.features, spec.kernel_sizes):
     layers += [torch.nn.Conv2d(channels, width, k), torch.nn.MaxPool2d(2), torch.nn.ReLU()]
     channels, size = width, (size - k + 1) // 2

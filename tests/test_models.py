@@ -23,6 +23,7 @@ EXPECTED_PARAMS = {
   "resnet8": 78_090,
   "vgg_small": 223_034,
   "speedrun": 215_194,
+  "speedrun_small": 72_010,
 }
 
 

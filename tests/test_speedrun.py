@@ -54,19 +54,52 @@ def test_bad_recipe_is_refused(bad):
     sr.Recipe(**bad).validate()
 
 
-def test_torch_network_has_our_shape_and_parameter_count():
+@pytest.mark.parametrize("name", ["speedrun", "speedrun_small"])
+def test_torch_network_computes_ours(name):
+  """Ours and the PyTorch twin, given the same parameters, give the same logits."""
   torch = pytest.importorskip("torch")
   from benchmarks import speedrun as side
 
-  model = models.create_model("speedrun")
-  ours = models.count_params(models.init_variables(model, jax.random.PRNGKey(0))["params"])
-  net = side.torch_net("speedrun")
-  assert sum(p.numel() for p in net.parameters()) == ours
-  assert net(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
-  logits = model.apply(
-    models.init_variables(model, jax.random.PRNGKey(0)), np.zeros((3, 28, 28, 1))
-  )
-  assert logits.shape == (3, 10)
+  model = models.create_model(name)
+  params = models.init_variables(model, jax.random.PRNGKey(0))["params"]
+  net = side.torch_net(name)
+  assert sum(p.numel() for p in net.parameters()) == models.count_params(params)
+  convs = [m for m in net if isinstance(m, torch.nn.Conv2d)]
+  dense = [m for m in net if isinstance(m, torch.nn.Linear)]
+  with torch.no_grad():
+    for i, m in enumerate(convs):
+      m.weight.copy_(
+        torch.from_numpy(np.array(params[f"conv{i}"]["kernel"]).transpose(3, 2, 0, 1).copy())
+      )
+      m.bias.copy_(torch.from_numpy(np.array(params[f"conv{i}"]["bias"])))
+    # Ours flattens (h, w, c), PyTorch (c, h, w): reorder the first dense layer's inputs.
+    kernel = np.asarray(params["Dense_0"]["kernel"])
+    channels = convs[-1].out_channels
+    side_len = int(round((kernel.shape[0] / channels) ** 0.5))
+    kernel = kernel.reshape(side_len, side_len, channels, -1).transpose(2, 0, 1, 3)
+    dense[0].weight.copy_(torch.from_numpy(kernel.reshape(-1, kernel.shape[-1]).T.copy()))
+    dense[0].bias.copy_(torch.from_numpy(np.array(params["Dense_0"]["bias"])))
+    dense[1].weight.copy_(torch.from_numpy(np.array(params["Dense_1"]["kernel"]).T.copy()))
+    dense[1].bias.copy_(torch.from_numpy(np.array(params["Dense_1"]["bias"])))
+    images = np.random.RandomState(0).randn(3, 28, 28, 1).astype(np.float32)
+    theirs = net(torch.from_numpy(images.transpose(0, 3, 1, 2).copy())).numpy()
+  ours = model.apply({"params": params}, images)
+  assert theirs.shape == (3, 10)
+  np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5)
+
+
+def test_small_network_sees_only_the_centre():
+  """``speedrun_small`` crops 2 pixels off every edge: the border does not change its logits."""
+  model = models.create_model("speedrun_small")
+  variables = models.init_variables(model, jax.random.PRNGKey(0))
+  assert models.count_params(variables["params"]) == 72_010
+  images = np.random.RandomState(1).randn(2, 28, 28, 1).astype(np.float32)
+  border = images.copy()
+  border[:, :2] = border[:, -2:] = border[:, :, :2] = border[:, :, -2:] = 5.0
+  np.testing.assert_array_equal(model.apply(variables, images), model.apply(variables, border))
+  inner = images.copy()
+  inner[:, 2, 2] += 1.0  # the crop's corner pixel is seen
+  assert not np.array_equal(model.apply(variables, images), model.apply(variables, inner))
 
 
 def test_torch_learning_rates_are_ours():
