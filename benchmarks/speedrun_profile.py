@@ -7,7 +7,8 @@ a train step jitted on its own: the first convolution forward plus its kernel gr
 convolution forward plus both gradients, the two dense layers forward and backward, and
 Adam's update, and then the whole step (one ``lax.scan`` of the speedrun's own training
 function). All pieces of all networks take turns (A B C A B C ...), so load from elsewhere
-hits every one of them; each figure is the median over rounds.
+hits every one of them (``benchmarks.frameworks.interleaved_medians``); each figure is the
+median over rounds.
 
 Run from the repository root::
 
@@ -18,9 +19,8 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
-import statistics
+import functools
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.frameworks import interleaved_medians  # noqa: E402
 from digits_jax import models  # noqa: E402
 from digits_jax.models import native, ops  # noqa: E402
 from digits_jax.training import speedrun as sr  # noqa: E402
@@ -80,6 +81,12 @@ def whole_step(name: str, batch: int, steps: int) -> tuple[Callable, tuple, int]
   return fn, (jax.random.PRNGKey(0), images, labels), steps
 
 
+def _calls(fn: Callable, fn_args: tuple, calls: int) -> None:
+  for _ in range(calls):
+    result = fn(*fn_args)
+  jax.block_until_ready(result)
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("models", nargs="+", help="registered Speedrun-family networks")
@@ -99,21 +106,21 @@ def main() -> None:
       timed[name, label] = (fn, fn_args, args.inner, 1)
     fn, fn_args, steps = whole_step(name, args.batch, 20)
     timed[name, STEP] = (fn, fn_args, 1, steps)
-  ms: dict[tuple[str, str], list[float]] = {k: [] for k in timed}
   for fn, fn_args, _, _ in timed.values():
-    jax.block_until_ready(fn(*fn_args))
-  for _ in range(args.rounds):
-    for k, (fn, fn_args, calls, steps) in timed.items():
-      start = time.perf_counter()
-      for _ in range(calls):
-        result = fn(*fn_args)
-      jax.block_until_ready(result)
-      ms[k].append((time.perf_counter() - start) / calls / steps * 1e3)
+    jax.block_until_ready(fn(*fn_args))  # compile outside the timings
+  seconds = interleaved_medians(
+    {
+      k: functools.partial(_calls, fn, fn_args, calls)
+      for k, (fn, fn_args, calls, _) in timed.items()
+    },
+    args.rounds,
+  )
+  ms = {k: seconds[k] / calls / steps * 1e3 for k, (_, _, calls, steps) in timed.items()}
   head = f"| network | piece (batch {args.batch}, conv {args.conv}) | ms (median) | share of sum |"
   print(head)
   print("|---|---|---|---|")
   for name in args.models:
-    rows = {label: statistics.median(v) for (n, label), v in ms.items() if n == name}
+    rows = {label: v for (n, label), v in ms.items() if n == name}
     step = rows.pop(STEP)
     total = sum(rows.values())
     for label, value in rows.items():
