@@ -62,6 +62,7 @@ def run(
   home: pathlib.Path | None = None,
   argv: Sequence[str] | None = None,
   devices: int | None = None,
+  timeout_s: float = TIMEOUT_S,
 ) -> subprocess.CompletedProcess:
   """Runs ``python -m module flags...`` (or ``argv``) from the repo root; waits for it."""
   return subprocess.run(
@@ -70,7 +71,7 @@ def run(
     env=env(home, devices),
     capture_output=True,
     text=True,
-    timeout=TIMEOUT_S,
+    timeout=timeout_s,
   )
 
 

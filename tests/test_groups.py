@@ -72,7 +72,10 @@ print(json.dumps({"devices": jax.device_count(), "single": single, "group": grou
 
 def _sharded(mnist_dir, tmp_path, devices):
   out = cli.run(
-    "", argv=[sys.executable, "-c", SHARDED_RUN, str(mnist_dir), str(tmp_path)], devices=devices
+    "",
+    argv=[sys.executable, "-c", SHARDED_RUN, str(mnist_dir), str(tmp_path)],
+    devices=devices,
+    timeout_s=600,
   )
   assert out.returncode == 0, out.stderr[-3000:]
   return json.loads(out.stdout.splitlines()[-1])
