@@ -243,3 +243,91 @@ def test_max_pool_nan_window_passes_no_gradient():
   assert jnp.isnan(y[0, 0, 0, 0]) and jnp.isnan(y_vjp[0, 0, 0, 0])
   assert not dx[0, :2, :2].any()  # the NaN window
   assert jnp.count_nonzero(dx[0, 2:, 2:]) == 1 and jnp.count_nonzero(dx[0, :2, 2:]) == 1
+
+
+# --- the fused first layer: conv, bias, ReLU, max-pool on one-channel images ----------
+
+FUSED_CASES = [  # (x shape, kernel shape, padding): the networks' first layers and odd ones
+  ((4, 28, 28, 1), (3, 3, 1, 32), "VALID"),  # the source networks
+  ((3, 24, 24, 1), (5, 5, 1, 16), "VALID"),  # speedrun_small
+  ((2, 28, 28, 1), (5, 5, 1, 24), "VALID"),  # speedrun
+  ((2, 11, 9, 1), (3, 3, 1, 7), "SAME"),  # odd sizes (a row and a column floored), any width
+  ((2, 12, 12, 1), (3, 3, 1, 64), "SAME"),
+]
+FUSED_IDS = [f"{x[1]}x{x[2]}-{k[0]}x{k[1]}x{k[3]}-{p}" for x, k, p in FUSED_CASES]
+
+
+def fused_inputs(x_shape, k_shape, seed: int = 0):
+  """Images with blank rows (windows whose four corners tie at the bias), kernel, bias."""
+  x = normal(seed, x_shape).at[:, : x_shape[1] // 3].set(0.0)
+  kernel = normal(seed + 1, k_shape) / k_shape[0]
+  bias = normal(seed + 2, k_shape[-1:]) / 2  # about half positive: tied positive maxima
+  return x, kernel, bias
+
+
+@pytest.mark.parametrize("x_shape,k_shape,padding", FUSED_CASES, ids=FUSED_IDS)
+def test_conv_relu_pool_fused_matches_jax_grad_of_the_reference(x_shape, k_shape, padding):
+  x, kernel, bias = fused_inputs(x_shape, k_shape)
+  fused = functools.partial(ops.conv_relu_pool_fused, padding=padding)
+  plain = functools.partial(ops.conv_relu_pool_reference, padding=padding)
+  (y, y_vjp, grads), (y_ref, _, grads_ref) = jax.jit(
+    lambda *a: [forward_and_grads(op, *a) for op in (fused, plain)]
+  )(x, kernel, bias)
+  assert y.shape == y_ref.shape and y.dtype == jnp.float32
+  np.testing.assert_allclose(y, y_ref, rtol=1e-6, atol=1e-6)
+  np.testing.assert_array_equal(y_vjp, y)
+  assert float(jnp.mean(y == 0)) > 0.1  # windows with no gradient are exercised
+  for g, g_ref in zip(grads, grads_ref, strict=True):
+    assert g.shape == g_ref.shape
+    assert rel_err(g, g_ref) < TOLERANCE
+
+
+def test_conv_relu_pool_tied_windows_send_the_gradient_to_the_first_corner():
+  # A blank image: every window's four corners equal the bias. Where it is positive the
+  # reference routes each window's gradient to its top-left corner, so the image gradient
+  # is nonzero exactly there (and at the taps around it); a later corner would move it.
+  x = jnp.zeros((1, 8, 8, 1))
+  kernel = jnp.ones((1, 1, 1, 2))
+  bias = jnp.array([0.5, -0.5])
+  loss = lambda op: lambda x: jnp.sum(op(x, kernel, bias, "VALID"))  # noqa: E731
+  dx = jax.grad(loss(ops.conv_relu_pool_fused))(x)
+  expected = np.zeros((1, 8, 8, 1), np.float32)
+  expected[0, 0::2, 0::2, 0] = 1.0  # channel 0 only: channel 1's maximum is negative
+  np.testing.assert_array_equal(dx, expected)
+  np.testing.assert_array_equal(dx, jax.grad(loss(ops.conv_relu_pool_reference))(x))
+
+
+def test_conv_relu_pool_vmapped_over_models():
+  x, kernel, bias = fused_inputs((3, 2, 14, 14, 1), (3, 3, 3, 1, 8))
+  bias = normal(5, (3, 8))
+  grads = lambda op: jax.vmap(jax.grad(lambda *a: jnp.sum(op(*a, "VALID") ** 2), (0, 1, 2)))  # noqa: E731
+  fused, plain = jax.jit(
+    lambda *a: [grads(op)(*a) for op in (ops.conv_relu_pool_fused, ops.conv_relu_pool_reference)]
+  )(x, kernel, bias)
+  for g, g_ref in zip(fused, plain, strict=True):
+    assert rel_err(g, g_ref) < TOLERANCE
+
+
+def test_conv_relu_pool_gradients_are_deterministic():
+  x, kernel, bias = fused_inputs((37, 28, 28, 1), (3, 3, 1, 32))  # not a multiple of a chunk
+  grad = jax.jit(
+    jax.grad(lambda k, b: jnp.sum(ops.conv_relu_pool_fused(x, k, b, "VALID") ** 2), (0, 1))
+  )
+  first, second = grad(kernel, bias), grad(kernel, bias)
+  for a, b in zip(first, second, strict=True):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_conv_relu_pool_dispatch():
+  # One input channel on the CPU: the fused kernels, and no image gradient when only the
+  # parameters are differentiated; more channels: the im2col convolution and the pool.
+  assert jax.default_backend() == "cpu" and native.use_native()
+  x, kernel, bias = fused_inputs((2, 28, 28, 1), (3, 3, 1, 8))
+  param_grads = jax.grad(lambda k, b: jnp.sum(ops.conv_relu_pool(x, k, b, "VALID")), (0, 1))
+  hlo = jax.jit(param_grads).lower(kernel, bias).compile().as_text()
+  assert "digits_conv_relu_pool_param_grad" in hlo
+  assert "digits_conv_relu_pool_input_grad" not in hlo  # dropped: nothing uses it
+  wide = jax.jit(lambda x, k, b: ops.conv_relu_pool(x, k, b, "VALID")).lower(
+    jnp.zeros((2, 13, 13, 4)), jnp.zeros((3, 3, 4, 8)), bias
+  )
+  assert "digits_im2col" in wide.as_text() and "digits_conv_relu_pool" not in wide.as_text()

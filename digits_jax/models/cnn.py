@@ -22,7 +22,14 @@ import flax.linen as nn
 import jax
 
 from digits_jax.data import NUM_CLASSES
-from digits_jax.models.layers import Dropout, batch_norm, conv, pool, torch_default_init
+from digits_jax.models.layers import (
+  Dropout,
+  batch_norm,
+  conv,
+  conv_relu_pool,
+  pool,
+  torch_default_init,
+)
 from digits_jax.models.registry import register
 
 
@@ -40,13 +47,19 @@ class ConvNet(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    convs = 0
-    for layer in self.layers:
+    convs, layers = 0, list(self.layers)
+    while layers:
+      layer = layers.pop(0)
       if layer == "pool":
         x = pool(x, fast=self.fast)
+        continue
+      name = f"conv{convs}"
+      convs += 1
+      if layers[:1] == ["pool"]:  # conv, ReLU, pool: one op (fused on one-channel CPU input)
+        x = conv_relu_pool(x, layer, fast=self.fast, name=name)
+        layers.pop(0)
       else:
-        x = nn.relu(conv(layer, fast=self.fast, name=f"conv{convs}")(x))
-        convs += 1
+        x = nn.relu(conv(layer, fast=self.fast, name=name)(x))
     x = x.reshape((x.shape[0], -1))
     for width in self.dense:
       x = nn.relu(nn.Dense(width)(x))
@@ -249,8 +262,7 @@ class Speedrun(nn.Module):
       x = x[:, self.crop : x.shape[1] - self.crop, self.crop : x.shape[2] - self.crop]
     for i, (width, k) in enumerate(zip(self.features, self.kernel_sizes)):
       init = torch_default_init(k * k * x.shape[-1])
-      x = conv(width, fast=self.fast, kernel_size=k, name=f"conv{i}", **init)(x)
-      x = nn.relu(pool(x, fast=self.fast))
+      x = conv_relu_pool(x, width, fast=self.fast, kernel_size=k, name=f"conv{i}", **init)
     x = x.reshape((x.shape[0], -1))
     x = nn.relu(nn.Dense(self.dense, **torch_default_init(x.shape[-1]))(x))
     return nn.Dense(self.num_classes, **torch_default_init(self.dense))(x)

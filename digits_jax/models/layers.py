@@ -87,11 +87,16 @@ class Dropout(nn.Dropout):
 
 
 class FastConv(nn.Module):
-  """A stride-1 conv with ``nn.Conv``'s parameters, computed by :func:`ops.conv2d`."""
+  """A stride-1 conv with ``nn.Conv``'s parameters, computed by :func:`ops.conv2d`.
+
+  With ``relu_pool`` it returns ``max_pool_2x2(relu(conv))`` through
+  :func:`ops.conv_relu_pool` (one fused kernel for one-channel input on the CPU).
+  """
 
   features: int
   kernel_size: int = 3
   padding: str = "VALID"
+  relu_pool: bool = False
   kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
   bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
 
@@ -100,6 +105,8 @@ class FastConv(nn.Module):
     k = self.kernel_size
     kernel = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features))
     bias = self.param("bias", self.bias_init, (self.features,))
+    if self.relu_pool:
+      return ops.conv_relu_pool(x, kernel, bias, self.padding)
     return ops.conv2d(x, kernel, self.padding) + bias
 
 
@@ -136,6 +143,29 @@ def conv(
   if fast:
     return FastConv(features, kernel_size=kernel_size, padding=padding, name=name, **init)
   return nn.Conv(features, (kernel_size, kernel_size), padding=padding, name=name, **init)
+
+
+def conv_relu_pool(
+  x: jax.Array,
+  features: int,
+  *,
+  fast: bool,
+  name: str,
+  padding: str = "VALID",
+  kernel_size: int = 3,
+  **init: nn.initializers.Initializer,
+) -> jax.Array:
+  """A conv layer, ReLU and 2x2 max-pool applied to ``x``, with :func:`conv`'s parameters.
+
+  The same numbers as ``pool(nn.relu(conv(...)(x)))`` (and as pooling before the ReLU);
+  fast, a network's first layer on one-channel images is one fused kernel on the CPU
+  (:func:`ops.conv_relu_pool`), which skips writing the full-size activation.
+  """
+  if fast:
+    layer = FastConv(features, kernel_size, padding, relu_pool=True, name=name, **init)
+    return layer(x)
+  return pool(nn.relu(conv(features, fast=False, padding=padding, kernel_size=kernel_size,
+                           name=name, **init)(x)), fast=False)  # fmt: skip
 
 
 def batch_norm(train: bool, name: str | None = None) -> nn.BatchNorm:

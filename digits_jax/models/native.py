@@ -4,8 +4,10 @@
 builds the patches matrix (and sums its gradient back) from slices, pads and
 concatenations several times slower than two plain loops do, so those two loops are
 C++ (``csrc/im2col.cc``), called through XLA's FFI (``jax.ffi``) on XLA's own thread pool.
+A network's first layer on one-channel images (convolution, bias, ReLU, max-pool) is one
+fused C++ kernel with its gradients (``csrc/conv_relu_pool.cc``, :func:`conv_relu_pool`).
 
-The source is compiled once per machine with the C++ compiler (``$CXX``, else ``c++``)
+The sources are compiled once per machine with the C++ compiler (``$CXX``, else ``c++``)
 against the FFI headers that ship with jaxlib, into ``$DIGITS_JAX_CACHE`` (default
 ``~/.cache/digits_jax``), under a name that hashes the source, the jax version, the
 compiler and the processor, so a changed source or another machine sharing the home
@@ -33,12 +35,22 @@ import tempfile
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).parent / "csrc" / "im2col.cc"
-TARGETS = {"digits_im2col": "DigitsIm2col", "digits_col2im": "DigitsCol2im"}
-CXX_FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-DNDEBUG", "-w")
+CSRC = Path(__file__).parent / "csrc"
+SOURCES = (CSRC / "im2col.cc", CSRC / "conv_relu_pool.cc")
+HEADERS = (CSRC / "parallel.h",)
+MAX_FUSED_CHANNELS = 512  # conv_relu_pool.cc's kMaxChannels
+TARGETS = {
+  "digits_im2col": "DigitsIm2col",
+  "digits_col2im": "DigitsCol2im",
+  "digits_conv_relu_pool": "DigitsConvReluPool",
+  "digits_conv_relu_pool_param_grad": "DigitsConvReluPoolParamGrad",
+  "digits_conv_relu_pool_input_grad": "DigitsConvReluPoolInputGrad",
+}
+CXX_FLAGS = ("-O3", "-march=native", "-std=c++20", "-shared", "-fPIC", "-DNDEBUG", "-w")
 
 
 class NativeBuildError(RuntimeError):
@@ -66,14 +78,14 @@ def library_path(compiler: str) -> Path:
   """Where the build for this source, jax, compiler and processor lives."""
   key = hashlib.sha256()
   for part in (
-    SOURCE.read_bytes(),
+    *(path.read_bytes() for path in (*SOURCES, *HEADERS)),
     jax.__version__.encode(),
     compiler.encode(),
     " ".join(CXX_FLAGS).encode(),
     _cpu_signature().encode(),
   ):
     key.update(part + b"\0")
-  return cache_dir() / f"im2col-{key.hexdigest()[:16]}.so"
+  return cache_dir() / f"kernels-{key.hexdigest()[:16]}.so"
 
 
 def build(compiler: str) -> Path:
@@ -89,7 +101,7 @@ def build(compiler: str) -> Path:
   # Build under a temporary name and rename: concurrent processes never load half a file.
   fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
   os.close(fd)
-  cmd = [compiler, *CXX_FLAGS, "-isystem", jax.ffi.include_dir(), str(SOURCE), "-o", tmp]
+  cmd = [compiler, *CXX_FLAGS, "-isystem", jax.ffi.include_dir(), *map(str, SOURCES), "-o", tmp]
   result = subprocess.run(cmd, capture_output=True, text=True)
   if result.returncode:
     os.unlink(tmp)
@@ -134,6 +146,15 @@ def available() -> bool:
 _LOADED: list[ctypes.CDLL] = []
 
 
+def _registered() -> None:
+  """Builds and registers the kernels if needed; a call site traced without them fails here."""
+  if not available():
+    raise NativeBuildError(
+      "the digits_jax C++ kernels are not available (see the logged warning; DIGITS_NATIVE=0 "
+      "turns them off): use digits_jax.models.ops, which falls back to XLA's ops"
+    )
+
+
 def use_native() -> bool:
   """Whether ops traced now should call the C++ kernels: on the CPU backend only."""
   return jax.default_backend() == "cpu" and available()
@@ -144,6 +165,7 @@ def im2col(x: jax.Array, kh: int, kw: int, pads: tuple[tuple[int, int], ...]) ->
   *lead, h, w, c = x.shape
   (top, bottom), (left, right) = pads
   shape = (*lead, h + top + bottom - kh + 1, w + left + right - kw + 1, kh * kw * c)
+  _registered()
   call = jax.ffi.ffi_call(
     "digits_im2col", jax.ShapeDtypeStruct(shape, x.dtype), vmap_method="broadcast_all"
   )
@@ -159,10 +181,66 @@ def col2im(
 ) -> jax.Array:
   """The transpose of :func:`im2col`: sums each patches entry back onto its pixel."""
   shape = (*patches.shape[:-3], *image_shape[-3:])
+  _registered()
   call = jax.ffi.ffi_call(
     "digits_col2im", jax.ShapeDtypeStruct(shape, patches.dtype), vmap_method="broadcast_all"
   )
   return call(patches, kh=kh, kw=kw, pad_top=pads[0][0], pad_left=pads[1][0])
+
+
+def conv_relu_pool(
+  x: jax.Array, kernel: jax.Array, bias: jax.Array, pads: tuple[tuple[int, int], ...]
+) -> tuple[jax.Array, jax.Array]:
+  """``max_pool_2x2(relu(conv(x, kernel) + bias))`` for one-channel ``x``, fused.
+
+  Args:
+    x: ``(..., H, W, 1)`` images.
+    kernel: ``(kh, kw, 1, C)``.
+    bias: ``(C,)``.
+    pads: ((top, bottom), (left, right)) zero padding.
+
+  Returns:
+    The pooled ``(..., Hp, Wp, C)`` float32 values and, per pooled value, the int8 corner
+    of its window (0-3, row-major) whose value won, or -1 where the maximum is <= 0 and
+    no gradient flows back.
+  """
+  kh, kw, _, c = kernel.shape
+  (top, bottom), (left, right) = pads
+  shape = (*x.shape[:-3], (x.shape[-3] + top + bottom - kh + 1) // 2,
+           (x.shape[-2] + left + right - kw + 1) // 2, c)  # fmt: skip
+  _registered()
+  call = jax.ffi.ffi_call(
+    "digits_conv_relu_pool",
+    (jax.ShapeDtypeStruct(shape, x.dtype), jax.ShapeDtypeStruct(shape, jnp.int8)),
+    vmap_method="sequential",
+  )
+  return call(x, kernel, bias, pad_top=top, pad_left=left)
+
+
+def conv_relu_pool_param_grad(
+  x: jax.Array, corner: jax.Array, g: jax.Array, kernel_shape: tuple[int, ...], pads
+) -> tuple[jax.Array, jax.Array]:
+  """The kernel and bias gradients of :func:`conv_relu_pool` for the pooled cotangent ``g``."""
+  _registered()
+  call = jax.ffi.ffi_call(
+    "digits_conv_relu_pool_param_grad",
+    (jax.ShapeDtypeStruct(kernel_shape, g.dtype), jax.ShapeDtypeStruct(kernel_shape[-1:], g.dtype)),
+    vmap_method="sequential",
+  )
+  return call(x, corner, g, pad_top=pads[0][0], pad_left=pads[1][0])
+
+
+def conv_relu_pool_input_grad(
+  kernel: jax.Array, corner: jax.Array, g: jax.Array, x_shape: tuple[int, ...], pads
+) -> jax.Array:
+  """The image gradient of :func:`conv_relu_pool` for the pooled cotangent ``g``."""
+  _registered()
+  call = jax.ffi.ffi_call(
+    "digits_conv_relu_pool_input_grad",
+    jax.ShapeDtypeStruct(x_shape, g.dtype),
+    vmap_method="sequential",
+  )
+  return call(kernel, corner, g, pad_top=pads[0][0], pad_left=pads[1][0])
 
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3

@@ -210,6 +210,69 @@ def _im2col_bwd(padding: str, res, g: jax.Array) -> tuple[jax.Array, jax.Array]:
 conv2d_im2col.defvjp(_im2col_fwd, _im2col_bwd)
 
 
+def conv_relu_pool_reference(
+  x: jax.Array, kernel: jax.Array, bias: jax.Array, padding: str
+) -> jax.Array:
+  """Plain conv, bias, ReLU and 2x2 max-pool: what :func:`conv_relu_pool` computes."""
+  return max_pool_2x2_reference(jax.nn.relu(conv2d_reference(x, kernel, padding) + bias))
+
+
+def conv_relu_pool(x: jax.Array, kernel: jax.Array, bias: jax.Array, padding: str) -> jax.Array:
+  """A first layer: stride-1 conv plus bias, ReLU, 2x2 max-pool; fused on one-channel CPU input.
+
+  Equal to :func:`conv_relu_pool_reference`, and to pooling before the ReLU (both are
+  monotone). With one input channel on the CPU backend with the C++ kernels, the layer is
+  one C++ kernel (:func:`conv_relu_pool_fused`): a convolution with one input channel does
+  few multiply-adds per value, and the unfused layer's time goes into writing and reading
+  the full-size activation. Otherwise (more channels, GPU, TPU, no compiler) it is
+  :func:`conv2d`, the bias, ReLU and :func:`max_pool_2x2`.
+
+  Args:
+    x: NHWC input.
+    kernel: HWIO kernel.
+    bias: ``(C_out,)``.
+    padding: ``"SAME"`` or ``"VALID"`` (or another padding string ``lax`` accepts).
+
+  Returns:
+    The pooled NHWC output; odd sizes are floored.
+  """
+  if x.shape[-1] == 1 and kernel.shape[-1] <= native.MAX_FUSED_CHANNELS and native.use_native():
+    return conv_relu_pool_fused(x, kernel, bias, padding)
+  return max_pool_2x2(jax.nn.relu(conv2d(x, kernel, padding) + bias))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def conv_relu_pool_fused(x: jax.Array, kernel: jax.Array, bias: jax.Array, padding: str):
+  """:func:`conv_relu_pool_reference` for one-channel ``x`` as C++ kernels (CPU only).
+
+  The forward pass keeps, per pooled value, which corner of its window won; the backward
+  pass sends each window's cotangent to that corner only, as ``jax.grad`` of the reference
+  does: to the first maximum in row-major order (ties included), and nowhere when the
+  maximum is <= 0 (ReLU's gradient at 0 is 0). The image gradient is a separate kernel,
+  which XLA drops when nothing uses it (a network's input needs none). Sums agree with the
+  reference to float32 rounding; the parameter gradients are summed in a fixed order, so
+  they do not depend on the number of threads.
+  """
+  return _crp_fwd(x, kernel, bias, padding)[0]
+
+
+def _crp_fwd(x, kernel, bias, padding):
+  pads = _pads(x, kernel, padding)
+  pooled, corner = native.conv_relu_pool(x, kernel, bias, pads)
+  return pooled, (x, kernel, corner, pads)
+
+
+def _crp_bwd(padding, res, g):
+  del padding  # the forward pass saved the pads it resolved from it
+  x, kernel, corner, pads = res
+  d_kernel, d_bias = native.conv_relu_pool_param_grad(x, corner, g, kernel.shape, pads)
+  d_x = native.conv_relu_pool_input_grad(kernel, corner, g, x.shape, pads)
+  return d_x, d_kernel, d_bias
+
+
+conv_relu_pool_fused.defvjp(_crp_fwd, _crp_bwd)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def conv2d_xla(x: jax.Array, kernel: jax.Array, padding: str) -> jax.Array:
   """Stride-1 2-D convolution equal to :func:`conv2d_reference`, with a fast backward.
