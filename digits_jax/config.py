@@ -44,6 +44,7 @@ SHORT_NAMES = {
   "momentum": "mom",
   "validation_size": "val",
   "train_subset": "sub",
+  "rotation": "rot",
 }
 
 
@@ -94,7 +95,14 @@ class Config:
     "sparse", "Cross-entropy on integer labels (sparse) or one-hot targets.", choices=LOSSES
   )
   label_smoothing: float | None = _recipe(0.0, "Label smoothing in [0, 1).")
-  augment: bool | None = _recipe(False, "Random rotations (+-10 deg) and shifts (+-2 px).")
+  augment: bool | None = _recipe(
+    False, "Random rotations, shifts and zooms of the training images (see the next three)."
+  )
+  rotation: float | None = _recipe(10.0, "With --augment: largest rotation, degrees.")
+  shift: float | None = _recipe(2.0, "With --augment: largest shift per axis, pixels.")
+  zoom: float | None = _recipe(
+    0.0, "With --augment: scale factors are uniform in [1 - zoom, 1 + zoom] (0: none)."
+  )
   # Implementation fields: how, not what (see IMPLEMENTATION_FIELDS).
   fast_ops: bool = _implementation(
     True, "Convolutions and pools through digits_jax.models.ops (same maths, faster)."
@@ -120,13 +128,18 @@ class Config:
   def from_dict(cls, d: Mapping[str, Any]) -> Config:
     """The config a ``config.json`` recorded; fields it lacks take their defaults.
 
+    ``d`` is a resolved config, so a recipe field it lacks was added after it was written:
+    it takes its recipe default, which is what runs did before the field existed (the
+    augmentation's strengths, for one).
+
     Raises:
       ConfigError: ``d`` names a field this version does not know.
     """
     unknown = set(d) - set(FIELDS)
     if unknown:
       raise ConfigError(f"unknown config fields {sorted(unknown)}; known: {sorted(FIELDS)}")
-    config = cls(**d)
+    added = {n: FIELDS[n].metadata["recipe_default"] for n in RECIPE_FIELDS if n not in d}
+    config = cls(**(added | dict(d)))
     return config.replace(model=models.canonical_name(config.model))
 
 
@@ -237,6 +250,12 @@ def validate(config: Config) -> None:
     raise ConfigError(f"momentum must be in [0, 1), got {config.momentum}")
   if config.weight_decay < 0:
     raise ConfigError(f"weight_decay must be >= 0, got {config.weight_decay}")
+  if not 0 <= config.rotation <= 180:
+    raise ConfigError(f"rotation must be in [0, 180] degrees, got {config.rotation}")
+  if config.shift < 0:
+    raise ConfigError(f"shift must be >= 0 pixels, got {config.shift}")
+  if not 0 <= config.zoom < 1:
+    raise ConfigError(f"zoom must be in [0, 1), got {config.zoom}")
   if config.weight_decay and config.optimizer == "adam":
     raise ConfigError("weight_decay needs --optimizer=adamw or sgd (adam has none)")
 

@@ -42,3 +42,25 @@ def test_batch_is_seeded_and_bounded():
   np.testing.assert_array_equal(a, b)
   assert not np.allclose(a, c)
   assert float(a.min()) >= 0.0 and float(a.max()) <= 1.0
+
+
+def test_zoom_scales_about_the_centre():
+  x = jax.random.uniform(jax.random.PRNGKey(3), (9, 9, 1))  # centre pixel (4, 4)
+  out = augment._warp(x, jnp.float32(0), jnp.zeros(2), jnp.float32(2.0))
+  # Twice as large: the output pixel 2k from the centre shows the input pixel k from it.
+  for k in (-2, -1, 1, 2):
+    np.testing.assert_allclose(out[4 + 2 * k, 4], x[4 + k, 4], atol=1e-6)
+    np.testing.assert_allclose(out[4, 4 + 2 * k], x[4, 4 + k], atol=1e-6)
+
+
+def test_strengths_are_settings_and_no_zoom_keeps_the_earlier_draws():
+  batch = jax.random.uniform(jax.random.PRNGKey(0), (8, 28, 28, 1))
+  key = jax.random.PRNGKey(1)
+  default = augment.random_rotate_shift(key, batch)
+  np.testing.assert_array_equal(augment.random_rotate_shift(key, batch, 10.0, 2.0, 0.0), default)
+  zoomed = augment.random_rotate_shift(key, batch, 10.0, 2.0, 0.15)
+  assert not np.allclose(zoomed, default)
+  # No rotation, shift or zoom: the identity.
+  np.testing.assert_allclose(
+    augment.random_rotate_shift(key, batch, 0.0, 0.0, 0.0), batch, atol=1e-6
+  )

@@ -10,10 +10,12 @@ from digits_jax.training import workdirs
 
 
 def _as_earlier_version(workdir, model_name: str) -> None:
-  """Rewrites config.json as earlier versions wrote it: no epoch_loop, a former model name."""
+  """Rewrites config.json as earlier versions wrote it: no epoch_loop, no augmentation
+  strengths, a former model name."""
   saved = files.read_json(workdir / "config.json")
   config = dict(saved["config"])
-  config.pop("epoch_loop")
+  for added in ("epoch_loop", "rotation", "shift", "zoom"):
+    config.pop(added)
   config["model"] = model_name
   files.write_json(workdir / "config.json", saved | {"config": config})
 
@@ -57,3 +59,14 @@ def test_evaluate_reads_an_earlier_run(tiny_run, mnist, tmp_path):
   (workdir / "test_outputs.npz").unlink()
   out = runs.rebuild(workdir, datasets=mnist)
   assert out["reproduced"] is True and (workdir / "test_outputs.npz").is_file()
+
+
+def test_runs_from_before_the_augmentation_settings_keep_their_strengths():
+  # A config.json without rotation/shift/zoom was trained with 10 deg, 2 px, no zoom.
+  saved = resolve(Config(model="bn_conv3_wide")).to_dict()
+  for added in ("rotation", "shift", "zoom"):
+    saved.pop(added)
+  earlier = Config.from_dict(saved)
+  assert (earlier.rotation, earlier.shift, earlier.zoom) == (10.0, 2.0, 0.0)
+  assert earlier == resolve(Config(model="bn_conv3_wide"))
+  assert earlier != resolve(Config(model="bn_conv3_wide", zoom=0.1))

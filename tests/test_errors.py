@@ -226,6 +226,7 @@ BAD_FLAGS = {
     ["--learning_rate=-0.1"],
     "learning_rate must be a positive number, got -0.1",
   ),
+  "zoom_out_of_range": (["--augment", "--zoom=1.5"], "zoom must be in [0, 1), got 1.5"),
   "zero_batch_size": (["--batch_size=0"], "batch_size must be a positive number, got 0"),
   "negative_batch_size": (["--batch_size=-32"], "batch_size must be a positive number, got -32"),
   "batch_larger_than_training_set": (

@@ -117,7 +117,9 @@ def train_step(
   """
   augment_rng, dropout_rng = jax.random.split(rng)
   if config.augment:
-    images = augment.random_rotate_shift(augment_rng, images, batch_axis=batch_axis)
+    images = augment.random_rotate_shift(
+      augment_rng, images, config.rotation, config.shift, config.zoom, batch_axis=batch_axis
+    )
 
   def loss_fn(params):
     with layers.split_batch(batch_axis) if batch_axis else contextlib.nullcontext():
