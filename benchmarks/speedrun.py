@@ -1,6 +1,7 @@
-"""Time to 99%, side by side: the speedrun recipe in digits_jax and in PyTorch.
+"""Time to 99%, side by side: the speedrun recipe in digits_jax, PyTorch and Keras.
 
     python -m experiments.speedrun                    # 10 seeds each, interleaved
+    python -m experiments.speedrun --keras            # Keras 3 (TensorFlow) as well
     python -m experiments.speedrun --seeds=5 --torch=false
 
 Both train the same network (:class:`digits_jax.models.cnn.Speedrun`, rebuilt layer
@@ -14,7 +15,13 @@ seed 0, ours seed 1, ...) so load from elsewhere hits both; each side's time is 
 median over seeds of the wall time from building the network to the last step.
 Evaluation on the test set (once per seed, after training) is not timed.
 
-:func:`run_side_by_side` returns both sides' runs and summaries and the ratio;
+With ``keras=True`` the same recipe also runs in Keras 3 on TensorFlow (:class:`KerasSpeedrun`):
+``model.fit`` over the same batches in the same order, a learning-rate schedule that reads
+the same per-step rates. Its time, from building the network to the last step, includes
+the graph building and XLA compilation Keras does in ``fit`` (it cannot be told apart
+there), as a Keras user's would.
+
+:func:`run_side_by_side` returns every side's runs and summaries and the ratios;
 :mod:`experiments.speedrun` prints them and writes ``speedrun.json`` and ``speedrun.md``.
 """
 
@@ -128,38 +135,131 @@ class TorchSpeedrun:
     }
 
 
+def keras_net(model: str = "speedrun"):
+  """The registered ``speedrun``-style network ``model`` as a ``keras.Sequential`` (NHWC).
+
+  Same layers, shapes and parameter count as ours; Keras's default initialisation.
+  """
+  import keras
+
+  spec = models.get_spec(model).module
+  layers = [keras.Input((28, 28, 1))]
+  if spec.crop:
+    layers.append(keras.layers.Cropping2D(spec.crop))
+  for width, k in zip(spec.features, spec.kernel_sizes):
+    layers += [keras.layers.Conv2D(width, k), keras.layers.MaxPooling2D(2), keras.layers.ReLU()]
+  layers += [
+    keras.layers.Flatten(),
+    keras.layers.Dense(spec.dense, activation="relu"),
+    keras.layers.Dense(10),
+  ]
+  return keras.Sequential(layers)
+
+
+class KerasSpeedrun:
+  """The recipe in Keras 3 (TensorFlow backend): ``model.fit`` over the same batches.
+
+  Args:
+    recipe: the recipe (its model must be a ``Speedrun`` network).
+    data: the same normalised arrays ours trains on.
+  """
+
+  def __init__(self, recipe: sr.Recipe, data: sr.SpeedrunData):
+    import keras
+    import tensorflow as tf
+
+    self.keras, self.tf = keras, tf
+    self.recipe = recipe
+    self.data = data
+    self.steps = recipe.steps(len(data.train_labels))
+    images, labels = sr.batch_array(data.train_images, data.train_labels, recipe.batch_size)
+    order = np.arange(self.steps) % len(labels)  # batches in order, as ours and PyTorch's
+    self._batches = (images[order], np.eye(10, dtype=np.float32)[labels[order]])
+    self._rates = torch_learning_rates(recipe, self.steps).astype(np.float32)
+
+  def train(self, seed: int) -> tuple[Any, float]:
+    """Builds the network from ``seed`` and trains it; returns (network, seconds)."""
+    keras, tf = self.keras, self.tf
+    rates = self._rates
+
+    class Rates(keras.optimizers.schedules.LearningRateSchedule):
+      def __call__(self, step):
+        return tf.gather(rates, tf.minimum(tf.cast(step, tf.int32), len(rates) - 1))
+
+    t0 = time.perf_counter()
+    keras.utils.set_random_seed(seed)
+    net = keras_net(self.recipe.model)
+    net.compile(
+      optimizer=keras.optimizers.Adam(Rates(), beta_1=self.recipe.b1, beta_2=self.recipe.b2),
+      loss=keras.losses.CategoricalCrossentropy(
+        from_logits=True, label_smoothing=self.recipe.label_smoothing
+      ),
+    )
+    batches = tf.data.Dataset.from_tensor_slices(self._batches)
+    net.fit(batches, epochs=1, shuffle=False, verbose=0)
+    return net, time.perf_counter() - t0
+
+  def test_accuracy(self, net) -> float:
+    """Accuracy of a trained network on the test set."""
+    logits = net.predict(self.data.test_images, batch_size=1000, verbose=0)
+    return float(np.mean(logits.argmax(1) == self.data.test_labels))
+
+  def record(self, seed: int) -> dict[str, Any]:
+    """Trains and tests one seed, as :meth:`TorchSpeedrun.record`."""
+    net, seconds = self.train(seed)
+    accuracy = self.test_accuracy(net)
+    log.info("Keras seed %d: %.2f s, test accuracy %.2f%%", seed, seconds, 100 * accuracy)
+    return {
+      "seed": seed,
+      "train_seconds": seconds,
+      "compile_seconds": 0.0,
+      "test_accuracy": accuracy,
+    }
+
+
 def run_side_by_side(
   recipe: sr.Recipe,
   data: sr.SpeedrunData,
   seeds: list[int],
   *,
   torch_recipe: sr.Recipe | None = None,
+  torch: bool = True,
+  keras: bool = False,
 ) -> dict[str, Any]:
-  """Ours and (when installed) PyTorch, seed by seed in turns; both summaries and the ratio.
+  """Ours, PyTorch (when installed) and Keras (when asked), seed by seed in turns.
 
   Args:
     recipe: what ours trains.
-    data: the arrays both train and test on.
+    data: the arrays every side trains and tests on.
     seeds: one run of each side per seed.
-    torch_recipe: what PyTorch trains (default: ``recipe``; the benchmark passes
+    torch_recipe: what PyTorch and Keras train (default: ``recipe``; the benchmark passes
       :data:`digits_jax.training.speedrun.REFERENCE`, the published recipe).
+    torch: train it in PyTorch when PyTorch is installed.
+    keras: also train it in Keras 3 on TensorFlow.
 
   Returns:
     :func:`digits_jax.training.speedrun.run_speedrun`'s dict, plus ``torch_recipe``,
     ``torch_runs``, ``torch_summary`` and ``ratio`` (our median training seconds over
-    PyTorch's) when PyTorch is installed.
+    PyTorch's) when PyTorch is installed, and ``keras_runs``, ``keras_summary`` and
+    ``keras_ratio`` with ``keras``.
+
+  Raises:
+    ImportError: ``keras`` and Keras or TensorFlow is not installed.
   """
   torch_recipe = torch_recipe or recipe
   ours = sr.Speedrun(recipe, data)
   try:
-    theirs = TorchSpeedrun(torch_recipe, data)
+    theirs = TorchSpeedrun(torch_recipe, data) if torch else None
   except ImportError:
     theirs = None
-  runs, torch_runs = [], []
+  keras_side = KerasSpeedrun(torch_recipe, data) if keras else None
+  runs, torch_runs, keras_runs = [], [], []
   for seed in seeds:
     runs += ours.run([seed])
     if theirs is not None:
       torch_runs.append(theirs.record(seed))
+    if keras_side is not None:
+      keras_runs.append(keras_side.record(seed))
   result = {
     "recipe": dataclasses.asdict(recipe),
     "steps": ours.steps,
@@ -173,5 +273,12 @@ def run_side_by_side(
     result["torch_summary"] = sr.summarize(torch_runs)
     result["ratio"] = (
       result["summary"]["train_seconds_median"] / result["torch_summary"]["train_seconds_median"]
+    )
+  if keras_runs:
+    result["torch_recipe"] = dataclasses.asdict(torch_recipe)
+    result["keras_runs"] = keras_runs
+    result["keras_summary"] = sr.summarize(keras_runs)
+    result["keras_ratio"] = (
+      result["summary"]["train_seconds_median"] / result["keras_summary"]["train_seconds_median"]
     )
   return result

@@ -1,9 +1,10 @@
-"""Time to 99% test accuracy: ``python -m experiments.speedrun [--seeds=10] [--torch]``.
+"""Time to 99% test accuracy: ``python -m experiments.speedrun [--seeds=10] [--torch] [--keras]``.
 
 Trains the speedrun recipe (:mod:`digits_jax.training.speedrun`) for every seed, compiled
 once, and tests each seed's final model once. With ``--torch`` (the default when PyTorch
 is installed) the same recipe also runs in PyTorch (:mod:`benchmarks.speedrun`), seed by
-seed in turns with ours, so the ratio of training times is measured side by side.
+seed in turns with ours, so the ratio of training times is measured side by side; with
+``--keras`` it runs in Keras 3 on TensorFlow as well.
 Prints a table (training seconds per seed, the same plus the one compilation, test
 accuracy mean with a 95% interval, seeds at or above 99%) and writes ``speedrun.json``
 and ``speedrun.md`` into --output_dir. Recipe flags (``--epochs``, ``--learning_rate``,
@@ -40,6 +41,11 @@ flags.DEFINE_bool(
   "Also train the recipe in PyTorch, seed by seed in turns with ours (default: when "
   "PyTorch is installed).",
 )
+flags.DEFINE_bool(
+  "keras",
+  False,
+  "Also train the recipe in Keras 3 on TensorFlow (model.fit), in turns with the others.",
+)
 flags.DEFINE_integer(
   "vmap_seeds", 0, "Train this many seeds together under jax.vmap (0: one at a time)."
 )
@@ -52,8 +58,14 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if FLAGS.seeds < 1:
     raise app.UsageError(f"--seeds must be at least 1, got {FLAGS.seeds}")
-  if FLAGS.vmap_seeds and (FLAGS.torch or FLAGS.seeds % FLAGS.vmap_seeds):
-    raise app.UsageError("--vmap_seeds needs --torch=false and a --seeds that is a multiple of it")
+  if FLAGS.vmap_seeds and (FLAGS.torch or FLAGS.keras or FLAGS.seeds % FLAGS.vmap_seeds):
+    raise app.UsageError(
+      "--vmap_seeds needs --torch=false, --keras=false and a --seeds that is a multiple of it"
+    )
+  if FLAGS.keras and not (
+    importlib.util.find_spec("keras") and importlib.util.find_spec("tensorflow")
+  ):
+    raise app.UsageError("--keras needs Keras 3 and TensorFlow: pip install -r requirements.txt")
   common.setup()
   recipe = sr.Recipe(**{f.name: FLAGS[f.name].value for f in dataclasses.fields(sr.Recipe)})
   try:
@@ -65,10 +77,12 @@ def main(argv):
   env = environment()
   print(f"# {env['cpu']} ({env['cpu_count']} cores), {env['devices']}, jax {env['jax']}")
   seeds = list(range(FLAGS.seeds))
-  if FLAGS.torch:
+  if FLAGS.torch or FLAGS.keras:
     from benchmarks import speedrun as side_by_side
 
-    result = side_by_side.run_side_by_side(recipe, data, seeds, torch_recipe=sr.REFERENCE)
+    result = side_by_side.run_side_by_side(
+      recipe, data, seeds, torch_recipe=sr.REFERENCE, torch=FLAGS.torch, keras=FLAGS.keras
+    )
     table = sr.markdown(result)
   else:
     result = sr.run_speedrun(recipe, data, seeds, vmap_seeds=FLAGS.vmap_seeds)

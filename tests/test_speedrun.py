@@ -88,6 +88,30 @@ def test_torch_network_computes_ours(name):
   np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["speedrun", "speedrun_small"])
+def test_keras_network_computes_ours(name):
+  """Ours and the Keras twin, given the same parameters, give the same logits."""
+  pytest.importorskip("tensorflow")
+  keras = pytest.importorskip("keras")
+  from benchmarks import speedrun as side
+
+  model = models.create_model(name)
+  params = models.init_variables(model, jax.random.PRNGKey(0))["params"]
+  net = side.keras_net(name)
+  assert net.count_params() == models.count_params(params)
+  # Keras keeps our layouts: HWIO kernels, (in, out) dense kernels, NHWC flattened (h, w, c).
+  ours_in_order = [params[f"conv{i}"] for i in range(len(model.features))]
+  ours_in_order += [params["Dense_0"], params["Dense_1"]]
+  theirs = [layer for layer in net.layers if layer.weights]
+  assert all(isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)) for layer in theirs)
+  for layer, p in zip(theirs, ours_in_order, strict=True):
+    layer.set_weights([np.asarray(p["kernel"]), np.asarray(p["bias"])])
+  images = np.random.RandomState(0).randn(3, 28, 28, 1).astype(np.float32)
+  logits = np.asarray(net(images))
+  assert logits.shape == (3, 10)
+  np.testing.assert_allclose(model.apply({"params": params}, images), logits, rtol=1e-4, atol=1e-5)
+
+
 def test_small_network_sees_only_the_centre():
   """``speedrun_small`` crops 2 pixels off every edge: the border does not change its logits."""
   model = models.create_model("speedrun_small")
@@ -176,6 +200,22 @@ def test_torch_side_learns(small):
     result["runs"][0]["train_seconds"] / result["torch_runs"][0]["train_seconds"]
   )
   assert "PyTorch" in sr.markdown(result)
+
+
+def test_keras_side_learns(small):
+  pytest.importorskip("tensorflow")
+  pytest.importorskip("keras")
+  from benchmarks import speedrun as side
+
+  result = side.run_side_by_side(
+    SMALL_RECIPE.replace(epochs=1), small, [0], torch=False, keras=True
+  )
+  assert "torch_runs" not in result
+  assert result["keras_runs"][0]["test_accuracy"] > 0.85
+  assert result["keras_ratio"] == pytest.approx(
+    result["runs"][0]["train_seconds"] / result["keras_runs"][0]["train_seconds"]
+  )
+  assert "Keras" in sr.markdown(result)
 
 
 def test_cli_writes_speedrun_json(mnist_dir, tmp_path):

@@ -406,13 +406,14 @@ def run_speedrun(
 
 
 def markdown(result: dict[str, Any]) -> str:
-  """The table of a :func:`run_speedrun` result (and of PyTorch's side, when it ran)."""
+  """The table of a :func:`run_speedrun` result (and of PyTorch's and Keras's, when they ran)."""
   lines = [
     "| implementation | train s/seed (median) | with compile | test accuracy, mean [95%] "
     "| std | seeds >= 99% |",
     "|---|---|---|---|---|---|",
   ]
-  for name, key in (("digits_jax", "summary"), ("PyTorch", "torch_summary")):
+  sides = (("digits_jax", "summary"), ("PyTorch", "torch_summary"), ("Keras", "keras_summary"))
+  for name, key in sides:
     s = result.get(key)
     if s is None:
       continue
@@ -424,4 +425,6 @@ def markdown(result: dict[str, Any]) -> str:
     )
   if "ratio" in result:
     lines.append(f"\nours / PyTorch, training seconds per seed: {result['ratio']:.2f}")
+  if "keras_ratio" in result:
+    lines.append(f"ours / Keras, training seconds per seed: {result['keras_ratio']:.2f}")
   return "\n".join(lines) + "\n"
