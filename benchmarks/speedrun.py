@@ -71,13 +71,39 @@ def torch_learning_rates(recipe: sr.Recipe, steps: int) -> np.ndarray:
   return np.asarray([float(schedule(i)) for i in range(steps)])
 
 
-class TorchSpeedrun:
+class _Twin:
+  """What the other frameworks' sides share: one seed trained, tested and recorded."""
+
+  label = ""
+
+  def train(self, seed: int) -> tuple[Any, float]:
+    raise NotImplementedError
+
+  def test_accuracy(self, net) -> float:
+    raise NotImplementedError
+
+  def record(self, seed: int) -> dict[str, Any]:
+    """Trains and tests one seed: ``{"seed", "train_seconds", "compile_seconds", ...}``."""
+    net, seconds = self.train(seed)
+    accuracy = self.test_accuracy(net)
+    log.info("%s seed %d: %.2f s, test accuracy %.2f%%", self.label, seed, seconds, 100 * accuracy)
+    return {
+      "seed": seed,
+      "train_seconds": seconds,
+      "compile_seconds": 0.0,
+      "test_accuracy": accuracy,
+    }
+
+
+class TorchSpeedrun(_Twin):
   """The recipe in PyTorch on the CPU: data as NCHW tensors, batches in order.
 
   Args:
     recipe: the recipe (its model must be a ``Speedrun`` network).
     data: the same normalised arrays ours trains on.
   """
+
+  label = "PyTorch"
 
   def __init__(self, recipe: sr.Recipe, data: sr.SpeedrunData):
     import torch
@@ -122,18 +148,6 @@ class TorchSpeedrun:
       predicted = net(x).argmax(1).numpy()
     return float(np.mean(predicted == self.data.test_labels))
 
-  def record(self, seed: int) -> dict[str, Any]:
-    """Trains and tests one seed: ``{"seed", "train_seconds", "compile_seconds", ...}``."""
-    net, seconds = self.train(seed)
-    accuracy = self.test_accuracy(net)
-    log.info("PyTorch seed %d: %.2f s, test accuracy %.2f%%", seed, seconds, 100 * accuracy)
-    return {
-      "seed": seed,
-      "train_seconds": seconds,
-      "compile_seconds": 0.0,
-      "test_accuracy": accuracy,
-    }
-
 
 def keras_net(model: str = "speedrun"):
   """The registered ``speedrun``-style network ``model`` as a ``keras.Sequential`` (NHWC).
@@ -156,13 +170,15 @@ def keras_net(model: str = "speedrun"):
   return keras.Sequential(layers)
 
 
-class KerasSpeedrun:
+class KerasSpeedrun(_Twin):
   """The recipe in Keras 3 (TensorFlow backend): ``model.fit`` over the same batches.
 
   Args:
     recipe: the recipe (its model must be a ``Speedrun`` network).
     data: the same normalised arrays ours trains on.
   """
+
+  label = "Keras"
 
   def __init__(self, recipe: sr.Recipe, data: sr.SpeedrunData):
     import keras
@@ -203,18 +219,6 @@ class KerasSpeedrun:
     """Accuracy of a trained network on the test set."""
     logits = net.predict(self.data.test_images, batch_size=1000, verbose=0)
     return float(np.mean(logits.argmax(1) == self.data.test_labels))
-
-  def record(self, seed: int) -> dict[str, Any]:
-    """Trains and tests one seed, as :meth:`TorchSpeedrun.record`."""
-    net, seconds = self.train(seed)
-    accuracy = self.test_accuracy(net)
-    log.info("Keras seed %d: %.2f s, test accuracy %.2f%%", seed, seconds, 100 * accuracy)
-    return {
-      "seed": seed,
-      "train_seconds": seconds,
-      "compile_seconds": 0.0,
-      "test_accuracy": accuracy,
-    }
 
 
 def run_side_by_side(
