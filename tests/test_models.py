@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -51,6 +53,38 @@ def test_fast_and_plain_agree(name):
   np.testing.assert_allclose(
     fast.apply(variables, x), plain.apply(variables, x), rtol=1e-5, atol=1e-5
   )
+
+
+# The networks whose conv-ReLU-pool layers are one op in training (the first one fused in C++).
+FUSED_FIRST_LAYER = [
+  "conv3_dense128_64",
+  "conv3_dense100",
+  "conv2_dense64",
+  "conv2_dense100",
+  "conv2_dense128_dropout",
+  "speedrun",
+  "speedrun_small",
+]
+
+
+@pytest.mark.parametrize("name", FUSED_FIRST_LAYER)
+def test_fast_and_plain_agree_in_training(name):
+  """Training mode (the fused first layer, dropout with one key): same logits and gradients."""
+  x = jax.random.uniform(jax.random.PRNGKey(1), (4, 28, 28, 1))
+  fast, plain = models.create_model(name, fast=True), models.create_model(name, fast=False)
+  params = models.init_variables(fast, jax.random.PRNGKey(0))["params"]
+  weights = jax.random.normal(jax.random.PRNGKey(2), (4, 10))
+
+  def loss(model, params):
+    logits = model.apply({"params": params}, x, train=True, rngs={"dropout": jax.random.key(5)})
+    return jnp.sum(logits * weights)
+
+  (fast_loss, fast_grads), (plain_loss, plain_grads) = (
+    jax.value_and_grad(functools.partial(loss, m))(params) for m in (fast, plain)
+  )
+  assert float(fast_loss) == pytest.approx(float(plain_loss), rel=1e-5, abs=1e-5)
+  for a, b in zip(jax.tree.leaves(fast_grads), jax.tree.leaves(plain_grads), strict=True):
+    assert float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b)) < 1e-4
 
 
 @pytest.mark.parametrize("name", list(models.MODELS))

@@ -56,7 +56,7 @@ class ConvNet(nn.Module):
       name = f"conv{convs}"
       convs += 1
       if layers[:1] == ["pool"]:  # conv, ReLU, pool: one op (fused on one-channel CPU input)
-        x = conv_relu_pool(x, layer, fast=self.fast, name=name)
+        x = conv_relu_pool(x, layer, fast=self.fast, train=train, name=name)
         layers.pop(0)
       else:
         x = nn.relu(conv(layer, fast=self.fast, name=name)(x))
@@ -240,7 +240,8 @@ class Speedrun(nn.Module):
 
   conv24 5x5 (28->24), pool (->12), ReLU, conv32 3x3 (->10), pool (->5), ReLU, dense 256
   ReLU, dense 10. Max-pooling before the ReLU gives the same numbers as after it (both
-  are monotone) on a quarter of the elements. The whole recipe (Adam betas (0.7, 0.9),
+  are monotone); in training each conv, ReLU and pool is one op (``layers.conv_relu_pool``,
+  fused into one C++ kernel for the first layer on the CPU). The whole recipe (Adam betas (0.7, 0.9),
   normalised inputs, a fixed batch order, 0.75 epochs; by default on
   :class:`SpeedrunSmall`) is :mod:`digits_jax.training.speedrun`; trained through
   :mod:`experiments.train` it gets the registry recipe above (whole epochs, Adam's
@@ -262,7 +263,9 @@ class Speedrun(nn.Module):
       x = x[:, self.crop : x.shape[1] - self.crop, self.crop : x.shape[2] - self.crop]
     for i, (width, k) in enumerate(zip(self.features, self.kernel_sizes)):
       init = torch_default_init(k * k * x.shape[-1])
-      x = conv_relu_pool(x, width, fast=self.fast, kernel_size=k, name=f"conv{i}", **init)
+      x = conv_relu_pool(
+        x, width, fast=self.fast, train=train, kernel_size=k, name=f"conv{i}", **init
+      )
     x = x.reshape((x.shape[0], -1))
     x = nn.relu(nn.Dense(self.dense, **torch_default_init(x.shape[-1]))(x))
     return nn.Dense(self.num_classes, **torch_default_init(self.dense))(x)

@@ -150,6 +150,7 @@ def conv_relu_pool(
   features: int,
   *,
   fast: bool,
+  train: bool,
   name: str,
   padding: str = "VALID",
   kernel_size: int = 3,
@@ -157,15 +158,17 @@ def conv_relu_pool(
 ) -> jax.Array:
   """A conv layer, ReLU and 2x2 max-pool applied to ``x``, with :func:`conv`'s parameters.
 
-  The same numbers as ``pool(nn.relu(conv(...)(x)))`` (and as pooling before the ReLU);
-  fast, a network's first layer on one-channel images is one fused kernel on the CPU
-  (:func:`ops.conv_relu_pool`), which skips writing the full-size activation.
+  The same numbers as ``pool(nn.relu(conv(...)(x)))`` (and as pooling before the ReLU).
+  Fast and in training, it is one op (:func:`ops.conv_relu_pool`: for a network's first
+  layer on one-channel images on the CPU, one fused kernel, which skips writing the
+  full-size activation). In evaluation it is the conv module, the ReLU and the pool, so
+  the conv module's output (what :mod:`digits_jax.analysis.visualize` shows) is the
+  convolution itself, and evaluation computes what it did before the fused kernel existed.
   """
-  if fast:
-    layer = FastConv(features, kernel_size, padding, relu_pool=True, name=name, **init)
-    return layer(x)
-  return pool(nn.relu(conv(features, fast=False, padding=padding, kernel_size=kernel_size,
-                           name=name, **init)(x)), fast=False)  # fmt: skip
+  if fast and train:
+    return FastConv(features, kernel_size, padding, relu_pool=True, name=name, **init)(x)
+  layer = conv(features, fast=fast, padding=padding, kernel_size=kernel_size, name=name, **init)
+  return pool(nn.relu(layer(x)), fast=fast)
 
 
 def batch_norm(train: bool, name: str | None = None) -> nn.BatchNorm:
