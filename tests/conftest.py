@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import pathlib
+import shutil
+import sys
+import tempfile
 
 import pytest
 
@@ -16,6 +19,40 @@ MNIST_FILES = (
   "t10k-images-idx3-ubyte.gz",
   "t10k-labels-idx1-ubyte.gz",
 )
+
+
+# Set by the first pytest process of a session (the xdist controller, or a plain run): the
+# compilation cache every worker and every subprocess of this session shares.
+_SESSION_CACHE = "DIGITS_TEST_COMPILATION_CACHE"
+
+
+def pytest_configure(config):
+  """One persistent XLA compilation cache per test session, in a fresh temporary folder.
+
+  The tests train the same tiny networks in many processes (xdist workers, the entry
+  points they start), and most of such a test's time is XLA compiling the same steps;
+  a shared cache compiles each once per session. It starts empty every session, so no
+  executable outlives the code that compiled it. A ``JAX_COMPILATION_CACHE_DIR`` set
+  beforehand is left alone.
+  """
+  if "JAX_COMPILATION_CACHE_DIR" in os.environ and _SESSION_CACHE not in os.environ:
+    return
+  if _SESSION_CACHE not in os.environ:
+    os.environ[_SESSION_CACHE] = tempfile.mkdtemp(prefix="digits_jax-test-xla-cache-")
+    config._digits_cache_owner = os.environ[_SESSION_CACHE]
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ[_SESSION_CACHE]
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+  if "jax" in sys.modules:  # imported already: its config read the environment before
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", os.environ[_SESSION_CACHE])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+
+
+def pytest_unconfigure(config):
+  owner = getattr(config, "_digits_cache_owner", None)
+  if owner:
+    shutil.rmtree(owner, ignore_errors=True)
 
 
 def real_mnist_dir() -> pathlib.Path:
