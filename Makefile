@@ -9,7 +9,7 @@ ifneq ($(SHARED_MNIST),)
 export DIGITS_MANUAL_DIR ?= $(abspath $(SHARED_MNIST))
 endif
 
-.PHONY: venv sweep sweep-full test lint format lock benchmark speedrun clean
+.PHONY: venv sweep sweep-full sweep-ensemble test lint format lock benchmark speedrun clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,12 @@ sweep: venv
 ## The full table: every model at its source's settings, three seeds.
 sweep-full: venv
 	$(PY) -m experiments.sweep --preset=source --seeds=0,1,2 $(ARGS)
+
+## The ensemble preset: the three strongest networks at their recipes, three seeds each;
+## the sweep's compare.md gives their ensemble (one network of each per seed, and all nine).
+sweep-ensemble: venv
+	$(PY) -m experiments.sweep --preset=source --models=bn_conv3_wide,vgg_small,resnet8 \
+	  --seeds=0,1,2 --workdir=runs/sweep-ensemble $(ARGS)
 
 test: venv
 	$(PY) -m pytest -q -n auto --dist loadfile tests $(ARGS)

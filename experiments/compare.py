@@ -7,7 +7,9 @@ Searches every --workdir recursively for finished run directories, groups them i
 configurations (runs that differ only in seed are seeds of one), and writes compare.md,
 compare.csv, compare_pairs.csv, compare.json, compare_forest.png and compare_pairs.png into
 --output_dir (default: the first --workdir); prints compare.md. The best --ensemble_top
-configurations by validation accuracy are also averaged into an ensemble. Runs that cannot
+configurations by validation accuracy are also averaged into an ensemble
+(--ensemble_one_per_model: only each model's best configuration, so that the members are
+different networks). Runs that cannot
 be compared (other datasets or test sets, no stored test outputs) stop it with one
 ``error:`` line and exit status 1. The logic and the statistics are in
 :mod:`digits_jax.analysis.compare`.
@@ -34,6 +36,12 @@ flags.DEFINE_integer(
   "ensemble of configurations (0: none).",
   lower_bound=0,
 )
+flags.DEFINE_bool(
+  "ensemble_one_per_model",
+  False,
+  "Let the ensemble take only each model's best configuration by validation accuracy, so "
+  "that its members are different networks.",
+)
 flags.DEFINE_string("output_dir", None, "Where to write the files (default: the first --workdir).")
 flags.mark_flag_as_required("workdir")
 FLAGS = flags.FLAGS
@@ -52,7 +60,9 @@ def main(argv):
   output_dir = FLAGS.output_dir or FLAGS.workdir[0]
   try:
     comparison = compare.compare_runs(
-      compare.find_runs(FLAGS.workdir), ensemble_top=FLAGS.ensemble_top
+      compare.find_runs(FLAGS.workdir),
+      ensemble_top=FLAGS.ensemble_top,
+      one_per_model=FLAGS.ensemble_one_per_model,
     )
     markdown = compare.write_comparison(comparison, output_dir)
   except compare.ComparisonError as e:

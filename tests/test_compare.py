@@ -513,6 +513,24 @@ def test_the_ensemble_of_configurations_is_chosen_by_validation_and_averages_per
   markdown = compare.to_markdown(result)
   assert "## Ensemble of the 2 best configurations by validation accuracy" in markdown
   assert "a adam, b adam" in markdown
+  # One configuration per model: "a" with SGD, second by validation, gives way to "b".
+  sgd = configuration_runs(
+    rng, labels, difficulty, images, 5.0, (0, 1, 2), model="a", optimizer="sgd"
+  )
+  for r in sgd:
+    r.results.update(val_accuracy=0.985)
+    runs.append(r)
+  assert compare.compare(runs, ensemble_top=2).ensemble.members == ("a adam", "a sgd")
+  distinct = compare.compare(runs, ensemble_top=2, one_per_model=True).ensemble
+  assert distinct.members == ("a adam", "b adam") and distinct.one_per_model
+  assert "the best configuration of each of the 2 best models" in "\n".join(
+    compare.ensemble_markdown(distinct)
+  )
+  assert compare.compare(runs, ensemble_top=3, one_per_model=True).ensemble.members == (
+    "a adam",
+    "b adam",
+    "lucky adam",
+  )
   # Without validation accuracies, or with ensemble_top=0, there is no ensemble.
   assert compare.compare(runs, ensemble_top=0).ensemble is None
   for r in runs:

@@ -556,6 +556,7 @@ class Ensemble:
     table: McNemar table ``[[both right, ensemble only], [best member only, both wrong]]``.
     pvalue: exact McNemar p-value of that table (one test, not corrected).
     difference_interval: exact, conditional on the images where they disagree.
+    one_per_model: the members were chosen as the best configuration of each model.
   """
 
   members: tuple[str, ...]
@@ -573,6 +574,7 @@ class Ensemble:
   table: tuple[tuple[int, int], tuple[int, int]]
   pvalue: float
   difference_interval: Interval
+  one_per_model: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -780,13 +782,17 @@ def _mean_of(members: Sequence[Run], field: str) -> float | None:
   return float(np.mean(values))
 
 
-def compare(runs: Sequence[Run], ensemble_top: int = DEFAULT_ENSEMBLE_TOP) -> Comparison:
+def compare(
+  runs: Sequence[Run], ensemble_top: int = DEFAULT_ENSEMBLE_TOP, one_per_model: bool = False
+) -> Comparison:
   """The statistics of the module docstring for already loaded runs.
 
   Args:
     runs: finished runs of one dataset and test set (each configuration and seed once).
     ensemble_top: how many configurations, the best by mean validation accuracy, the
       ensemble of configurations averages (0: none).
+    one_per_model: the ensemble takes only each model's best configuration (by
+      validation), so that its members are different networks.
 
   Returns:
     The comparison; with one configuration it has no pairs, with one seed no seed intervals.
@@ -895,7 +901,7 @@ def compare(runs: Sequence[Run], ensemble_top: int = DEFAULT_ENSEMBLE_TOP) -> Co
     num_test=num_test,
     test_images_sha256=runs[0].outputs.images_sha256,
     warnings=tuple(_disagreements(runs)),
-    ensemble=ensemble_of_best(configurations, by_label, correct, ensemble_top),
+    ensemble=ensemble_of_best(configurations, by_label, correct, ensemble_top, one_per_model),
   )
 
 
@@ -904,6 +910,7 @@ def ensemble_of_best(
   runs: Mapping[str, Sequence[Run]],
   correct: Mapping[str, tuple[Mapping[Any, np.ndarray], np.ndarray]],
   top: int,
+  one_per_model: bool = False,
 ) -> Ensemble | None:
   """The ensemble of the ``top`` configurations with the best mean validation accuracy.
 
@@ -917,6 +924,8 @@ def ensemble_of_best(
     runs: each configuration's runs, by label.
     correct: each configuration's per-seed and seed-ensemble correctness, by label.
     top: how many configurations to average (fewer when fewer have a validation accuracy).
+    one_per_model: skip every configuration of a model whose better configuration (by
+      validation) is already a member.
 
   Returns:
     The ensemble, or ``None`` with fewer than two configurations to average.
@@ -924,7 +933,13 @@ def ensemble_of_best(
   ranked = sorted(
     (c for c in configurations if c.val_accuracy is not None),
     key=lambda c: (-c.val_accuracy, c.label),
-  )[:top]
+  )
+  if one_per_model:
+    best_of_model = {}
+    for c in ranked:
+      best_of_model.setdefault(c.config.get("model"), c)
+    ranked = list(best_of_model.values())
+  ranked = ranked[:top]
   if len(ranked) < 2:
     return None
   members = [runs[c.label] for c in ranked]
@@ -956,11 +971,14 @@ def ensemble_of_best(
     table=tuple(tuple(int(v) for v in row) for row in table),
     pvalue=mcnemar_pvalue(table),
     difference_interval=discordant_interval(table),
+    one_per_model=one_per_model,
   )
 
 
 def compare_runs(
-  run_dirs: Iterable[str | os.PathLike], ensemble_top: int = DEFAULT_ENSEMBLE_TOP
+  run_dirs: Iterable[str | os.PathLike],
+  ensemble_top: int = DEFAULT_ENSEMBLE_TOP,
+  one_per_model: bool = False,
 ) -> Comparison:
   """Loads finished run directories (see :func:`find_runs`) and compares them.
 
@@ -976,7 +994,9 @@ def compare_runs(
       f"{len(missing)} of {len(run_dirs)} runs have no {OUTPUTS_FILE} (stored test outputs): "
       f"{', '.join(map(str, missing))}. Write them from each run's checkpoint with: {commands}"
     )
-  return compare([read_run(d) for d in run_dirs], ensemble_top=ensemble_top)
+  return compare(
+    [read_run(d) for d in run_dirs], ensemble_top=ensemble_top, one_per_model=one_per_model
+  )
 
 
 # --------------------------------------------------------------------------------------------
@@ -1014,9 +1034,14 @@ def ensemble_markdown(ensemble: Ensemble | None) -> list[str]:
   )
   interval = "n/a" if e.interval is None else f"{_interval(e.interval)} ({e.interval.method})"
   cost = "-" if e.train_seconds is None else f"{e.train_seconds:,.0f} s of training per seed"
+  chosen = (
+    f"the best configuration of each of the {len(e.members)} best models"
+    if e.one_per_model
+    else f"the {len(e.members)} best configurations"
+  )
   return [
     "",
-    f"## Ensemble of the {len(e.members)} best configurations by validation accuracy",
+    f"## Ensemble of {chosen} by validation accuracy",
     "",
     f"Members (chosen on the validation split, never the test set): {', '.join(e.members)}.",
     "",
