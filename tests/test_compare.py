@@ -412,7 +412,7 @@ def test_entry_point_names_runs_without_outputs_and_writes_nothing(tmp_path):
   assert cli.snapshot(sweep) == before
 
 
-def test_find_runs_refuses_empty_and_missing_folders(tmp_path):
+def test_find_runs_refuses_empty_and_missing_folders(tmp_path, monkeypatch):
   with pytest.raises(compare.ComparisonError, match="not a folder"):
     compare.find_runs([tmp_path / "nowhere"])
   with pytest.raises(compare.ComparisonError, match="no finished runs"):
@@ -425,6 +425,11 @@ def test_find_runs_refuses_empty_and_missing_folders(tmp_path):
     "weak-adam-seed0",
     "weak-adam-seed1",
   ]
+  # Paths stay as given: relative ones (what compare.json records) do not name the machine.
+  monkeypatch.chdir(tmp_path)
+  found = compare.find_runs(["sweep", tmp_path / "sweep" / "good-adam-seed0"])
+  assert [str(p) for p in found][:2] == ["sweep/good-adam-seed0", "sweep/good-adam-seed1"]
+  assert len(found) == 4
 
 
 def test_runs_of_other_datasets_are_refused_by_name():

@@ -331,13 +331,14 @@ def find_runs(paths: Iterable[str | os.PathLike]) -> list[Path]:
     paths: folders to search.
 
   Returns:
-    The run directories, each once, sorted.
+    The run directories, each once (however it was reached), sorted; as found under the
+    given paths, so relative paths stay relative in what the comparison writes.
 
   Raises:
     ComparisonError: a path is not a folder, or no finished run was found.
   """
   paths = [Path(p) for p in paths]
-  found: dict[Path, None] = {}
+  found: dict[Path, Path] = {}  # resolved path -> the path as found
   for root in paths:
     if not root.is_dir():
       raise ComparisonError(
@@ -346,7 +347,7 @@ def find_runs(paths: Iterable[str | os.PathLike]) -> list[Path]:
     for directory, subdirs, names in os.walk(root):
       directory = Path(directory)
       if "config.json" in names and "results.json" in names:
-        found.setdefault(directory.resolve(), None)
+        found.setdefault(directory.resolve(), directory)
         subdirs.clear()
       elif "config.json" in names:
         log.warning("%s: no results.json (the run has not finished); left out", directory)
@@ -358,7 +359,7 @@ def find_runs(paths: Iterable[str | os.PathLike]) -> list[Path]:
       f"no finished runs under {', '.join(map(str, paths))}: a run directory holds "
       "config.json and results.json, as experiments.train and experiments.sweep write them"
     )
-  return sorted(found)
+  return sorted(found.values())
 
 
 def read_run(run_dir: str | os.PathLike) -> Run:
