@@ -9,10 +9,9 @@ compare.csv, compare_pairs.csv, compare.json, compare_forest.png and compare_pai
 --output_dir (default: the first --workdir); prints compare.md. The best --ensemble_top
 configurations by validation accuracy are also averaged into an ensemble
 (--ensemble_one_per_model: only each model's best configuration, so that the members are
-different networks). Runs that cannot
-be compared (other datasets or test sets, no stored test outputs) stop it with one
-``error:`` line and exit status 1. The logic and the statistics are in
-:mod:`digits_jax.analysis.compare`.
+different networks). Runs that cannot be compared (other datasets or test sets, no stored
+test outputs) stop it with one ``error:`` line and exit status 1. The logic and the
+statistics are in :mod:`digits_jax.analysis.compare`.
 """
 
 import logging
