@@ -8,14 +8,19 @@ the digit about 20 pixels tall, centred by mass. A photo or a scan of a digit on
 differs in every respect, so :func:`preprocess` goes through these steps (each a field of
 :class:`Steps`, each switchable):
 
-1. **grayscale** (always): EXIF orientation applied, transparency composited on white,
-   palette and colour images converted to luminance in ``[0, 1]``; images larger than
+1. **grayscale** (always): EXIF orientation applied, palette and colour images converted
+   to luminance in ``[0, 1]``, transparency composited on white, or on black when what is
+   drawn on it is light (white chalk on a transparent background); images larger than
    :data:`WORK_SIZE` are first reduced (anti-aliased): the result has 784 pixels anyway.
 2. **polarity** (``auto``, ``invert``, ``keep``): MNIST has light ink on a dark
    background. ``auto`` takes the paper to be what the border of the image mostly shows,
-   and inverts when it is lighter than the midpoint between the darkest and lightest ink.
+   and the ink to be the extreme (darkest or lightest pixel) farther from it; it inverts
+   dark ink on light paper.
 3. **flatten**: subtracts the paper's slowly varying brightness (uneven lighting, shadows,
-   tint), estimated as a low percentile over windows a third of the image wide.
+   tint): a quadratic in x and y fitted to the paper alone, ink left out by repeated
+   refits, on a copy :data:`PAPER_SIZE` pixels wide. Six coefficients cannot follow a
+   stroke of any width, length or place. A paper whose fit varies by at most
+   :data:`FLAT_PAPER` (a clean background, a drawing) is left as it is.
 4. **clean**: paper texture and sensor or JPEG noise sit below a noise floor (the paper's
    median plus a multiple of its spread, Otsu's threshold separating paper from ink); the
    range from that floor to the ink's median level is stretched to ``[0, 1]``, so strokes
@@ -53,6 +58,9 @@ FIELD = 28  # MNIST's image size.
 BOX = 20  # The box MNIST's digits were size-normalised to.
 CENTER = (14.0, 14.0)  # Where MNIST's centres of mass lie (row, column), in pixel indices.
 WORK_SIZE = 448  # Larger images are reduced to this many pixels on their long side first.
+PAPER_SIZE = 48  # The paper's lighting is fitted on a copy this many pixels on its long side.
+FLAT_PAPER = 0.02  # A fitted paper varying less than this (grey levels) is left unflattened.
+PAPER_TOLERANCE = 0.03  # Pixels this close to the fitted paper count as paper, whatever its noise.
 POLARITIES = ("auto", "invert", "keep")
 CENTERS = ("mass", "box")
 STEP_NAMES = ("flatten", "clean", "despeckle", "crop", "fit")
@@ -156,9 +164,7 @@ def grayscale(image: Image.Image, work_size: int | None = WORK_SIZE) -> np.ndarr
     top = 65535.0 if image.mode.startswith("I;16") else max(float(values.max()), 1.0)
     image = Image.fromarray((np.clip(values, 0, None) / top).astype(np.float32))
   elif "A" in image.mode or image.mode == "RGBa":
-    rgba = image.convert("RGBA")
-    paper = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-    image = Image.alpha_composite(paper, rgba).convert("L")
+    image = _composite(image.convert("RGBA"))
   elif image.mode != "L":
     image = image.convert("L")
   if work_size and max(image.size) > work_size:
@@ -171,8 +177,27 @@ def grayscale(image: Image.Image, work_size: int | None = WORK_SIZE) -> np.ndarr
   return np.clip(values, 0.0, 1.0)
 
 
+def _composite(rgba: Image.Image) -> Image.Image:
+  """An RGBA image's luminance over white, or over black when what is drawn is light.
+
+  What is drawn is the opaque part: its luminance, weighted by opacity, decides. Dark ink on
+  a transparent background lands on white, white chalk on black, so that it always shows.
+  """
+  values = np.asarray(rgba, dtype=np.float64) / 255.0
+  alpha = values[..., 3]
+  luma = values[..., :3] @ np.array([0.299, 0.587, 0.114])
+  drawn = float((alpha * luma).sum() / max(alpha.sum(), 1e-9))
+  background = 0.0 if alpha.sum() > 0 and drawn > 0.5 else 1.0
+  gray = luma * alpha + background * (1 - alpha)
+  return Image.fromarray(np.uint8(np.round(255 * np.clip(gray, 0, 1))), "L")
+
+
 def paper_is_light(gray: np.ndarray) -> bool:
   """Whether the paper (what the border mostly shows) is lighter than the ink.
+
+  The ink is the extreme farther from the paper: the darkest pixel for dark ink, the
+  lightest for light ink. Extremes, not percentiles, so that a thin short stroke on a large
+  page counts however few pixels it covers.
 
   Args:
     gray: ``(height, width)`` luminance in ``[0, 1]``.
@@ -185,8 +210,8 @@ def paper_is_light(gray: np.ndarray) -> bool:
   border = np.concatenate(
     [gray[:k].ravel(), gray[-k:].ravel(), gray[:, :k].ravel(), gray[:, -k:].ravel()]
   )
-  lo, hi = np.percentile(gray, [1, 99])
-  return bool(np.median(border) > (lo + hi) / 2)
+  level = float(np.median(border))
+  return bool(level - gray.min() > gray.max() - level)
 
 
 def _resize(values: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -195,35 +220,96 @@ def _resize(values: np.ndarray, height: int, width: int) -> np.ndarray:
   return np.asarray(image.resize((width, height), Image.Resampling.LANCZOS), dtype=np.float64)
 
 
-def flatten(ink: np.ndarray) -> np.ndarray:
-  """Subtracts the slowly varying paper level from light-ink-on-dark ``ink``.
+def _design(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+  """The quadratic's terms ``1, x, y, x^2, xy, y^2`` at ``(rows, cols)`` in ``[-1, 1]``."""
+  y, x = np.broadcast_arrays(rows, cols)
+  return np.stack([np.ones_like(x), x, y, x * x, x * y, y * y], axis=-1)
 
-  The paper level is the 10th percentile over windows a third of the short side wide
-  (on a copy reduced to about 32 pixels on its short side), smoothed and brought back to
-  full size: uneven lighting, shadows and tint go, strokes (narrower than the window,
-  covering well under 90% of it) stay.
+
+def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+  """Pixel centres of an ``h`` x ``w`` image as ``[-1, 1]`` coordinates (rows, columns)."""
+  rows = (np.arange(h) + 0.5) / h * 2 - 1
+  cols = (np.arange(w) + 0.5) / w * 2 - 1
+  return rows[:, None], cols[None, :]
+
+
+def paper_fit(ink: np.ndarray, size: int = PAPER_SIZE) -> np.ndarray:
+  """The paper's brightness as a quadratic in x and y: 6 coefficients (see :func:`paper`).
+
+  Fitted by least squares to a copy of ``ink`` reduced to at most ``size`` pixels on its long
+  side, leaving out the ink: it starts from the pixels on the paper's side of Otsu's
+  threshold, then repeatedly refits to the pixels within 2.5 robust deviations (at least
+  :data:`PAPER_TOLERANCE`) of the fit. Six coefficients cannot follow a stroke, whatever its
+  width, length or place; they follow lighting that varies smoothly across the page.
   """
   h, w = ink.shape
-  scale = min(1.0, 32 / min(h, w))
+  scale = min(1.0, size / max(h, w))
   small = _resize(ink, max(1, round(h * scale)), max(1, round(w * scale))) if scale < 1 else ink
-  size = max(3, round(min(small.shape) / 3))
-  paper = ndimage.percentile_filter(small, 10, size=size, mode="reflect")
-  paper = ndimage.uniform_filter(paper, size=size, mode="reflect")
-  if paper.shape != ink.shape:
-    paper = _resize(paper, h, w)
-  return np.clip(ink - paper, 0.0, None)
+  design = _design(*_grid(*small.shape)).reshape(-1, 6)
+  values = small.ravel()
+  keep = values <= otsu_threshold(values)
+  coef = np.zeros(6)
+  for _ in range(10):
+    if np.count_nonzero(keep) < 6:
+      break
+    coef = np.linalg.lstsq(design[keep], values[keep], rcond=None)[0]
+    residual = values - design @ coef
+    centre = np.median(residual[keep])
+    spread = 1.4826 * np.median(np.abs(residual[keep] - centre))
+    new_keep = np.abs(residual - centre) <= max(2.5 * spread, PAPER_TOLERANCE)
+    if np.array_equal(new_keep, keep):
+      break
+    keep = new_keep
+  return coef
+
+
+def paper(ink: np.ndarray) -> np.ndarray | None:
+  """The paper's smooth brightness at every pixel of ``ink``, or None when it is flat.
+
+  Flat means the fitted paper (:func:`paper_fit`) varies by at most :data:`FLAT_PAPER`
+  across the image: a clean background, a drawing, a scan; flattening it would only risk
+  taking strokes for paper.
+  """
+  coef = paper_fit(ink)
+  small = _design(*_grid(PAPER_SIZE, PAPER_SIZE)) @ coef
+  if np.ptp(small) <= FLAT_PAPER:
+    return None
+  return _design(*_grid(*ink.shape)) @ coef
+
+
+def flatten(ink: np.ndarray) -> np.ndarray:
+  """Subtracts the slowly varying paper level (:func:`paper`) from light-ink-on-dark ``ink``.
+
+  Uneven lighting, shadows and tint go; a flat paper is left as it is, and strokes of any
+  width, length and place stay.
+  """
+  level = paper(ink)
+  if level is None:
+    return ink
+  return np.clip(ink - level, 0.0, None)
 
 
 def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
-  """Otsu's threshold: the grey level that best separates two classes of ``values``."""
-  hist, edges = np.histogram(values, bins=bins)
+  """Otsu's threshold: the grey level that best separates two classes of ``values``.
+
+  Values up to the threshold form the first class. When several thresholds separate the
+  classes equally well (two grey levels with empty bins between them), the middle one.
+  """
+  values = np.asarray(values, dtype=np.float64).ravel()
+  lo, hi = float(values.min()), float(values.max())
+  if hi <= lo:
+    return lo
+  hist, edges = np.histogram(values, bins=bins, range=(lo, hi))
   centers = (edges[:-1] + edges[1:]) / 2
-  weight0 = np.cumsum(hist)
-  weight1 = weight0[-1] - weight0
-  mean0 = np.cumsum(hist * centers) / np.maximum(weight0, 1)
-  mean1 = (np.sum(hist * centers) - np.cumsum(hist * centers)) / np.maximum(weight1, 1)
-  between = weight0 * weight1 * (mean0 - mean1) ** 2
-  return float(centers[int(np.argmax(between))])
+  weight0 = np.cumsum(hist)[:-1]
+  weight1 = hist.sum() - weight0
+  sum0 = np.cumsum(hist * centers)[:-1]
+  mean0 = sum0 / weight0.clip(min=1)
+  mean1 = (np.sum(hist * centers) - sum0) / weight1.clip(min=1)
+  between = weight0.astype(np.float64) * weight1 * (mean0 - mean1) ** 2
+  best = np.flatnonzero(between >= between.max() * (1 - 1e-9))
+  # The class boundary after bin i is its upper edge; ties: the middle of the plateau.
+  return float((edges[best[0] + 1] + edges[best[-1] + 1]) / 2)
 
 
 def ink_levels(ink: np.ndarray) -> tuple[float, float, float]:

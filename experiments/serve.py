@@ -8,8 +8,10 @@ elsewhere; ``--port=0`` picks a free port). The page sends the drawing as a PNG 
 networks got (:func:`digits_jax.preprocess.preprocess`), and every model's and the
 ensemble's ten probabilities. ``GET /api/models`` lists the loaded runs.
 
-Requests larger than ``--max_bytes`` get 413, a body that is not an image 400 and an image
-without ink 422, each with ``{"error": message}``. The standard library's
+Requests larger than ``--max_bytes`` get 413 and a body that is not an image 400, each with
+``{"error": message}``. An image without ink (an empty canvas) is no error of the person
+drawing: it gets 422 with ``{"empty": true, "hint": EMPTY_HINT, "error": message}``, and the
+page shows the hint in grey where the answer would be. The standard library's
 :mod:`http.server` serves it: one process, no dependencies beyond the project's.
 """
 
@@ -44,6 +46,8 @@ flags.mark_flag_as_required("workdir")
 FLAGS = flags.FLAGS
 
 log = logging.getLogger(__name__)
+
+EMPTY_HINT = "Draw a digit first"  # what the page says when there is no ink to read
 
 
 def page() -> bytes:
@@ -117,7 +121,10 @@ def make_handler(
         self._error(HTTPStatus.BAD_REQUEST, str(e))
         return
       except preprocess.EmptyImageError as e:
-        self._error(HTTPStatus.UNPROCESSABLE_ENTITY, f"the uploaded file: {e}")
+        self._json(
+          HTTPStatus.UNPROCESSABLE_ENTITY,
+          {"empty": True, "hint": EMPTY_HINT, "error": f"the uploaded file: {e}"},
+        )
         return
       self._json(HTTPStatus.OK, result)
 

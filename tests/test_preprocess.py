@@ -6,7 +6,9 @@ import io
 
 import numpy as np
 import pytest
-from PIL import Image
+from hypothesis import given, note, settings
+from hypothesis import strategies as st
+from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from digits_jax import preprocess
@@ -224,3 +226,145 @@ def test_arrays_are_accepted():
   page = on_paper(seven())
   from_array = preprocess.preprocess(np.uint8(np.round(255 * page)))
   np.testing.assert_allclose(from_array, preprocess.preprocess(to_image(page)))
+
+
+# Clean drawings: a stroke of any width, length and place is ink, never paper.
+
+
+def pen_drawing(
+  size: tuple[int, int],
+  points: list[tuple[float, float]],
+  width: int,
+  *,
+  paper=(255, 255, 255, 255),
+  ink=(0, 0, 0, 255),
+  mode: str = "RGBA",
+) -> Image.Image:
+  """A round pen's polyline through ``points`` (x, y), ``width`` pixels wide, on ``paper``."""
+  image = Image.new("RGBA", size, paper)
+  draw = ImageDraw.Draw(image)
+  if len(points) > 1:
+    draw.line(points, fill=ink, width=width, joint="curve")
+  r = (width - 1) / 2
+  for x, y in points[:: max(1, len(points) - 1)]:  # round caps at both ends
+    draw.ellipse([x - r, y - r, x + r, y + r], fill=ink)
+  return image if mode == "RGBA" else image.convert(mode)
+
+
+def assert_vertical_bar(out: np.ndarray) -> None:
+  """``out`` is a '1': one upright bar, 20 pixels tall, a few wide, in the middle."""
+  rows = np.flatnonzero((out > 0.2).any(axis=1))
+  cols = np.flatnonzero((out > 0.2).any(axis=0))
+  assert rows[-1] - rows[0] + 1 >= 19 and cols[-1] - cols[0] + 1 <= 6, (rows, cols)
+  assert abs((cols[0] + cols[-1]) / 2 - 13.5) <= 1.5 and out.max() > 0.9
+  assert np.allclose(ndimage.center_of_mass(out), CENTRE, atol=1.0)
+
+
+CENTRE = (14.0, 14.0)
+
+
+@pytest.mark.parametrize("x", [140, 100])
+@pytest.mark.parametrize("length", [120, 180])
+def test_the_drawing_pages_stroke_is_ink(length, x):
+  """The page's own canvas and pen: 280x280 white, round, 18 px, a vertical '1'."""
+  image = pen_drawing((280, 280), [(x, 140 - length / 2), (x, 140 + length / 2)], 18, mode="RGB")
+  assert_vertical_bar(preprocess.preprocess(image))
+
+
+@pytest.mark.parametrize("length", [200, 160, 100])
+@pytest.mark.parametrize("width", [3, 6, 10, 14, 20])
+def test_a_plain_line_on_white_is_ink(width, length):
+  page = np.full((200, 200), 255, np.uint8)
+  top, left = (200 - length) // 2, 100 - width // 2
+  page[top : top + length, left : left + width] = 0
+  out = preprocess.preprocess(Image.fromarray(page))
+  assert_vertical_bar(out)
+  # Nothing was flattened away: the bar is solid ink, not two edges.
+  assert out[np.nonzero(out > 0.2)].mean() > 0.6
+
+
+def test_a_flat_paper_is_not_flattened_and_a_lit_one_is():
+  page = on_paper(seven())
+  ink = 1 - page
+  assert preprocess.paper(ink) is None
+  lit = 1 - on_paper(seven(), gradient=0.3)
+  level = preprocess.paper(lit)
+  assert level is not None
+  paper_only = on_paper(np.zeros((1, 1)), gradient=0.3)
+  np.testing.assert_allclose(level, 1 - paper_only, atol=0.02)  # the stroke left out
+
+
+def test_otsu_splits_two_levels_in_the_middle():
+  values = np.array([0.0] * 90 + [1.0] * 10)
+  assert preprocess.otsu_threshold(values) == pytest.approx(0.5, abs=0.01)
+  assert preprocess.otsu_threshold(np.full(10, 0.3)) == 0.3
+
+
+def test_light_ink_on_a_transparent_background_shows():
+  rgba = pen_drawing((120, 120), [(60, 20), (60, 100)], 8, paper=(0, 0, 0, 0), ink=(255,) * 4)
+  assert_vertical_bar(preprocess.preprocess(rgba))
+  dark = pen_drawing((120, 120), [(60, 20), (60, 100)], 8, paper=(255, 255, 255, 0))
+  np.testing.assert_allclose(preprocess.preprocess(dark), preprocess.preprocess(rgba), atol=0.02)
+
+
+# Property-based: random strokes and digit-like polylines on random backgrounds.
+
+BACKGROUNDS = ("white", "transparent", "grey", "dark")
+
+
+@st.composite
+def drawings(draw, min_size: int = 28, max_size: int = 400):
+  """``(image, straight)``: a random round-pen drawing, and whether it is one straight stroke."""
+  w = draw(st.integers(min_size, max_size))
+  h = min(max_size, max(min_size, round(w * draw(st.floats(0.7, 1.4)))))
+  pen = max(1, round(draw(st.floats(0.01, 0.15)) * min(w, h)))
+  n = draw(st.integers(2, 7))
+  point = st.tuples(st.floats(0, w - 1), st.floats(0, h - 1))
+  points = draw(st.lists(point, min_size=n, max_size=n))
+  background = draw(st.sampled_from(BACKGROUNDS))
+  grey = lambda v: (round(255 * v),) * 3 + (255,)  # noqa: E731
+  if background == "white":
+    paper, ink = grey(1.0), grey(draw(st.floats(0.0, 0.5)))
+  elif background == "transparent":
+    paper = draw(st.sampled_from([(0, 0, 0, 0), (255, 255, 255, 0), (90, 160, 30, 0)]))
+    ink = draw(st.tuples(*[st.integers(0, 255)] * 3)) + (255,)
+  elif background == "grey":
+    paper, ink = grey(draw(st.floats(0.35, 0.65))), grey(draw(st.sampled_from([0.0, 1.0])))
+  else:
+    paper, ink = grey(draw(st.floats(0.0, 0.25))), grey(draw(st.floats(0.75, 1.0)))
+  mode = "RGBA" if background == "transparent" else "RGB"
+  image = pen_drawing((w, h), points, pen, paper=paper, ink=ink, mode=mode)
+  note(f"{(w, h)=} {pen=} {points=} {paper=} {ink=}")
+  # One straight stroke that the canvas's edge does not cut is symmetric.
+  inside = all(
+    pen / 2 + 1 <= x <= w - 2 - pen / 2 and pen / 2 + 1 <= y <= h - 2 - pen / 2 for x, y in points
+  )
+  return image, n == 2 and inside
+
+
+def check_drawing(image: Image.Image, straight: bool) -> None:
+  out = preprocess.preprocess(image)  # never EmptyImageError
+  # A 1%-wide pen is a fifth of a pixel wide in the 20x20 box: faint, but there.
+  assert out.max() > 0.05
+  rows = np.flatnonzero((out > 0).any(axis=1))
+  cols = np.flatnonzero((out > 0).any(axis=0))
+  assert rows[-1] - rows[0] < 20 and cols[-1] - cols[0] < 20  # the ink fits 20x20
+  com = ndimage.center_of_mass(out)
+  for axis, (lo, hi) in enumerate(((rows[0], rows[-1]), (cols[0], cols[-1]))):
+    # Centred by mass, unless that would push ink out of the field: then it sits at the edge.
+    pushed = (com[axis] < 13 and hi >= 26) or (com[axis] > 15 and lo <= 1)
+    assert abs(com[axis] - 14) <= 1 or pushed, (com, rows, cols)
+    if straight:  # symmetric: centred by mass is centred by box, within the central 20x20
+      assert 3 <= lo and hi <= 24, (rows, cols)
+
+
+@settings(max_examples=60, deadline=None)
+@given(drawings())
+def test_any_clean_drawing_is_read(drawing):
+  check_drawing(*drawing)
+
+
+@settings(max_examples=5, deadline=None)
+@given(drawings(400, 2000))
+def test_any_large_clean_drawing_is_read(drawing):
+  check_drawing(*drawing)

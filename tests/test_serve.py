@@ -92,7 +92,6 @@ def test_page_and_endpoint(server, run):
   "data,status,message",
   [
     (b"hello, this is text", 400, "not an image"),
-    (png(np.full((100, 100), 255)), 422, "no ink"),
     (b"\x00" * 300_000, 413, "more than the limit of 200,000"),
     (b"", 400, "no body"),
   ],
@@ -101,6 +100,40 @@ def test_bad_requests_get_a_4xx_with_a_message(server, data, status, message):
   code, body = request(server + "/api/predict", data)
   assert code == status
   assert message in json.loads(body)["error"]
+
+
+def test_an_empty_drawing_gets_a_hint_not_an_error(server):
+  code, body = request(server + "/api/predict", png(np.full((280, 280), 255)))
+  answer = json.loads(body)
+  assert code == 422 and answer["empty"] is True
+  assert answer["hint"] == serve.EMPTY_HINT == "Draw a digit first"
+  assert "no ink" in answer["error"]  # for clients that only read errors
+  code, body = request(server + "/api/predict", b"hello, this is text")
+  assert code == 400 and "empty" not in json.loads(body)
+
+
+def pen_stroke(size: int, width: int, x: int, top: int, bottom: int) -> np.ndarray:
+  """A vertical round-pen stroke, black on white, as the page draws it."""
+  y, xs = np.mgrid[0:size, 0:size]
+  nearest = np.clip(y, top, bottom)
+  page = np.full((size, size), 255)
+  page[np.hypot(xs - x, y - nearest) <= width / 2] = 0
+  return page
+
+
+@pytest.mark.parametrize(
+  "page",
+  [
+    pen_stroke(280, 18, 140, 80, 200),  # the page's canvas and pen, 120 px long, centred
+    pen_stroke(200, 3, 100, 0, 199),  # a thin line from edge to edge
+    pen_stroke(200, 14, 100, 20, 180),
+  ],
+  ids=["canvas-pen-120px", "line-3px", "line-14px"],
+)
+def test_a_plain_stroke_is_read_as_a_one(server, run, page):
+  code, body = request(server + "/api/predict", png(page))
+  assert code == 200, body
+  assert json.loads(body)["prediction"] == 1
 
 
 def test_unknown_paths_are_404(server):
@@ -203,6 +236,18 @@ def test_draw_in_a_real_browser(tiny_run, run, tmp_path):
     assert driver.save_screenshot(str(screenshot))
     assert Image.open(screenshot).size[0] > 500
     print(f"screenshot: {screenshot}")
+
+    # An empty pad: the page shows a grey hint, not an error, and no answer.
+    driver.find_element(By.ID, "clear").click()
+    driver.execute_script("sendCanvas()")
+    WebDriverWait(driver, 60).until(
+      lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "hint"
+    )
+    status = driver.find_element(By.ID, "status")
+    assert status.text == serve.EMPTY_HINT
+    red, green, blue = map(int, re.findall(r"\d+", status.value_of_css_property("color"))[:3])
+    assert red == green == blue  # grey, not the red of an error
+    assert driver.find_element(By.ID, "prediction").text == ""
   finally:
     driver.quit()
     proc.terminate()
