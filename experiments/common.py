@@ -8,7 +8,10 @@ value of each model's source recipe. The sweep takes comma-separated lists inste
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import logging
+import os
+import pathlib
 import sys
 import types
 import typing
@@ -17,7 +20,9 @@ from typing import Any
 
 import absl.logging
 import jax
+import ml_collections
 from absl import flags
+from ml_collections import config_flags
 
 from digits_jax import data
 from digits_jax.config import FIELDS, RECIPE_FIELDS, Config, ConfigError
@@ -216,3 +221,64 @@ def setup(*, multiprocess: bool = False) -> None:
 def fail(error: Exception) -> None:
   """Exits non-zero with the error's message and no traceback."""
   sys.exit(f"error: {error}")
+
+
+# An experiment as a file: configs/NAME.py, whose get_config() returns a ConfigDict of flag
+# values. Precedence: a flag given on the command line, then --config.FIELD=VALUE, then the
+# file, then the flag's default.
+CONFIG_HELP = (
+  "An experiment's config file, configs/NAME.py (its docstring gives the command, the cost "
+  "and where the results live). --config.FIELD=VALUE overrides one of its fields; a flag "
+  "given on the command line (--FIELD=VALUE) overrides both."
+)
+
+
+def define_config_file() -> None:
+  """Defines ``--config`` (an ml_collections config file of this entry point's flags)."""
+  config_flags.DEFINE_config_file("config", None, CONFIG_HELP, lock_config=True)
+
+
+def load_config_file(path: str) -> ml_collections.ConfigDict:
+  """``get_config()`` of the config file at ``path`` (for tests and notebooks)."""
+  spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, path)
+  if spec is None or not os.path.isfile(path):
+    raise ConfigError(f"config file {path} does not exist; the experiments are in configs/")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def _as_flag_value(flag: flags.Flag, value: Any) -> Any:
+  if isinstance(flag.parser, flags.ListParser):  # a list flag (a sweep's grid) takes strings
+    if isinstance(value, str):
+      return [v.strip() for v in value.split(",") if v.strip()]
+    values = value if isinstance(value, (list, tuple)) else [value]
+    return [str(v) for v in values]
+  if isinstance(value, (list, tuple)):
+    return ",".join(str(v) for v in value)
+  return value
+
+
+def config_file_values(config: ml_collections.ConfigDict, name: str = "--config") -> dict[str, Any]:
+  """The flag values a config file sets, keyed by flag name.
+
+  Raises:
+    ConfigError: a field that is not a flag of this entry point.
+  """
+  unknown = [k for k in config.keys() if k not in FLAGS or k == "config"]
+  if unknown:
+    raise ConfigError(
+      f"{name}: {', '.join(sorted(unknown))} is not a flag of this entry point; "
+      "use the flag names that --help lists"
+    )
+  return {k: _as_flag_value(FLAGS[k], v) for k, v in config.items()}
+
+
+def apply_config_file() -> None:
+  """Sets each flag the ``--config`` file names, unless it was given on the command line."""
+  if "config" not in FLAGS or FLAGS.config is None:
+    return
+  name = f"--config={config_flags.get_config_filename(FLAGS['config'])}"
+  for flag, value in config_file_values(FLAGS.config, name).items():
+    if not FLAGS[flag].present:
+      setattr(FLAGS, flag, value)

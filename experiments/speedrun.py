@@ -1,5 +1,7 @@
 """Time to 99% test accuracy: ``python -m experiments.speedrun [--seeds=10] [--torch] [--keras]``.
 
+``--config=configs/speedrun.py`` runs the committed experiment; flags override it.
+
 Trains the speedrun recipe (:mod:`digits_jax.training.speedrun`) for every seed, compiled
 once, and tests each seed's final model once. With ``--torch`` (the default when PyTorch
 is installed) the same recipe also runs in PyTorch (:mod:`benchmarks.speedrun`), seed by
@@ -27,6 +29,7 @@ from digits_jax.environment import environment
 from digits_jax.training import speedrun as sr
 from experiments import common
 
+common.define_config_file()
 _DEFAULT = sr.Recipe()
 _HINTS = typing.get_type_hints(sr.Recipe)
 for _field in dataclasses.fields(sr.Recipe):
@@ -56,6 +59,10 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  try:
+    common.apply_config_file()
+  except common.ConfigError as e:
+    common.fail(e)
   if FLAGS.seeds < 1:
     raise app.UsageError(f"--seeds must be at least 1, got {FLAGS.seeds}")
   if FLAGS.vmap_seeds and (FLAGS.torch or FLAGS.keras or FLAGS.seeds % FLAGS.vmap_seeds):

@@ -5,6 +5,11 @@
     python -m experiments.sweep --optimizer=sgd --seeds=0,1,2
     python -m experiments.sweep --models=conv2_dense64 --learning_rate=0.001,0.003 \\
         --batch_size=64,128                          # a grid: every combination
+    python -m experiments.sweep --config=configs/sweep_ensemble.py   # an experiment's file
+    python -m experiments.sweep --config=configs/sweep_source.py --config.seeds=0
+
+A config file (configs/NAME.py) sets flags by name; a flag given on the command line
+overrides ``--config.FIELD``, which overrides the file.
 
 Every Config field is a flag taking comma-separated values; the grid is their product,
 and every value is checked before the first run. Writes <workdir>/results.md and
@@ -38,6 +43,7 @@ from experiments import common
 # short enough for the default sweep to take minutes on a laptop CPU.
 QUICK_EPOCHS = 2
 
+common.define_config_file()
 common.define_config_flags(lists=True, skip=("model", "seed"))
 flags.DEFINE_list("models", list(models.MODELS), "Comma-separated model names.")
 flags.DEFINE_list("seeds", ["0"], "Comma-separated integer seeds.")
@@ -154,6 +160,10 @@ def _report_missing(collected: sweep.Collected, total: int, num_workers: int) ->
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  try:
+    common.apply_config_file()
+  except ConfigError as e:
+    common.fail(e)
   common.setup(multiprocess=True)
   workdir = FLAGS.workdir or f"runs/sweep-{FLAGS.preset}"
   start = time.perf_counter()
