@@ -189,7 +189,7 @@ def setup(*, multiprocess: bool = False) -> None:
   runtime as the distributed flags say (:func:`digits_jax.training.distributed.initialize`),
   exiting with the reason when it cannot.
   Progress lines go to stderr (orbax's per-checkpoint chatter only when asked for);
-  orbax's noise after a failed restore is dropped
+  asyncio's log records about the reads orbax abandons after a failed restore are dropped
   (:func:`digits_jax.training.checkpoints.quiet_abandoned_reads`); on CPU, with
   ``--tune_malloc``, freed memory stays mapped between steps
   (:func:`digits_jax.models.native.tune_allocator`).
