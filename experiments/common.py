@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import logging
 import os
 import pathlib
 import sys
@@ -18,10 +17,9 @@ import typing
 from collections.abc import Sequence
 from typing import Any
 
-import absl.logging
 import jax
 import ml_collections
-from absl import flags
+from absl import app, flags
 from ml_collections import config_flags
 
 from digits_jax import data
@@ -30,6 +28,7 @@ from digits_jax.models import UnknownModelError, native
 from digits_jax.runs import RunDirError
 from digits_jax.training import checkpoints, distributed
 from digits_jax.training.history import TrainingDivergedError
+from experiments import logs
 
 flags.DEFINE_string(
   "manual_dir",
@@ -194,14 +193,7 @@ def setup(*, multiprocess: bool = False) -> None:
   ``--tune_malloc``, freed memory stays mapped between steps
   (:func:`digits_jax.models.native.tune_allocator`).
   """
-  logging.basicConfig(
-    level=logging.INFO,
-    format="%(asctime)s %(message)s",
-    datefmt="%H:%M:%S",
-    stream=sys.stderr,
-    force=True,
-  )
-  absl.logging.set_verbosity(absl.logging.WARNING)
+  logs.setup()
   if multiprocess:
     try:
       distributed.initialize(
@@ -216,6 +208,51 @@ def setup(*, multiprocess: bool = False) -> None:
   checkpoints.quiet_abandoned_reads()
   if FLAGS.tune_malloc and jax.default_backend() == "cpu":
     native.tune_allocator()
+
+
+def parse_seeds(values: Sequence[str], name: str = "--seeds") -> list[int]:
+  """Seeds from a list flag: integers and ranges, ``0,1,2`` or ``0-9`` (both ends included).
+
+  Raises:
+    ConfigError: a value that is neither, or no seed at all.
+  """
+  seeds = []
+  for text in values:
+    first, dash, last = text.strip().partition("-")
+    try:
+      seeds += list(range(int(first), int(last) + 1)) if dash else [int(first)]
+    except ValueError:
+      raise ConfigError(
+        f"{name}: {text!r} is not a seed; give integers or ranges, e.g. 0,1,2 or 0-9"
+      ) from None
+  if not seeds:
+    raise ConfigError(f"{name} names no seed; give integers or ranges, e.g. 0,1,2 or 0-9")
+  return seeds
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's parsing, where a boolean field's list flag (a sweep's) also takes the bare form.
+
+  ``--augment`` and ``--noaugment`` mean ``--augment=true`` and ``--augment=false``, as they
+  do for train; ``--augment=true,false`` still sweeps both. For ``app.run(flags_parser=...)``.
+  """
+  bools = {n for n in FIELDS if _field_type(FIELDS[n]) is bool and n in FLAGS}
+  bools = {n for n in bools if isinstance(FLAGS[n].parser, flags.ListParser)}
+  out = []
+  for arg in argv:
+    name = arg[2:] if arg.startswith("--") else None
+    if name in bools:
+      arg = f"--{name}=true"
+    elif name and name.startswith("no") and name[2:] in bools:
+      arg = f"--{name[2:]}=false"
+    out.append(arg)
+  return app.parse_flags_with_usage(out)
+
+
+def declare_key_flags(*names: str) -> None:
+  """Lists these shared flags in the entry point's ``--help`` (it uses them)."""
+  for name in names:
+    flags.declare_key_flag(name, flag_values=FLAGS)
 
 
 def fail(error: Exception) -> None:

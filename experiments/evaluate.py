@@ -15,6 +15,7 @@ from absl import app, flags
 from digits_jax import runs
 from experiments import common
 
+common.declare_key_flags("workdir", "manual_dir", "data_dir", "data_backend", "tune_malloc")
 flags.mark_flag_as_required("workdir")
 FLAGS = flags.FLAGS
 

@@ -22,16 +22,15 @@ set) stops the command before anything is written.
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 
-import absl.logging
 from absl import app, flags
 
 from digits_jax import predict, preprocess
 from digits_jax.runs import RunDirError
 from digits_jax.training import checkpoints
+from experiments import logs
 
 flags.DEFINE_multi_string(
   "workdir", None, "A trained run's work directory; repeat the flag for an ensemble."
@@ -111,8 +110,7 @@ def main(argv):
   paths = argv[1:]
   if not paths:
     raise app.UsageError("give at least one image file, folder or glob after the flags")
-  logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr, force=True)
-  absl.logging.set_verbosity(absl.logging.WARNING)
+  logs.setup(fmt="%(message)s")
   try:
     steps = steps_from_flags()
   except ValueError as e:

@@ -24,13 +24,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any
 
-import absl.logging
 import numpy as np
 from absl import app, flags
 
 from digits_jax import predict, preprocess
 from digits_jax.runs import RunDirError
 from digits_jax.training import checkpoints
+from experiments import logs
 
 flags.DEFINE_multi_string(
   "workdir", None, "A trained run's work directory; repeat the flag for an ensemble."
@@ -137,14 +137,7 @@ def make_server(
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  logging.basicConfig(
-    level=logging.WARNING,
-    format="%(asctime)s %(message)s",
-    datefmt="%H:%M:%S",
-    stream=sys.stderr,
-    force=True,
-  )
-  absl.logging.set_verbosity(absl.logging.WARNING)
+  logs.setup(level=logging.WARNING)
   try:
     runs = predict.load_runs(FLAGS.workdir)
   except (RunDirError, checkpoints.CheckpointError) as e:

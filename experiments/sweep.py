@@ -45,8 +45,9 @@ QUICK_EPOCHS = 2
 
 common.define_config_file()
 common.define_config_flags(lists=True, skip=("model", "seed"))
+flags.adopt_module_key_flags(common)
 flags.DEFINE_list("models", list(models.MODELS), "Comma-separated model names.")
-flags.DEFINE_list("seeds", ["0"], "Comma-separated integer seeds.")
+flags.DEFINE_list("seeds", ["0"], "Seeds: integers and ranges, e.g. 0,1,2 or 0-9.")
 flags.DEFINE_enum(
   "vmap",
   "auto",
@@ -169,7 +170,7 @@ def main(argv):
   start = time.perf_counter()
   try:
     num_workers, worker_index = _worker()
-    grid = {"model": FLAGS.models, "seed": [common.parse_value("seed", s) for s in FLAGS.seeds]}
+    grid = {"model": FLAGS.models, "seed": common.parse_seeds(FLAGS.seeds)}
     grid |= common.grid_from_flags([n for n in FIELDS if n not in ("model", "seed")])
     if "epochs" not in grid and FLAGS.preset == "quick":
       grid["epochs"] = [QUICK_EPOCHS]
@@ -226,4 +227,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=common.parse_flags)
