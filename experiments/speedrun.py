@@ -9,9 +9,9 @@ seed in turns with ours, so the ratio of training times is measured side by side
 ``--keras`` it runs in Keras 3 on TensorFlow as well.
 Prints a table (training seconds per seed, the same plus the one compilation, test
 accuracy mean with a 95% interval, seeds at or above 99%) and writes ``speedrun.json``
-and ``speedrun.md`` into --workdir (default runs/speedrun). Recipe flags (``--epochs``, ``--learning_rate``,
-...) change the recipe; ``--validation_size`` holds images out for comparing recipes
-without looking at the test set.
+and ``speedrun.md`` into --workdir (default runs/speedrun). Recipe flags (``--epochs``,
+``--learning_rate``, ...) change the recipe; ``--validation_size`` holds images out for
+comparing recipes without looking at the test set.
 """
 
 from __future__ import annotations
