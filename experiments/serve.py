@@ -2,10 +2,10 @@
 
     python -m experiments.serve --workdir=RUN [--workdir=RUN2 ...] [--port=8000]
 
-Serves ``digits_jax/web/index.html`` on http://127.0.0.1:8000/ (``--host`` to listen
+Serves ``digits_jax/app/web/index.html`` on http://127.0.0.1:8000/ (``--host`` to listen
 elsewhere; ``--port=0`` picks a free port). The page sends the drawing as a PNG to
 ``POST /api/predict`` while the person draws; the answer is JSON: the 28x28 input the
-networks got (:func:`digits_jax.preprocess.preprocess`), and every model's and the
+networks got (:func:`digits_jax.app.preprocess.preprocess`), and every model's and the
 ensemble's ten probabilities. ``GET /api/models`` lists the loaded runs.
 
 Requests larger than ``--max_bytes`` get 413, a body that is not an image 400 and an image
@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from absl import app, flags
 
-from digits_jax import predict, preprocess
+from digits_jax.app import predict, preprocess
 from digits_jax.runs import RunDirError
 from digits_jax.training import checkpoints
 from experiments import logs
@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 
 def page() -> bytes:
   """The drawing page (package data of :mod:`digits_jax`)."""
-  return resources.files("digits_jax").joinpath("web/index.html").read_bytes()
+  return resources.files("digits_jax.app").joinpath("web/index.html").read_bytes()
 
 
 def make_handler(

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from digits_jax import preprocess
-from digits_jax.preprocess import Steps
+from digits_jax.app import preprocess
+from digits_jax.app.preprocess import Steps
 
 
 def ring(size: int = 20, thickness: float = 0.18) -> np.ndarray:
