@@ -31,8 +31,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
 from digits_jax import files, runs
-from digits_jax.app import preprocess
 from digits_jax.analysis import metrics, report
+from digits_jax.app import preprocess
 from digits_jax.config import Config
 from digits_jax.data import NUM_CLASSES
 
