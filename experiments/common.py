@@ -249,12 +249,6 @@ def parse_flags(argv: list[str]) -> list[str]:
   return app.parse_flags_with_usage(out)
 
 
-def declare_key_flags(*names: str) -> None:
-  """Lists these shared flags in the entry point's ``--help`` (it uses them)."""
-  for name in names:
-    flags.declare_key_flag(name, flag_values=FLAGS)
-
-
 def fail(error: Exception) -> None:
   """Exits non-zero with the error's message and no traceback."""
   sys.exit(f"error: {error}")

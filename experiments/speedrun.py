@@ -53,7 +53,8 @@ flags.DEFINE_integer(
   "vmap_seeds", 0, "Train this many seeds together under jax.vmap (0: one at a time)."
 )
 flags.DEFINE_alias("output_dir", "workdir")  # its name until the flags were made uniform
-common.declare_key_flags("config", "manual_dir", "tune_malloc", "workdir")
+for _name in ("config", "manual_dir", "tune_malloc", "workdir"):
+  flags.declare_key_flag(_name)  # listed by --help: this entry point uses it
 FLAGS = flags.FLAGS
 
 
