@@ -2,7 +2,7 @@
 
 ``--config=configs/speedrun.py`` runs the committed experiment; flags override it.
 
-Trains the speedrun recipe (:mod:`digits_jax.training.speedrun`) for every seed, compiled
+Trains the speedrun recipe (:mod:`digits_jax.speedrun`) for every seed, compiled
 once, and tests each seed's final model once. With ``--torch`` (the default when PyTorch
 is installed) the same recipe also runs in PyTorch (:mod:`benchmarks.speedrun`), seed by
 seed in turns with ours, so the ratio of training times is measured side by side; with
@@ -25,8 +25,8 @@ import jax
 from absl import app, flags
 
 from digits_jax import files
+from digits_jax import speedrun as sr
 from digits_jax.environment import environment
-from digits_jax.training import speedrun as sr
 from experiments import common
 
 common.define_config_file()

@@ -10,7 +10,7 @@ import optax
 import pytest
 
 from digits_jax import data, models
-from digits_jax.training import speedrun as sr
+from digits_jax import speedrun as sr
 from tests import cli
 
 

@@ -26,6 +26,7 @@ LAYERS = {
   "digits_jax.app.predict": 6,
   "digits_jax.app": 6,
   "digits_jax.sweep": 7,
+  "digits_jax.speedrun": 4,
 }
 
 
