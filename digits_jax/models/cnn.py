@@ -74,7 +74,6 @@ class ConvNet(nn.Module):
   source="Source project 1: three 3x3 conv layers with ReLU, two 2x2 max-pools, flatten, "
   "two dense ReLU layers, softmax over 10; Adam, sparse categorical cross-entropy.",
   reported="98.83%",
-  aliases=("conv3_dense2",),
 )
 class Conv3Dense128x64(ConvNet):
   """Source project 1: conv32-pool-conv64-pool-conv64, dense 128, dense 64, softmax 10.
@@ -83,7 +82,6 @@ class Conv3Dense128x64(ConvNet):
   ReLU layers, softmax over 10; Adam, sparse cross-entropy", for which that project
   reports 98.83% test accuracy. The widths (32/64/64, dense 128/64) are ours, the Keras
   tutorial layout: the source leaves them open, and so epochs (10) and batch (128).
-  Formerly registered as ``conv3_dense2``.
   """
 
   layers: Sequence[int | str] = (32, "pool", 64, "pool", 64)
