@@ -53,8 +53,7 @@ flags.DEFINE_enum(
   "auto",
   ["auto", "on", "off"],
   "Train runs that differ only in seed and learning rate together in one "
-  "vmapped step. auto: on accelerators, off on CPU, where it measured slower "
-  "(docs/speed.md).",
+  "vmapped step. auto: on accelerators, off on CPU, where it is slower (docs/speed.md).",
 )
 flags.DEFINE_enum(
   "preset",

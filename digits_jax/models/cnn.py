@@ -282,8 +282,8 @@ class SpeedrunSmall(Speedrun):
 
   Crop 2 pixels off every edge (28->24; MNIST digits are centred by mass in a 20x20 box, so
   the border is nearly always blank), conv16 5x5 (->20), pool (->10), ReLU, conv32 3x3
-  (->8), pool (->4), ReLU, dense 128 ReLU, dense 10. A train step costs about half of
-  :class:`Speedrun`'s; the choice was made on validation accuracy (docs/speedrun.md).
+  (->8), pool (->4), ReLU, dense 128 ReLU, dense 10. Chosen on validation accuracy; its
+  cost against :class:`Speedrun` is in docs/speedrun.md.
   """
 
   features: Sequence[int] = (16, 32)
