@@ -16,7 +16,7 @@ not read. Prints a Markdown table and writes it to ``--output`` when given.
 Run from the repository root::
 
     python benchmarks/userstyle_accuracy.py --workdir=RUN [--workdir=RUN2 ...] \\
-        --images=/tmp/userstyle --output=docs/userstyle-accuracy.md
+        --images=/tmp/userstyle --output=results/userstyle_accuracy-DATE/userstyle_accuracy.md
 """
 
 from __future__ import annotations
