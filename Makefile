@@ -22,19 +22,17 @@ venv: $(VENV)/.installed
 
 ## The default sweep (quick preset: every registered model, 1 seed).
 sweep: venv
-	$(PY) -m experiments.sweep $(ARGS)
+	$(PY) -m experiments.sweep --config=configs/sweep_quick.py $(ARGS)
 
 ## The full table: every model at its source's settings, three seeds.
 sweep-full: venv
-	$(PY) -m experiments.sweep --preset=source --seeds=0,1,2 $(ARGS)
+	$(PY) -m experiments.sweep --config=configs/sweep_source.py $(ARGS)
 
 ## The ensemble preset: the three strongest networks with stronger augmentation for 20
 ## epochs (better on validation than their recipes), three seeds each; the sweep's
 ## compare.md gives their ensemble (one network of each per seed, and all nine runs).
 sweep-ensemble: venv
-	$(PY) -m experiments.sweep --preset=source --models=bn_conv3_wide,vgg_small,resnet8 \
-	  --epochs=20 --rotation=15 --shift=2.8 --zoom=0.15 --seeds=0,1,2 \
-	  --workdir=runs/sweep-ensemble $(ARGS)
+	$(PY) -m experiments.sweep --config=configs/sweep_ensemble.py $(ARGS)
 
 test: venv
 	$(PY) -m pytest -q -n auto --dist loadfile tests $(ARGS)
@@ -51,7 +49,7 @@ benchmark: venv
 
 ## Time to 99%: the speedrun recipe for 10 seeds, side by side with PyTorch.
 speedrun: venv
-	$(PY) -m experiments.speedrun $(ARGS)
+	$(PY) -m experiments.speedrun --config=configs/speedrun.py $(ARGS)
 
 lock:
 	rm -rf /tmp/digits-lock && $(PYTHON) -m venv /tmp/digits-lock

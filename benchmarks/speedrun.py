@@ -6,7 +6,7 @@
 
 Both train the same network (:class:`digits_jax.models.cnn.Speedrun`, rebuilt layer
 for layer by :func:`torch_net`) with the same recipe
-(:class:`digits_jax.training.speedrun.Recipe`) on the same normalised arrays in the same
+(:class:`digits_jax.speedrun.Recipe`) on the same normalised arrays in the same
 batch order: Adam with the recipe's betas, the learning rate of optax's one-cycle
 schedule at every step (:func:`torch_learning_rates`), cross-entropy. PyTorch's side is
 the plain loop of tuomaso/train_mnist_fast: the data in memory as one tensor, slices as
@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from digits_jax import models
-from digits_jax.training import speedrun as sr
+from digits_jax import speedrun as sr
 
 log = logging.getLogger(__name__)
 
@@ -237,12 +237,12 @@ def run_side_by_side(
     data: the arrays every side trains and tests on.
     seeds: one run of each side per seed.
     torch_recipe: what PyTorch and Keras train (default: ``recipe``; the benchmark passes
-      :data:`digits_jax.training.speedrun.REFERENCE`, the published recipe).
+      :data:`digits_jax.speedrun.REFERENCE`, the published recipe).
     torch: train it in PyTorch when PyTorch is installed.
     keras: also train it in Keras 3 on TensorFlow.
 
   Returns:
-    :func:`digits_jax.training.speedrun.run_speedrun`'s dict, plus ``torch_recipe``,
+    :func:`digits_jax.speedrun.run_speedrun`'s dict, plus ``torch_recipe``,
     ``torch_runs``, ``torch_summary`` and ``ratio`` (our median training seconds over
     PyTorch's) when PyTorch is installed, and ``keras_runs``, ``keras_summary`` and
     ``keras_ratio`` with ``keras``.

@@ -31,8 +31,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.frameworks import interleaved_medians  # noqa: E402
 from digits_jax import models  # noqa: E402
+from digits_jax import speedrun as sr  # noqa: E402
 from digits_jax.models import native, ops  # noqa: E402
-from digits_jax.training import speedrun as sr  # noqa: E402
 
 STEP = "whole train step"
 CONVS = {"im2col": ops.conv2d_im2col, "xla": ops.conv2d_xla, "plain": ops.conv2d_reference}

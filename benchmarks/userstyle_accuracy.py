@@ -1,11 +1,11 @@
 """Accuracy of trained runs on user-style digit images, with and without preprocessing.
 
 For each run given with ``--workdir`` (and their ensemble, the mean probability), reads the
-user-style set (:mod:`digits_jax.userstyle`; generated into ``--images`` when that folder
+user-style set (:mod:`benchmarks.userstyle`; generated into ``--images`` when that folder
 has no ``labels.csv``) with
 
 * no preprocessing (grayscale, the whole image resized to 28x28);
-* the steps of :mod:`digits_jax.preprocess` added one at a time, in their order;
+* the steps of :mod:`digits_jax.app.preprocess` added one at a time, in their order;
 * every step but one (what each step adds to the full recipe);
 * the full recipe plus stroke thickening;
 
@@ -16,7 +16,7 @@ not read. Prints a Markdown table and writes it to ``--output`` when given.
 Run from the repository root::
 
     python benchmarks/userstyle_accuracy.py --workdir=RUN [--workdir=RUN2 ...] \\
-        --images=/tmp/userstyle --output=docs/userstyle-accuracy.md
+        --images=/tmp/userstyle --output=results/userstyle_accuracy-DATE/userstyle_accuracy.md
 """
 
 from __future__ import annotations
@@ -35,8 +35,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from digits_jax import data, files, predict, userstyle  # noqa: E402
-from digits_jax.preprocess import EmptyImageError, Steps, preprocess  # noqa: E402
+from benchmarks import userstyle  # noqa: E402
+from digits_jax import data, files  # noqa: E402
+from digits_jax.app import predict  # noqa: E402
+from digits_jax.app.preprocess import EmptyImageError, Steps, preprocess  # noqa: E402
 
 
 def cpu_model() -> str:
@@ -139,7 +141,7 @@ def main() -> None:
   )
 
   lines = [
-    f"User-style digits: {len(images)} images of `python -m experiments.userstyle "
+    f"User-style digits: {len(images)} images of `python -m benchmarks.userstyle_images "
     f"--count={args.count} --seed={args.seed}`; MNIST validation: {len(val.labels)} images.",
     f"Measured {datetime.date.today().isoformat()} on {cpu_model()} ({os.cpu_count()} "
     f"cores, {platform.machine()}), jax {jax.__version__}, command: "

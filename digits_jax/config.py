@@ -139,8 +139,7 @@ class Config:
     if unknown:
       raise ConfigError(f"unknown config fields {sorted(unknown)}; known: {sorted(FIELDS)}")
     added = {n: FIELDS[n].metadata["recipe_default"] for n in RECIPE_FIELDS if n not in d}
-    config = cls(**(added | dict(d)))
-    return config.replace(model=models.canonical_name(config.model))
+    return cls(**(added | dict(d)))
 
 
 FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(Config)}

@@ -112,26 +112,9 @@ def run_name(config: Config) -> str:
   return f"{config.model}-{config.optimizer}{settings}-seed{config.seed}"
 
 
-def _legacy_names(config: Config) -> list[str]:
-  """Names earlier versions gave this run's directory: ``model-optimizer-seedN``."""
-  names = [config.model] + [a for a, m in models.ALIASES.items() if m == config.model]
-  return [f"{m}-{config.optimizer}-seed{config.seed}" for m in names]
-
-
 def run_dir(workdir: Path, config: Config) -> Path:
-  """The directory of ``config``'s run: :func:`run_name`, or the name an earlier version gave.
-
-  A directory under an earlier name is used when it holds this very run, so sweeps
-  written before stay finished.
-  """
-  current = workdir / run_name(config)
-  if current.exists():
-    return current
-  for name in _legacy_names(config):
-    legacy = workdir / name
-    if legacy != current and workdirs.finished_results(config, legacy) is not None:
-      return legacy
-  return current
+  """The directory of ``config``'s run: ``workdir/``:func:`run_name`."""
+  return workdir / run_name(config)
 
 
 def run_dirs(workdir: str | Path, configs: Sequence[Config]) -> list[Path]:

@@ -8,16 +8,19 @@ value of each model's source recipe. The sweep takes comma-separated lists inste
 from __future__ import annotations
 
 import dataclasses
-import logging
+import importlib.util
+import os
+import pathlib
 import sys
 import types
 import typing
 from collections.abc import Sequence
 from typing import Any
 
-import absl.logging
 import jax
-from absl import flags
+import ml_collections
+from absl import app, flags
+from ml_collections import config_flags
 
 from digits_jax import data
 from digits_jax.config import FIELDS, RECIPE_FIELDS, Config, ConfigError
@@ -25,6 +28,7 @@ from digits_jax.models import UnknownModelError, native
 from digits_jax.runs import RunDirError
 from digits_jax.training import checkpoints, distributed
 from digits_jax.training.history import TrainingDivergedError
+from experiments import logs
 
 flags.DEFINE_string(
   "manual_dir",
@@ -184,19 +188,12 @@ def setup(*, multiprocess: bool = False) -> None:
   runtime as the distributed flags say (:func:`digits_jax.training.distributed.initialize`),
   exiting with the reason when it cannot.
   Progress lines go to stderr (orbax's per-checkpoint chatter only when asked for);
-  orbax's noise after a failed restore is dropped
+  asyncio's log records about the reads orbax abandons after a failed restore are dropped
   (:func:`digits_jax.training.checkpoints.quiet_abandoned_reads`); on CPU, with
   ``--tune_malloc``, freed memory stays mapped between steps
   (:func:`digits_jax.models.native.tune_allocator`).
   """
-  logging.basicConfig(
-    level=logging.INFO,
-    format="%(asctime)s %(message)s",
-    datefmt="%H:%M:%S",
-    stream=sys.stderr,
-    force=True,
-  )
-  absl.logging.set_verbosity(absl.logging.WARNING)
+  logs.setup()
   if multiprocess:
     try:
       distributed.initialize(
@@ -213,6 +210,106 @@ def setup(*, multiprocess: bool = False) -> None:
     native.tune_allocator()
 
 
+def parse_seeds(values: Sequence[str], name: str = "--seeds") -> list[int]:
+  """Seeds from a list flag: integers and ranges, ``0,1,2`` or ``0-9`` (both ends included).
+
+  Raises:
+    ConfigError: a value that is neither, or no seed at all.
+  """
+  seeds = []
+  for text in values:
+    first, dash, last = text.strip().partition("-")
+    try:
+      seeds += list(range(int(first), int(last) + 1)) if dash else [int(first)]
+    except ValueError:
+      raise ConfigError(
+        f"{name}: {text!r} is not a seed; give integers or ranges, e.g. 0,1,2 or 0-9"
+      ) from None
+  if not seeds:
+    raise ConfigError(f"{name} names no seed; give integers or ranges, e.g. 0,1,2 or 0-9")
+  return seeds
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's parsing, where a boolean field's list flag (a sweep's) also takes the bare form.
+
+  ``--augment`` and ``--noaugment`` mean ``--augment=true`` and ``--augment=false``, as they
+  do for train; ``--augment=true,false`` still sweeps both. For ``app.run(flags_parser=...)``.
+  """
+  bools = {n for n in FIELDS if _field_type(FIELDS[n]) is bool and n in FLAGS}
+  bools = {n for n in bools if isinstance(FLAGS[n].parser, flags.ListParser)}
+  out = []
+  for arg in argv:
+    name = arg[2:] if arg.startswith("--") else None
+    if name in bools:
+      arg = f"--{name}=true"
+    elif name and name.startswith("no") and name[2:] in bools:
+      arg = f"--{name[2:]}=false"
+    out.append(arg)
+  return app.parse_flags_with_usage(out)
+
+
 def fail(error: Exception) -> None:
   """Exits non-zero with the error's message and no traceback."""
   sys.exit(f"error: {error}")
+
+
+# An experiment as a file: configs/NAME.py, whose get_config() returns a ConfigDict of flag
+# values. Precedence: a flag given on the command line, then --config.FIELD=VALUE, then the
+# file, then the flag's default.
+CONFIG_HELP = (
+  "An experiment's config file, configs/NAME.py (its docstring gives the command, the cost "
+  "and where the results live). --config.FIELD=VALUE overrides one of its fields; a flag "
+  "given on the command line (--FIELD=VALUE) overrides both."
+)
+
+
+def define_config_file() -> None:
+  """Defines ``--config`` (an ml_collections config file of this entry point's flags)."""
+  config_flags.DEFINE_config_file("config", None, CONFIG_HELP, lock_config=True)
+
+
+def load_config_file(path: str) -> ml_collections.ConfigDict:
+  """``get_config()`` of the config file at ``path`` (for tests and notebooks)."""
+  spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, path)
+  if spec is None or not os.path.isfile(path):
+    raise ConfigError(f"config file {path} does not exist; the experiments are in configs/")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def _as_flag_value(flag: flags.Flag, value: Any) -> Any:
+  if isinstance(flag.parser, flags.ListParser):  # a list flag (a sweep's grid) takes strings
+    if isinstance(value, str):
+      return [v.strip() for v in value.split(",") if v.strip()]
+    values = value if isinstance(value, (list, tuple)) else [value]
+    return [str(v) for v in values]
+  if isinstance(value, (list, tuple)):
+    return ",".join(str(v) for v in value)
+  return value
+
+
+def config_file_values(config: ml_collections.ConfigDict, name: str = "--config") -> dict[str, Any]:
+  """The flag values a config file sets, keyed by flag name.
+
+  Raises:
+    ConfigError: a field that is not a flag of this entry point.
+  """
+  unknown = [k for k in config.keys() if k not in FLAGS or k == "config"]
+  if unknown:
+    raise ConfigError(
+      f"{name}: {', '.join(sorted(unknown))} is not a flag of this entry point; "
+      "use the flag names that --help lists"
+    )
+  return {k: _as_flag_value(FLAGS[k], v) for k, v in config.items()}
+
+
+def apply_config_file() -> None:
+  """Sets each flag the ``--config`` file names, unless it was given on the command line."""
+  if "config" not in FLAGS or FLAGS.config is None:
+    return
+  name = f"--config={config_flags.get_config_filename(FLAGS['config'])}"
+  for flag, value in config_file_values(FLAGS.config, name).items():
+    if not FLAGS[flag].present:
+      setattr(FLAGS, flag, value)

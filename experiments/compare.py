@@ -14,12 +14,12 @@ test outputs) stop it with one ``error:`` line and exit status 1. The logic and 
 statistics are in :mod:`digits_jax.analysis.compare`.
 """
 
-import logging
 import sys
 
 from absl import app, flags
 
 from digits_jax.analysis import compare
+from experiments import logs
 
 flags.DEFINE_multi_string(
   "workdir",
@@ -49,13 +49,7 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  logging.basicConfig(
-    level=logging.INFO,
-    format="%(asctime)s %(message)s",
-    datefmt="%H:%M:%S",
-    stream=sys.stderr,
-    force=True,
-  )
+  logs.setup()
   output_dir = FLAGS.output_dir or FLAGS.workdir[0]
   try:
     comparison = compare.compare_runs(

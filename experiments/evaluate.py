@@ -15,6 +15,8 @@ from absl import app, flags
 from digits_jax import runs
 from experiments import common
 
+for _name in ("workdir", "manual_dir", "data_dir", "data_backend", "tune_malloc"):
+  flags.declare_key_flag(_name)  # listed by --help: this entry point uses it
 flags.mark_flag_as_required("workdir")
 FLAGS = flags.FLAGS
 

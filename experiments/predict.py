@@ -4,7 +4,7 @@
 
 PATH is an image file (PNG, JPEG, BMP, GIF, TIFF, WebP; any size and mode), a folder
 (searched recursively) or a glob. Each image is preprocessed the way MNIST was made
-(:mod:`digits_jax.preprocess`; ``--skip`` and ``--polarity`` change the steps) and
+(:mod:`digits_jax.app.preprocess`; ``--skip`` and ``--polarity`` change the steps) and
 predicted by every run and, with several, by their ensemble (mean probability). One line
 per image on stdout; ``--output_dir`` (default ``./predictions``) gets ``predictions.csv``
 and ``contact_sheet.png`` (more pages as ``contact_sheet_2.png``, ...).
@@ -22,16 +22,15 @@ set) stops the command before anything is written.
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 
-import absl.logging
 from absl import app, flags
 
-from digits_jax import predict, preprocess
+from digits_jax.app import predict, preprocess
 from digits_jax.runs import RunDirError
 from digits_jax.training import checkpoints
+from experiments import logs
 
 flags.DEFINE_multi_string(
   "workdir", None, "A trained run's work directory; repeat the flag for an ensemble."
@@ -84,7 +83,7 @@ FLAGS = flags.FLAGS
 
 
 def steps_from_flags() -> preprocess.Steps:
-  """The :class:`digits_jax.preprocess.Steps` that the flags describe."""
+  """The :class:`digits_jax.app.preprocess.Steps` that the flags describe."""
   if "all" in FLAGS.skip:
     return preprocess.Steps.none()
   steps = preprocess.Steps(
@@ -111,8 +110,7 @@ def main(argv):
   paths = argv[1:]
   if not paths:
     raise app.UsageError("give at least one image file, folder or glob after the flags")
-  logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr, force=True)
-  absl.logging.set_verbosity(absl.logging.WARNING)
+  logs.setup(fmt="%(message)s")
   try:
     steps = steps_from_flags()
   except ValueError as e:

@@ -2,10 +2,10 @@
 
     python -m experiments.serve --workdir=RUN [--workdir=RUN2 ...] [--port=8000]
 
-Serves ``digits_jax/web/index.html`` on http://127.0.0.1:8000/ (``--host`` to listen
+Serves ``digits_jax/app/web/index.html`` on http://127.0.0.1:8000/ (``--host`` to listen
 elsewhere; ``--port=0`` picks a free port). The page sends the drawing as a PNG to
 ``POST /api/predict`` while the person draws; the answer is JSON: the 28x28 input the
-networks got (:func:`digits_jax.preprocess.preprocess`), and every model's and the
+networks got (:func:`digits_jax.app.preprocess.preprocess`), and every model's and the
 ensemble's ten probabilities. ``GET /api/models`` lists the loaded runs.
 
 Requests larger than ``--max_bytes`` get 413 and a body that is not an image 400, each with
@@ -26,13 +26,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any
 
-import absl.logging
 import numpy as np
 from absl import app, flags
 
-from digits_jax import predict, preprocess
+from digits_jax.app import predict, preprocess
 from digits_jax.runs import RunDirError
 from digits_jax.training import checkpoints
+from experiments import logs
 
 flags.DEFINE_multi_string(
   "workdir", None, "A trained run's work directory; repeat the flag for an ensemble."
@@ -52,7 +52,7 @@ EMPTY_HINT = "Draw a digit first"  # what the page says when there is no ink to 
 
 def page() -> bytes:
   """The drawing page (package data of :mod:`digits_jax`)."""
-  return resources.files("digits_jax").joinpath("web/index.html").read_bytes()
+  return resources.files("digits_jax.app").joinpath("web/index.html").read_bytes()
 
 
 def make_handler(
@@ -144,14 +144,7 @@ def make_server(
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  logging.basicConfig(
-    level=logging.WARNING,
-    format="%(asctime)s %(message)s",
-    datefmt="%H:%M:%S",
-    stream=sys.stderr,
-    force=True,
-  )
-  absl.logging.set_verbosity(absl.logging.WARNING)
+  logs.setup(level=logging.WARNING)
   try:
     runs = predict.load_runs(FLAGS.workdir)
   except (RunDirError, checkpoints.CheckpointError) as e:

@@ -1,15 +1,17 @@
-"""Time to 99% test accuracy: ``python -m experiments.speedrun [--seeds=10] [--torch] [--keras]``.
+"""Time to 99% test accuracy: ``python -m experiments.speedrun [--seeds=0-9] [--torch] [--keras]``.
 
-Trains the speedrun recipe (:mod:`digits_jax.training.speedrun`) for every seed, compiled
+``--config=configs/speedrun.py`` runs the committed experiment; flags override it.
+
+Trains the speedrun recipe (:mod:`digits_jax.speedrun`) for every seed, compiled
 once, and tests each seed's final model once. With ``--torch`` (the default when PyTorch
 is installed) the same recipe also runs in PyTorch (:mod:`benchmarks.speedrun`), seed by
 seed in turns with ours, so the ratio of training times is measured side by side; with
 ``--keras`` it runs in Keras 3 on TensorFlow as well.
 Prints a table (training seconds per seed, the same plus the one compilation, test
 accuracy mean with a 95% interval, seeds at or above 99%) and writes ``speedrun.json``
-and ``speedrun.md`` into --output_dir. Recipe flags (``--epochs``, ``--learning_rate``,
-...) change the recipe; ``--validation_size`` holds images out for comparing recipes
-without looking at the test set.
+and ``speedrun.md`` into --workdir (default runs/speedrun). Recipe flags (``--epochs``,
+``--learning_rate``, ...) change the recipe; ``--validation_size`` holds images out for
+comparing recipes without looking at the test set.
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ import jax
 from absl import app, flags
 
 from digits_jax import files
+from digits_jax import speedrun as sr
 from digits_jax.environment import environment
-from digits_jax.training import speedrun as sr
 from experiments import common
 
+common.define_config_file()
 _DEFAULT = sr.Recipe()
 _HINTS = typing.get_type_hints(sr.Recipe)
 for _field in dataclasses.fields(sr.Recipe):
@@ -34,7 +37,7 @@ for _field in dataclasses.fields(sr.Recipe):
   _define[_HINTS[_field.name]](
     _field.name, getattr(_DEFAULT, _field.name), f"Recipe: {_field.name} (see Recipe)."
   )
-flags.DEFINE_integer("seeds", 10, "Seeds to train (0, 1, ...).")
+flags.DEFINE_list("seeds", ["0-9"], "Seeds: integers and ranges, e.g. 0,1,2 or 0-9.")
 flags.DEFINE_bool(
   "torch",
   importlib.util.find_spec("torch") is not None,
@@ -49,16 +52,25 @@ flags.DEFINE_bool(
 flags.DEFINE_integer(
   "vmap_seeds", 0, "Train this many seeds together under jax.vmap (0: one at a time)."
 )
-flags.DEFINE_string("output_dir", "speedrun_results", "Where speedrun.json and .md go.")
+flags.DEFINE_alias("output_dir", "workdir")  # its name until the flags were made uniform
+for _name in ("config", "manual_dir", "tune_malloc", "workdir"):
+  flags.declare_key_flag(_name)  # listed by --help: this entry point uses it
 FLAGS = flags.FLAGS
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if FLAGS.seeds < 1:
-    raise app.UsageError(f"--seeds must be at least 1, got {FLAGS.seeds}")
-  if FLAGS.vmap_seeds and (FLAGS.torch or FLAGS.keras or FLAGS.seeds % FLAGS.vmap_seeds):
+  try:
+    common.apply_config_file()
+  except common.ConfigError as e:
+    common.fail(e)
+  try:
+    seeds = common.parse_seeds(FLAGS.seeds)
+  except common.ConfigError as e:
+    common.fail(e)
+  workdir = FLAGS.workdir or "runs/speedrun"
+  if FLAGS.vmap_seeds and (FLAGS.torch or FLAGS.keras or len(seeds) % FLAGS.vmap_seeds):
     raise app.UsageError(
       "--vmap_seeds needs --torch=false, --keras=false and a --seeds that is a multiple of it"
     )
@@ -76,7 +88,6 @@ def main(argv):
     common.fail(e)
   env = environment()
   print(f"# {env['cpu']} ({env['cpu_count']} cores), {env['devices']}, jax {env['jax']}")
-  seeds = list(range(FLAGS.seeds))
   if FLAGS.torch or FLAGS.keras:
     from benchmarks import speedrun as side_by_side
 
@@ -92,9 +103,9 @@ def main(argv):
     "backend": jax.default_backend(),
   }
   print(table)
-  files.write_json(f"{FLAGS.output_dir}/speedrun.json", result)
-  files.write_text(f"{FLAGS.output_dir}/speedrun.md", table)
-  print(f"written to {FLAGS.output_dir}/speedrun.json and speedrun.md")
+  files.write_json(f"{workdir}/speedrun.json", result)
+  files.write_text(f"{workdir}/speedrun.md", table)
+  print(f"written to {workdir}/speedrun.json and speedrun.md")
 
 
 if __name__ == "__main__":

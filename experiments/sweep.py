@@ -5,6 +5,11 @@
     python -m experiments.sweep --optimizer=sgd --seeds=0,1,2
     python -m experiments.sweep --models=conv2_dense64 --learning_rate=0.001,0.003 \\
         --batch_size=64,128                          # a grid: every combination
+    python -m experiments.sweep --config=configs/sweep_ensemble.py   # an experiment's file
+    python -m experiments.sweep --config=configs/sweep_source.py --config.seeds=0
+
+A config file (configs/NAME.py) sets flags by name; a flag given on the command line
+overrides ``--config.FIELD``, which overrides the file.
 
 Every Config field is a flag taking comma-separated values; the grid is their product,
 and every value is checked before the first run. Writes <workdir>/results.md and
@@ -38,16 +43,17 @@ from experiments import common
 # short enough for the default sweep to take minutes on a laptop CPU.
 QUICK_EPOCHS = 2
 
+common.define_config_file()
 common.define_config_flags(lists=True, skip=("model", "seed"))
+flags.adopt_module_key_flags(common)
 flags.DEFINE_list("models", list(models.MODELS), "Comma-separated model names.")
-flags.DEFINE_list("seeds", ["0"], "Comma-separated integer seeds.")
+flags.DEFINE_list("seeds", ["0"], "Seeds: integers and ranges, e.g. 0,1,2 or 0-9.")
 flags.DEFINE_enum(
   "vmap",
   "auto",
   ["auto", "on", "off"],
   "Train runs that differ only in seed and learning rate together in one "
-  "vmapped step. auto: on accelerators, off on CPU, where it measured slower "
-  "(docs/speed.md).",
+  "vmapped step. auto: on accelerators, off on CPU, where it is slower (docs/speed.md).",
 )
 flags.DEFINE_enum(
   "preset",
@@ -154,12 +160,16 @@ def _report_missing(collected: sweep.Collected, total: int, num_workers: int) ->
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  try:
+    common.apply_config_file()
+  except ConfigError as e:
+    common.fail(e)
   common.setup(multiprocess=True)
   workdir = FLAGS.workdir or f"runs/sweep-{FLAGS.preset}"
   start = time.perf_counter()
   try:
     num_workers, worker_index = _worker()
-    grid = {"model": FLAGS.models, "seed": [common.parse_value("seed", s) for s in FLAGS.seeds]}
+    grid = {"model": FLAGS.models, "seed": common.parse_seeds(FLAGS.seeds)}
     grid |= common.grid_from_flags([n for n in FIELDS if n not in ("model", "seed")])
     if "epochs" not in grid and FLAGS.preset == "quick":
       grid["epochs"] = [QUICK_EPOCHS]
@@ -216,4 +226,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=common.parse_flags)

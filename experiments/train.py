@@ -19,6 +19,7 @@ from digits_jax.training import workdirs
 from experiments import common
 
 common.define_config_flags()
+flags.adopt_module_key_flags(common)
 flags.mark_flag_as_required("workdir")
 FLAGS = flags.FLAGS
 

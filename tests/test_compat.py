@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 
-from digits_jax import files, runs, sweep
+from digits_jax import files, runs
 from digits_jax.config import Config, resolve
 from digits_jax.training import workdirs
 
@@ -31,24 +31,6 @@ def test_an_earlier_config_json_is_the_same_run(tiny_run, tmp_path):
   assert workdirs.check(config.replace(fast_ops=False, epoch_loop="host"), workdir) == results
   # A real difference still is.
   assert workdirs.finished_results(config.replace(epochs=3), workdir) is None
-
-
-def test_a_former_model_name_is_the_current_model(tmp_path):
-  old = resolve(Config(model="conv3_dense2"))
-  assert old.model == "conv3_dense128_64"
-  assert old == resolve(Config(model="conv3_dense128_64"))
-
-
-def test_a_sweep_finds_its_runs_under_their_earlier_directory_names(tiny_run, tmp_path):
-  original, results = tiny_run
-  config = resolve(Config(model="conv2_dense64", epochs=2, train_subset=512))
-  legacy = tmp_path / "conv2_dense64-adam-seed0"  # the name earlier versions gave every run
-  shutil.copytree(original, legacy)
-  assert sweep.run_name(config) == "conv2_dense64-adam-sub512-ep2-seed0"
-  assert sweep.run_dir(tmp_path, config) == legacy
-  out = sweep.run_sweep([config], tmp_path, load=lambda c: None)  # nothing to load: finished
-  assert out[0]["run"] == legacy.name and out[0]["test_accuracy"] == results["test_accuracy"]
-  assert not (tmp_path / sweep.run_name(config)).exists()
 
 
 def test_evaluate_reads_an_earlier_run(tiny_run, mnist, tmp_path):

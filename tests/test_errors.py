@@ -24,8 +24,9 @@ import numpy as np
 import pytest
 
 from digits_jax import sweep
-from digits_jax.config import Config, resolve
+from digits_jax.config import Config, ConfigError, resolve
 from digits_jax.training import checkpoints, step
+from experiments import common
 from tests import cli
 from tests.conftest import MNIST_FILES
 
@@ -423,3 +424,33 @@ def test_unreadable_checkpoint_metadata_is_refused(cli_run, mnist_dir, tmp_path)
     "(JSONDecodeError: "
   ) in line, line
   assert "it is corrupt or not an orbax checkpoint directory" in line
+
+
+@pytest.mark.parametrize(
+  "module, listed, unlisted",
+  [
+    ("experiments.train", ("--model", "--workdir", "--epochs", "--manual_dir"), ()),
+    ("experiments.sweep", ("--seeds", "--models", "--config", "--workdir"), ()),
+    ("experiments.evaluate", ("--workdir", "--manual_dir"), ("--distributed", "--seeds")),
+    ("experiments.speedrun", ("--seeds", "--workdir", "--config"), ("--distributed",)),
+  ],
+)
+def test_help_lists_the_entry_points_own_flags(module, listed, unlisted):
+  out = cli.run(module, "--help")  # absl exits 1 after the help
+  assert "Try --helpfull" in out.stdout, out.stderr[-2000:]
+  for name in listed:
+    assert f"{name}:" in out.stdout or f"{name}=" in out.stdout, (module, name)
+  for name in unlisted:
+    assert f"  {name}:" not in out.stdout, (module, name)
+
+
+def test_seeds_take_integers_and_ranges():
+  assert common.parse_seeds(["0-2", "5"]) == [0, 1, 2, 5]
+  with pytest.raises(ConfigError, match="is not a seed"):
+    common.parse_seeds(["a"])
+
+
+def test_sweep_takes_a_bare_boolean_flag(tmp_path):
+  out = cli.run("experiments.sweep", "--augment", f"--workdir={tmp_path}/x", "--collect_only")
+  assert "--augment" not in out.stderr, out.stderr[-2000:]
+  assert f"--workdir {tmp_path}/x does not exist" in out.stderr

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from digits_jax import predict, preprocess, runs
+from digits_jax import runs
+from digits_jax.app import predict, preprocess
 from digits_jax.training import checkpoints
 from tests import cli
 
@@ -283,7 +284,7 @@ def test_unusable_workdir_stops_before_writing(tiny_run, user_folder, tmp_path):
 
 
 def test_userstyle_set_is_deterministic_and_readable(tmp_path):
-  from digits_jax import userstyle
+  from benchmarks import userstyle
 
   try:
     userstyle.font_files()

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from digits_jax import preprocess
-from digits_jax.preprocess import Steps
+from digits_jax.app import preprocess
+from digits_jax.app.preprocess import Steps
 
 
 def ring(size: int = 20, thickness: float = 0.18) -> np.ndarray:

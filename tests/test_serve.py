@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from digits_jax import predict
+from digits_jax.app import predict
 from experiments import serve
 from tests import cli
 

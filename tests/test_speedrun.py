@@ -10,7 +10,7 @@ import optax
 import pytest
 
 from digits_jax import data, models
-from digits_jax.training import speedrun as sr
+from digits_jax import speedrun as sr
 from tests import cli
 
 
@@ -221,20 +221,22 @@ def test_keras_side_learns(small):
 def test_cli_writes_speedrun_json(mnist_dir, tmp_path):
   out = cli.run(
     "experiments.speedrun",
-    "--seeds=1",
+    "--seeds=3",
     "--torch=false",
     "--epochs=0.05",
     f"--manual_dir={mnist_dir}",
-    f"--output_dir={tmp_path}",
+    f"--workdir={tmp_path}",
   )
   assert out.returncode == 0, out.stderr[-3000:]
   result = json.loads((tmp_path / "speedrun.json").read_text())
   (run,) = result["runs"]
+  assert run["seed"] == 3  # --seeds is a list of seeds, as in the sweep
   assert set(run) >= {"seed", "train_seconds", "compile_seconds", "test_accuracy"}
   assert (tmp_path / "speedrun.md").is_file()
 
 
 def test_cli_refuses_a_bad_recipe(mnist_dir, tmp_path):
+  # --output_dir, the flag's old name, still works
   out = cli.run("experiments.speedrun", "--epochs=-1", "--torch=false", f"--output_dir={tmp_path}")
   assert out.returncode != 0 and "epochs must be a positive number" in out.stderr
   assert not (tmp_path / "speedrun.json").exists()

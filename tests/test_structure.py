@@ -17,15 +17,16 @@ LAYERS = {
   "digits_jax.environment": 0,
   "digits_jax.data": 0,
   "digits_jax.augment": 0,
-  "digits_jax.preprocess": 0,
-  "digits_jax.userstyle": 0,
+  "digits_jax.app.preprocess": 0,
   "digits_jax.models": 1,
   "digits_jax.config": 2,
   "digits_jax.training": 3,
   "digits_jax.analysis": 4,
   "digits_jax.runs": 5,
-  "digits_jax.predict": 6,
+  "digits_jax.app.predict": 6,
+  "digits_jax.app": 6,
   "digits_jax.sweep": 7,
+  "digits_jax.speedrun": 4,
 }
 
 

@@ -6,11 +6,9 @@ recipes and sources. Importing this package registers every network module below
 
 from digits_jax.models import cnn, resnet, vgg  # noqa: F401  (register the networks)
 from digits_jax.models.registry import (
-  ALIASES,
   MODELS,
   ModelSpec,
   UnknownModelError,
-  canonical_name,
   count_params,
   create_model,
   get_spec,
@@ -19,11 +17,9 @@ from digits_jax.models.registry import (
 )
 
 __all__ = [
-  "ALIASES",
   "MODELS",
   "ModelSpec",
   "UnknownModelError",
-  "canonical_name",
   "count_params",
   "create_model",
   "get_spec",

@@ -74,7 +74,6 @@ class ConvNet(nn.Module):
   source="Source project 1: three 3x3 conv layers with ReLU, two 2x2 max-pools, flatten, "
   "two dense ReLU layers, softmax over 10; Adam, sparse categorical cross-entropy.",
   reported="98.83%",
-  aliases=("conv3_dense2",),
 )
 class Conv3Dense128x64(ConvNet):
   """Source project 1: conv32-pool-conv64-pool-conv64, dense 128, dense 64, softmax 10.
@@ -83,7 +82,6 @@ class Conv3Dense128x64(ConvNet):
   ReLU layers, softmax over 10; Adam, sparse cross-entropy", for which that project
   reports 98.83% test accuracy. The widths (32/64/64, dense 128/64) are ours, the Keras
   tutorial layout: the source leaves them open, and so epochs (10) and batch (128).
-  Formerly registered as ``conv3_dense2``.
   """
 
   layers: Sequence[int | str] = (32, "pool", 64, "pool", 64)
@@ -214,7 +212,7 @@ class BNConv3Wide(nn.Module):
 
 
 # The registry recipe of both speedrun networks: whole epochs through experiments.train (the
-# speedrun's own recipe, with fractions of an epoch, is digits_jax.training.speedrun).
+# speedrun's own recipe, with fractions of an epoch, is digits_jax.speedrun).
 SPEEDRUN_RECIPE = dict(
   optimizer="adam",
   learning_rate=1e-2,
@@ -232,7 +230,7 @@ SPEEDRUN_RECIPE = dict(
   source="The network of the fastest-to-99% MNIST recipe of tuomaso/train_mnist_fast: conv 24 "
   "5x5, max-pool before ReLU, conv 32 3x3, max-pool, ReLU, dense 256, dense 10 (there: Adam lr "
   "1e-2 betas (0.7, 0.9), one-cycle, batch 256, one epoch, no shuffling). Ours: batch 128, "
-  "label smoothing 0.1, three quarters of an epoch (digits_jax.training.speedrun).",
+  "label smoothing 0.1, three quarters of an epoch (digits_jax.speedrun).",
   reported="99.04% mean over 30 seeds after one epoch (the source's recipe)",
 )
 class Speedrun(nn.Module):
@@ -243,7 +241,7 @@ class Speedrun(nn.Module):
   are monotone); in training each conv, ReLU and pool is one op (``layers.conv_relu_pool``,
   fused into one C++ kernel for the first layer on the CPU). The whole recipe (Adam betas
   (0.7, 0.9), normalised inputs, a fixed batch order, 0.75 epochs; by default on
-  :class:`SpeedrunSmall`) is :mod:`digits_jax.training.speedrun`; trained through
+  :class:`SpeedrunSmall`) is :mod:`digits_jax.speedrun`; trained through
   :mod:`experiments.train` it gets the registry recipe above (whole epochs, Adam's
   default betas). Parameters start as PyTorch initialises them (uniform in +-1/sqrt(fan
   in)), as in the recipe's source. The widths and the crop are class attributes, so a
@@ -276,7 +274,7 @@ class Speedrun(nn.Module):
   recipe=SPEEDRUN_RECIPE,
   source="Ours: the speedrun network on the central 24x24 pixels with conv 16 5x5 and dense 128, "
   "chosen on a validation split to reach 99% with about half the arithmetic per image "
-  "(digits_jax.training.speedrun).",
+  "(digits_jax.speedrun).",
   reported="aims at 99% mean test accuracy in the speedrun recipe",
 )
 class SpeedrunSmall(Speedrun):
@@ -284,8 +282,8 @@ class SpeedrunSmall(Speedrun):
 
   Crop 2 pixels off every edge (28->24; MNIST digits are centred by mass in a 20x20 box, so
   the border is nearly always blank), conv16 5x5 (->20), pool (->10), ReLU, conv32 3x3
-  (->8), pool (->4), ReLU, dense 128 ReLU, dense 10. A train step costs about half of
-  :class:`Speedrun`'s; the choice was made on validation accuracy (docs/speedrun.md).
+  (->8), pool (->4), ReLU, dense 128 ReLU, dense 10. Chosen on validation accuracy; its
+  cost against :class:`Speedrun` is in docs/speedrun.md.
   """
 
   features: Sequence[int] = (16, 32)

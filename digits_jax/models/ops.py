@@ -1,7 +1,7 @@
 """Convolution and max-pooling whose backward passes are fast on XLA:CPU.
 
-Plain Flax trains the small MNIST CNNs of this project several times slower than PyTorch
-on a CPU (google/flax#3551): XLA:CPU runs ``reduce_window``'s gradient and its own
+Plain Flax trains the small MNIST CNNs of this project slower than PyTorch on a CPU
+(google/flax#3551): XLA:CPU runs ``reduce_window``'s gradient and its own
 convolutions slowly at these shapes, while it runs matrix products fast. So here:
 
 * :func:`max_pool_2x2` differentiates the maximum of the four strided quarters of the
@@ -65,25 +65,14 @@ def _quarters(x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]
 def max_pool_2x2(x: jax.Array) -> jax.Array:
   """2x2 max-pool with stride 2, equal to :func:`max_pool_2x2_reference`.
 
-  Undifferentiated (evaluation), this is the plain ``lax.reduce_window``, which XLA:CPU
-  fuses with the convolution before it. Under differentiation the forward pass takes the
-  maximum of the four strided quarters of ``x`` (the same values) and the backward pass
-  routes each window's cotangent to its first maximum, found by comparing the four
-  corners with each other.
-
-  The backward pass never compares ``x`` with the forward pass's maximum for equality:
-  XLA:CPU recomputes a cheap ``x`` (batch norm then ReLU) separately inside the forward
-  and the backward fusions, and the two copies can round differently, so a window whose
-  recomputed corners no longer equal its saved maximum would pass no gradient at all (in
-  a net with batch norm before each pool, about 8% of the first pool's windows did). The
-  corner comparisons instead route every window's cotangent to exactly one corner.
-
-  The gradient goes to the first maximum of each window in row-major order, as in
-  ``lax.reduce_window``'s select-and-scatter, so it equals the reference gradient also
-  when a window holds tied maxima. (Autodiff of ``jnp.maximum`` would instead split the
-  gradient between the tied elements.) Rows and columns cut off by an odd size get zero
-  gradient, as in the reference. A window holding a NaN passes no gradient (the
-  reference passes it to the window's largest number).
+  Undifferentiated, this is the plain ``lax.reduce_window`` (XLA:CPU fuses it with the
+  convolution before it). Differentiated, the forward pass takes the maximum of the four
+  strided quarters of ``x`` and the backward pass routes each window's cotangent to its
+  first maximum in row-major order, found by comparing the corners with each other, as
+  the reference's select-and-scatter does (ties included). It never compares ``x`` with
+  the saved maximum: XLA may recompute ``x`` in the backward pass with other rounding, and
+  an equality test would then drop windows' gradients. Rows and columns cut off by an odd
+  size get zero gradient; a window holding a NaN passes none.
 
   Args:
     x: NHWC input.
@@ -167,8 +156,8 @@ def conv2d_im2col(x: jax.Array, kernel: jax.Array, padding: str) -> jax.Array:
   kernel ``K`` reshaped to ``(kh*kw*Cin, Cout)``. The backward pass reuses ``P``: the
   kernel gradient is ``P.T @ G`` and the input gradient the columns of ``G @ K.T``
   summed back onto their pixels (:func:`digits_jax.models.native.col2im`), for the output
-  cotangent ``G``. All three are plain matrix products, which XLA:CPU runs about three
-  times faster than its own convolution at these shapes. The sums are those of the
+  cotangent ``G``. All three are plain matrix products, which XLA:CPU runs faster than
+  its own convolution at these shapes (docs/speed.md). The sums are those of the
   reference convolution, rounded in another order (relative differences around 1e-7).
 
   Under ``jax.vmap`` (several models) the kernels treat the models axis as more batch
@@ -287,7 +276,7 @@ def conv2d_xla(x: jax.Array, kernel: jax.Array, padding: str) -> jax.Array:
 
   Under ``jax.vmap`` over models (kernel batched, input batched or not), the forward
   pass and the input gradient run one convolution per model (a ``lax.map``) rather than
-  one grouped convolution, which XLA:CPU runs 2-4 times slower; the kernel-gradient
+  one grouped convolution, which XLA:CPU runs slower; the kernel-gradient
   products become batched matrix products. Only first-order reverse mode is supported
   (``jax.grad``, ``jax.vjp``), not ``jax.jvp`` or second derivatives.
 
@@ -328,8 +317,8 @@ def _conv(pads: Pads) -> Callable[[jax.Array, jax.Array], jax.Array]:
   """The plain convolution with explicit ``pads``, with a vmap rule that avoids grouped convs.
 
   Plain ``jax.vmap`` over a batched kernel makes one grouped convolution
-  (``feature_group_count`` = number of models), which XLA:CPU runs several times slower
-  than the same convolutions one model after the other (docs/speed.md).
+  (``feature_group_count`` = number of models), which XLA:CPU runs slower than the same
+  convolutions one model after the other (docs/speed.md).
   """
 
   @jax.custom_batching.custom_vmap

@@ -39,8 +39,6 @@ class ModelSpec:
 
 
 MODELS: dict[str, ModelSpec] = {}
-# Former names, still accepted (run directories written under them stay readable).
-ALIASES: dict[str, str] = {}
 
 
 class UnknownModelError(ValueError):
@@ -48,24 +46,17 @@ class UnknownModelError(ValueError):
 
 
 def register(
-  name: str, *, recipe: Mapping[str, Any], source: str, reported: str, aliases: tuple[str, ...] = ()
+  name: str, *, recipe: Mapping[str, Any], source: str, reported: str
 ) -> Callable[[type[nn.Module]], type[nn.Module]]:
   """Class decorator adding a Linen module to :data:`MODELS` under ``name``."""
 
   def wrap(cls: type[nn.Module]) -> type[nn.Module]:
-    for key in (name, *aliases):
-      if key in MODELS or key in ALIASES:
-        raise ValueError(f"model {key!r} is registered twice")
+    if name in MODELS:
+      raise ValueError(f"model {name!r} is registered twice")
     MODELS[name] = ModelSpec(name, cls, dict(recipe), source, reported)
-    ALIASES.update(dict.fromkeys(aliases, name))
     return cls
 
   return wrap
-
-
-def canonical_name(name: str) -> str:
-  """The registered name for ``name`` (a current name or a former one)."""
-  return ALIASES.get(name, name)
 
 
 def get_spec(name: str) -> ModelSpec:
@@ -75,7 +66,7 @@ def get_spec(name: str) -> ModelSpec:
     UnknownModelError: naming the registered models.
   """
   try:
-    return MODELS[canonical_name(name)]
+    return MODELS[name]
   except KeyError:
     raise UnknownModelError(
       f"unknown model {name!r}; registered models are: {', '.join(MODELS)}"

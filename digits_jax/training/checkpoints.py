@@ -21,10 +21,10 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 from flax import serialization
 
@@ -57,51 +57,43 @@ _ABANDONED = (
 
 
 def quiet_abandoned_reads() -> None:
-  """Silences what orbax leaves of a restore that failed (a process-wide setting).
+  """Drops asyncio's log records about the reads orbax abandons when a restore fails.
 
-  When one array of a checkpoint cannot be read, orbax gives up on the others while
-  they are still being read; their callbacks then find orbax's event loop closed, and
-  Python prints each one as an unraisable ``RuntimeError`` traceback (or asyncio logs
-  "Future exception was never retrieved"), at any moment, often after the program's own
-  error message. This replaces ``sys.unraisablehook`` and filters the ``asyncio``
-  logger so that noise is dropped; every other unraisable exception and log record is
-  reported as before. The entry points call it at start-up (``experiments.common``);
-  a library user opts in by calling it.
+  When one array of a checkpoint cannot be read, orbax gives up on the others while they
+  are still being read, and asyncio logs "Future exception was never retrieved" for each,
+  often after the program's own error message. A filter on the ``asyncio`` logger drops
+  those records; every other record is logged as before. The entry points call it at
+  start-up (``experiments.common``); a library user opts in by calling it.
   """
-  if not getattr(sys.unraisablehook, "_drops_closed_loop", False):
-    previous = sys.unraisablehook
+  logger = logging.getLogger("asyncio")
+  if not any(getattr(f, "_drops_abandoned_reads", False) for f in logger.filters):
+    logger.addFilter(_AbandonedReads())
 
-    def hook(args):
-      if not (
-        isinstance(args.exc_value, RuntimeError) and "Event loop is closed" in str(args.exc_value)
-      ):
-        previous(args)
 
-    hook._drops_closed_loop = True
-    sys.unraisablehook = hook
-    logging.getLogger("asyncio").addFilter(
-      lambda record: not record.getMessage().startswith(_ABANDONED)
-    )
+class _AbandonedReads(logging.Filter):
+  _drops_abandoned_reads = True
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith(_ABANDONED)
 
 
 def _open_manager(directory: Path, **options: Any) -> ocp.CheckpointManager:
-  """An orbax manager that has deleted the temporary directories of an interrupted save.
+  """An orbax manager, after deleting the temporary directories of an interrupted save.
 
-  Orbax starts that clean-up in a background thread; it is awaited here, so that a
-  program that stops right after opening (on a corrupt checkpoint, say) does not print
-  the thread's failure at exit.
+  The deletion happens here, before the manager opens, rather than in orbax's background
+  thread, so that a program that stops right after opening (on a corrupt checkpoint, say)
+  does not print the thread's failure at exit.
   """
   try:
-    manager = ocp.CheckpointManager(
+    if directory.is_dir() and jax.process_index() == 0:
+      for path in ocp.utils.tmp_checkpoints(directory):
+        shutil.rmtree(path.get(), ignore_errors=True)
+    return ocp.CheckpointManager(
       directory,
       options=ocp.CheckpointManagerOptions(
-        enable_async_checkpointing=False, cleanup_tmp_directories=True, **options
+        enable_async_checkpointing=False, cleanup_tmp_directories=False, **options
       ),
     )
-    await_cleanup = getattr(manager, "_maybe_await_cleanup_tmp_directory", None)
-    if await_cleanup is not None:
-      await_cleanup()
-    return manager
   except Exception as e:  # orbax raises many types for unreadable metadata
     raise CheckpointError(
       f"the checkpoint directory {directory} cannot be read ({_brief(e)}); it is corrupt "

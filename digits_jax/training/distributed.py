@@ -12,6 +12,7 @@ process nothing here changes anything.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import socket
 import time
@@ -30,19 +31,24 @@ class DistributedError(RuntimeError):
   """The process could not join the multi-process runtime."""
 
 
-def detected_cluster() -> str | None:
-  """The cluster JAX's own detection finds (SLURM, Cloud TPU, Open MPI, ...), or ``None``.
+# Environment variables by which a cluster announces itself, as JAX's own detection reads
+# them (jax.distributed.initialize fills in the address, count and id from the same).
+CLUSTER_ENV = {
+  "SLURM": "SLURM_JOB_ID",
+  "Open MPI": "OMPI_MCA_orte_hnp_uri",
+  "Cloud TPU (GKE)": "TPU_WORKER_HOSTNAMES",
+}
 
-  The names are those of ``jax.distributed.initialize``'s cluster environments; the
-  opt-in ones (mpi4py) are not looked for.
+
+def detected_cluster() -> str | None:
+  """The cluster whose environment variables are set (SLURM, Open MPI, ...), or ``None``.
+
+  Read from :data:`CLUSTER_ENV`, public variables, rather than JAX's private detection; a
+  cluster not listed (a Cloud TPU VM outside GKE, say) joins with ``--distributed=on``.
   """
-  try:
-    from jax._src.clusters import ClusterEnv
-  except ImportError:  # a JAX without cluster detection
-    return None
-  for env in ClusterEnv._cluster_types:
-    if not env.opt_in_only_method and env.is_env_present():
-      return env.__name__
+  for name, variable in CLUSTER_ENV.items():
+    if os.environ.get(variable):
+      return name
   return None
 
 

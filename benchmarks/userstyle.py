@@ -7,11 +7,11 @@ rotation and shear, tinted and textured paper, uneven lighting, coloured or fain
 blur, sensor noise, JPEG compression, and the file formats and modes people send (JPEG,
 PNG in RGB, grayscale or with a transparent background, palette GIF, BMP, WebP, TIFF);
 one image in ten is light ink on a dark board. It serves to measure how well a network
-trained on MNIST reads such images, with and without :mod:`digits_jax.preprocess`.
+trained on MNIST reads such images, with and without :mod:`digits_jax.app.preprocess`.
 
 The set is deterministic: image ``i`` depends only on the seed, ``i`` and the font files
 (its digit is ``i % 10``, its font ``FONTS[(i // 10) % len(FONTS)]``), so the same command
-makes the same files. ``python -m experiments.userstyle --output_dir=DIR`` writes it, with a
+makes the same files. ``python -m benchmarks.userstyle_images --output_dir=DIR`` writes it, with a
 ``labels.csv`` (file, label); the file names also start with their digit.
 """
 

@@ -7,7 +7,7 @@
 * :func:`load_run` -- a trained run's work directory as a function from ``(N, 28, 28, 1)``
   images to class probabilities; refuses a directory without a checkpoint and a model of
   another data set.
-* :func:`predict_files` -- every image preprocessed (:mod:`digits_jax.preprocess`) and
+* :func:`predict_files` -- every image preprocessed (:mod:`digits_jax.app.preprocess`) and
   predicted by each run and by their ensemble (the mean of their probabilities); an image
   that fails is reported and the others are still predicted.
 * :func:`write_csv`, :func:`contact_sheets`, :func:`accuracy_report` -- the outputs of
@@ -30,8 +30,9 @@ from typing import Any, BinaryIO
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
-from digits_jax import files, preprocess, runs
+from digits_jax import files, runs
 from digits_jax.analysis import metrics, report
+from digits_jax.app import preprocess
 from digits_jax.config import Config
 from digits_jax.data import NUM_CLASSES
 
@@ -354,7 +355,7 @@ def predict_files(
   Args:
     runs: loaded runs (:func:`load_runs`).
     images: the files (:func:`find_images`).
-    steps: the preprocessing (:class:`digits_jax.preprocess.Steps`; default: all steps).
+    steps: the preprocessing (:class:`digits_jax.app.preprocess.Steps`; default: all steps).
     labels: each image's true digit, or None where unknown.
     max_pixels: larger images are refused (:func:`load_image`).
 
@@ -580,7 +581,7 @@ def predict_bytes(
 
   Raises:
     ImageError: not an image, truncated, or too large.
-    digits_jax.preprocess.EmptyImageError: no ink.
+    digits_jax.app.preprocess.EmptyImageError: no ink.
   """
   image = load_image(io.BytesIO(data), max_pixels, name=name)
   result = preprocess.preprocess_steps(image, steps or preprocess.Steps())

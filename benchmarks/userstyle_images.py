@@ -1,8 +1,8 @@
 """Writes the user-style digit set: handwriting fonts on photographed-looking paper.
 
-    python -m experiments.userstyle --output_dir=userstyle [--count=500] [--seed=0]
+    python -m benchmarks.userstyle_images --output_dir=userstyle [--count=500] [--seed=0]
 
-See :mod:`digits_jax.userstyle`. The files are named ``<digit>_<index>.<ext>`` and listed
+See :mod:`benchmarks.userstyle`. The files are named ``<digit>_<index>.<ext>`` and listed
 with their digit in ``labels.csv``; the same flags make the same files. The fonts come from
 Debian's packages (``.ci/run`` installs them); a missing one is named with its package.
 """
@@ -13,7 +13,7 @@ import sys
 
 from absl import app, flags
 
-from digits_jax import userstyle
+from benchmarks import userstyle
 
 flags.DEFINE_string("output_dir", "userstyle", "Folder for the images and labels.csv.")
 flags.DEFINE_integer(

@@ -41,7 +41,7 @@ differs in every respect, so :func:`preprocess` goes through these steps (each a
 
 An image with no ink (an empty page, a blank canvas) raises :class:`EmptyImageError`.
 Pillow does the resizing and colour work, ``scipy.ndimage`` the filters, labelling and
-centre of mass. :func:`digits_jax.predict.predict_files` and the drawing page
+centre of mass. :func:`digits_jax.app.predict.predict_files` and the drawing page
 (``python -m experiments.serve``) call :func:`preprocess`.
 """
 

@@ -1,0 +1,90 @@
+"""The experiments in configs/: each loads, names only flags of its entry point, and
+``--config.FIELD`` and explicit flags override it in that order."""
+
+from __future__ import annotations
+
+import collections
+import pathlib
+import sys
+
+import pytest
+
+from experiments import common
+from tests import cli
+from tests.conftest import REPO
+
+CONFIGS = sorted((REPO / "configs").glob("*.py"))
+
+
+def _module_text(path: pathlib.Path) -> str:
+  return path.read_text()
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_config_loads_and_says_command_cost_and_results(path):
+  config = common.load_config_file(str(path))
+  assert len(config) > 0
+  text = _module_text(path)
+  assert "ENTRY_POINT = " in text
+  for part in ("Command:", f"--config=configs/{path.name}", "Cost:", "Results:"):
+    assert part in text, f"{path.name}: its docstring lacks {part!r}"
+
+
+def test_every_field_is_a_flag_of_its_entry_point():
+  by_entry = collections.defaultdict(list)
+  for path in CONFIGS:
+    text = _module_text(path)
+    entry = text.split("ENTRY_POINT = ", 1)[1].split("\n", 1)[0].strip().strip("\"'")
+    by_entry[entry].append(str(path))
+  assert set(by_entry) >= {"experiments.sweep", "experiments.speedrun"}
+  for entry, paths in by_entry.items():
+    script = (
+      "import importlib, sys\n"
+      "from absl import flags\n"
+      f"importlib.import_module({entry!r})\n"
+      "flags.FLAGS(['x'])\n"
+      "from experiments import common\n"
+      f"for p in {paths!r}:\n"
+      "  common.config_file_values(common.load_config_file(p), p)\n"
+      "print('ok')\n"
+    )
+    done = cli.run("", argv=[sys.executable, "-c", script])
+    assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-2000:]
+
+
+def test_unknown_field_of_a_config_file_is_named(tmp_path):
+  path = tmp_path / "bad.py"
+  path.write_text(
+    "import ml_collections\n"
+    "def get_config():\n"
+    "  return ml_collections.ConfigDict({'seeds': [0], 'learning_rat': 0.1})\n"
+  )
+  done = cli.run("experiments.sweep", f"--config={path}", "--collect_only")
+  assert done.returncode != 0
+  assert "learning_rat is not a flag of this entry point" in done.stderr
+
+
+def test_override_precedence_flag_then_config_field_then_file(tmp_path):
+  config = "--config=configs/sweep_quick.py"
+  # The file's workdir (runs/sweep-quick) gives way to --config.workdir ...
+  done = cli.run("experiments.sweep", config, f"--config.workdir={tmp_path}/a", "--collect_only")
+  assert done.returncode != 0
+  assert f"--workdir {tmp_path}/a does not exist" in done.stderr
+  # ... which gives way to a flag given on the command line.
+  done = cli.run(
+    "experiments.sweep",
+    config,
+    f"--config.workdir={tmp_path}/a",
+    f"--workdir={tmp_path}/b",
+    "--collect_only",
+  )
+  assert done.returncode != 0
+  assert f"--workdir {tmp_path}/b does not exist" in done.stderr
+
+
+def test_unknown_config_override_fails_clearly():
+  done = cli.run(
+    "experiments.sweep", "--config=configs/sweep_quick.py", "--config.learning_rat=0.1"
+  )
+  assert done.returncode != 0
+  assert "learning_rat" in done.stderr
