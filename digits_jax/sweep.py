@@ -36,8 +36,8 @@ from typing import Any
 
 import jax
 
-from digits_jax import data, files, models, runs
-from digits_jax.analysis import compare, plots
+from digits_jax import data, files, models, rundir, runs
+from digits_jax.analysis import compare_report, comparison, plots
 from digits_jax.config import (
   SHORT_NAMES,
   Config,
@@ -433,7 +433,7 @@ class Collected:
   missing: list[str]
   worker_of: dict[str, int]
   markdown: str
-  comparison: compare.Comparison | None
+  comparison: comparison.Comparison | None
   comparison_error: str | None
 
 
@@ -464,12 +464,12 @@ def _collect_once(workdir: Path, configs: list[Config], num_workers: int) -> Col
   markdown = write_tables(summarize(results), workdir, missing=missing, total=len(configs))
   write_plots(results, workdir)
   try:
-    comparison = compare.compare_runs([workdir / r["run"] for r in results])
-    compare.write_comparison(comparison, workdir)
+    compared = comparison.compare_runs([workdir / r["run"] for r in results])
+    compare_report.write_comparison(compared, workdir)
     error = None
-  except compare.ComparisonError as e:  # e.g. runs of an earlier version without test outputs
-    comparison, error = None, str(e)
-  return Collected(results, missing, worker_of, markdown, comparison, error)
+  except rundir.RunDirError as e:  # e.g. runs of an earlier version without test outputs
+    compared, error = None, str(e)
+  return Collected(results, missing, worker_of, markdown, compared, error)
 
 
 def collect(
