@@ -367,7 +367,7 @@ def test_entry_point_end_to_end(tmp_path):
   files.write_json(sweep / "unfinished-seed0" / "config.json", {"config": BASE_CONFIG})
   out = cli.run("experiments.compare", f"--workdir={sweep}")
   assert out.returncode == 0, out.stderr[-3000:]
-  assert "| good adam | weak adam |" in out.stdout and "**A better**" in out.stdout
+  assert "| good adam | weak adam |" in out.stdout and f"**{comparison.A_BETTER}**" in out.stdout
   assert "unfinished-seed0" in out.stderr
   markdown = (sweep / "compare.md").read_text()
   assert markdown in out.stdout
