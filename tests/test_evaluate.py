@@ -9,8 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from digits_jax import data, files, runs
-from digits_jax import rundir
+from digits_jax import data, files, rundir, runs
 from digits_jax.analysis import report, visualize
 from digits_jax.training import checkpoints
 from tests.conftest import REPO
