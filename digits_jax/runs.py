@@ -25,7 +25,7 @@ import numpy as np
 from digits_jax import data, files, models, rundir
 from digits_jax.analysis import report, visualize
 from digits_jax.config import Config, check_sizes, resolve
-from digits_jax.rundir import read_config
+from digits_jax.rundir import RunDirError, read_config
 from digits_jax.training import checkpoints, distributed, loop, sharding, workdirs
 from digits_jax.training.step import (
   TrainState,
@@ -36,6 +36,8 @@ from digits_jax.training.step import (
 )
 
 log = logging.getLogger(__name__)
+
+__all__ = ["RunDirError", "load_run", "rebuild", "train_and_evaluate"]  # RunDirError: rundir's
 
 
 @dataclasses.dataclass
