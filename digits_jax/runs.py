@@ -22,9 +22,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from digits_jax import data, files, models
-from digits_jax.analysis import compare, report, visualize
-from digits_jax.config import Config, ConfigError, check_sizes, resolve
+from digits_jax import data, files, models, rundir
+from digits_jax.analysis import report, visualize
+from digits_jax.config import Config, check_sizes, resolve
+from digits_jax.rundir import RunDirError, read_config
 from digits_jax.training import checkpoints, distributed, loop, sharding, workdirs
 from digits_jax.training.step import (
   TrainState,
@@ -36,9 +37,7 @@ from digits_jax.training.step import (
 
 log = logging.getLogger(__name__)
 
-
-class RunDirError(Exception):
-  """A directory that is not a run's work directory (no readable config.json)."""
+__all__ = ["RunDirError", "load_run", "rebuild", "train_and_evaluate"]  # RunDirError: rundir's
 
 
 @dataclasses.dataclass
@@ -108,7 +107,7 @@ def write_evaluation(
 ) -> dict[str, Any]:
   """Writes what a run's test logits give: the stored test outputs, reports and pictures.
 
-  ``test_outputs.npz`` (:func:`digits_jax.analysis.compare.save_test_outputs`) keeps the
+  ``test_outputs.npz`` (:func:`digits_jax.rundir.save_test_outputs`) keeps the
   class probabilities for comparisons between runs.
 
   Returns:
@@ -117,7 +116,7 @@ def write_evaluation(
   """
   test = metrics_from_logits(logits, jnp.asarray(datasets.test.labels))
   probabilities = np.asarray(jax.nn.softmax(logits.astype(jnp.float32), axis=-1))
-  compare.save_test_outputs(workdir, probabilities, datasets.test.labels, datasets.test.images)
+  rundir.save_test_outputs(workdir, probabilities, datasets.test.labels, datasets.test.images)
   summary = report.write_run_report(
     workdir,
     logits,
@@ -259,28 +258,6 @@ def train_and_evaluate(
   prepare(config, workdir, datasets, overwrite=overwrite)
   trained = loop.train(config, workdir, datasets)
   return finish(config, workdir, trained, datasets)
-
-
-def read_config(workdir: str | os.PathLike) -> tuple[Config, dict[str, Any]]:
-  """A run directory's config (as recorded) and its whole ``config.json``.
-
-  Raises:
-    RunDirError: no ``config.json``, or not a run's.
-  """
-  workdir = Path(workdir)
-  if not (workdir / "config.json").is_file():
-    raise RunDirError(
-      f"{workdir} has no config.json: it is not a run's work directory "
-      "(python -m experiments.train --workdir=... makes one)"
-    )
-  try:
-    saved = files.read_json(workdir / "config.json")
-    config = Config.from_dict(saved["config"])
-  except (ValueError, KeyError, TypeError, ConfigError) as e:
-    raise RunDirError(
-      f"{workdir}/config.json is not a run's config ({type(e).__name__}: {e})"
-    ) from e
-  return config, saved
 
 
 def require_checkpoint(workdir: Path) -> None:

@@ -40,9 +40,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import scipy.stats
 
 from digits_jax import data, models
+from digits_jax.analysis import stats
 from digits_jax.training.step import cross_entropy
 
 log = logging.getLogger(__name__)
@@ -343,16 +343,14 @@ class Speedrun:
     return row
 
 
-def mean_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
-  """Mean and its Student-t interval over seeds: ``(mean, low, high)``."""
+def mean_interval(values: Sequence[float]) -> tuple[float, float, float]:
+  """Mean and its Student-t 95% interval over seeds (:func:`stats.seed_interval`)."""
   values = np.asarray(values, float)
   mean = float(values.mean())
-  if len(values) < 2 or np.all(values == values[0]):
+  if len(values) < 2:
     return mean, mean, mean
-  low, high = scipy.stats.t.interval(
-    confidence, len(values) - 1, loc=mean, scale=scipy.stats.sem(values)
-  )
-  return mean, float(low), float(high)
+  interval = stats.seed_interval(values)
+  return mean, interval.low, interval.high
 
 
 def summarize(runs: Sequence[dict[str, Any]], target: float = TARGET) -> dict[str, Any]:

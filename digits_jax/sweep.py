@@ -36,8 +36,8 @@ from typing import Any
 
 import jax
 
-from digits_jax import data, files, models, runs
-from digits_jax.analysis import compare, plots
+from digits_jax import data, files, models, rundir, runs
+from digits_jax.analysis import compare_report, comparison, plots
 from digits_jax.config import (
   SHORT_NAMES,
   Config,
@@ -407,7 +407,7 @@ class Collected:
     results: the finished runs' results, in grid order (as :func:`run_sweep` gives them).
     missing: the directory names of the grid's runs that have not finished.
     worker_of: each missing run's worker (for the split :func:`collect` was given).
-    markdown: ``results.md`` as written; empty when nothing has finished.
+    markdown: the console table of :func:`write_tables`; empty when nothing has finished.
     comparison: the comparison of the finished runs, or ``None``.
     comparison_error: why there is no comparison, if there is none.
   """
@@ -416,7 +416,7 @@ class Collected:
   missing: list[str]
   worker_of: dict[str, int]
   markdown: str
-  comparison: compare.Comparison | None
+  comparison: comparison.Comparison | None
   comparison_error: str | None
 
 
@@ -447,12 +447,12 @@ def _collect_once(workdir: Path, configs: list[Config], num_workers: int) -> Col
   markdown = write_tables(summarize(results), workdir, missing=missing, total=len(configs))
   write_plots(results, workdir)
   try:
-    comparison = compare.compare_runs([workdir / r["run"] for r in results])
-    compare.write_comparison(comparison, workdir)
+    compared = comparison.compare_runs([workdir / r["run"] for r in results])
+    compare_report.write_comparison(compared, workdir)
     error = None
-  except compare.ComparisonError as e:  # e.g. runs of an earlier version without test outputs
-    comparison, error = None, str(e)
-  return Collected(results, missing, worker_of, markdown, comparison, error)
+  except rundir.RunDirError as e:  # e.g. runs of an earlier version without test outputs
+    compared, error = None, str(e)
+  return Collected(results, missing, worker_of, markdown, compared, error)
 
 
 def collect(
@@ -595,30 +595,41 @@ def write_tables(
   missing: Sequence[str] = (),
   total: int | None = None,
 ) -> str:
-  """Writes ``results.md`` and ``results.csv`` into ``workdir``; returns the Markdown.
+  """Writes ``results.csv`` and ``results.md`` into ``workdir``; returns the console table.
+
+  The sweep's one Markdown table per configuration is ``compare.md`` (written by
+  :func:`digits_jax.analysis.compare_report.write_comparison`, with intervals and tests);
+  ``results.md`` points to it and names the runs that have not finished, and
+  ``results.csv`` keeps the sweep's own columns (epochs, batch size, best epoch, the
+  figure each model's source reports).
 
   Args:
     rows: as :func:`summarize` gives them.
     workdir: the sweep's directory.
-    missing: runs of the grid that have not finished; ``results.md`` names them below
-      the table.
+    missing: runs of the grid that have not finished; ``results.md`` names them.
     total: the number of runs in the grid (for that note).
   """
   workdir = Path(workdir)
-  markdown = to_markdown(rows)
+  note = ""
   if missing:
     total = total if total is not None else len(missing)
-    markdown += (
+    note = (
       f"\n{len(missing)} of {total} runs have not finished and are not in this table: "
       f"{', '.join(missing)}.\n"
     )
-  files.write_text(workdir / "results.md", markdown)
+  pointer = (
+    "# Sweep results\n\nThe table per configuration, with intervals and paired tests: "
+    "[compare.md](compare.md) (compare.csv). results.csv adds the sweep's own columns per "
+    "configuration (epochs, batch size, mean best epoch, the figure each model's source "
+    "reports).\n"
+  )
+  files.write_text(workdir / "results.md", pointer + note)
   files.write_text(workdir / "results.csv", to_csv(rows))
-  return markdown
+  return to_markdown(rows) + note
 
 
 def write_plots(results: Sequence[dict[str, Any]], workdir: str | Path) -> list[Path]:
-  """Writes the sweep's figures next to ``results.md``.
+  """Writes the sweep's figures next to ``results.csv``.
 
   ``comparison.png``: test accuracy per architecture and optimizer with the spread over
   seeds, and against the parameter count (:func:`digits_jax.analysis.plots.sweep_comparison`).

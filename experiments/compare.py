@@ -10,15 +10,17 @@ compare.csv, compare_pairs.csv, compare.json, compare_forest.png and compare_pai
 configurations by validation accuracy are also averaged into an ensemble
 (--ensemble_one_per_model: only each model's best configuration, so that the members are
 different networks). Runs that cannot be compared (other datasets or test sets, no stored
-test outputs) stop it with one ``error:`` line and exit status 1. The logic and the
-statistics are in :mod:`digits_jax.analysis.compare`.
+test outputs) stop it with one ``error:`` line and exit status 1. The logic is in
+:mod:`digits_jax.analysis.comparison`, the statistics in :mod:`digits_jax.analysis.stats`,
+the files in :mod:`digits_jax.analysis.compare_report`; docs/compare.md explains the verdict.
 """
 
 import sys
 
 from absl import app, flags
 
-from digits_jax.analysis import compare
+from digits_jax import rundir
+from digits_jax.analysis import compare_report, comparison
 from experiments import logs
 
 flags.DEFINE_multi_string(
@@ -30,7 +32,7 @@ flags.DEFINE_multi_string(
 )
 flags.DEFINE_integer(
   "ensemble_top",
-  compare.DEFAULT_ENSEMBLE_TOP,
+  comparison.DEFAULT_ENSEMBLE_TOP,
   "Average the configurations with the best mean validation accuracy, this many, into an "
   "ensemble of configurations (0: none).",
   lower_bound=0,
@@ -52,13 +54,13 @@ def main(argv):
   logs.setup()
   output_dir = FLAGS.output_dir or FLAGS.workdir[0]
   try:
-    comparison = compare.compare_runs(
-      compare.find_runs(FLAGS.workdir),
+    compared = comparison.compare_runs(
+      rundir.find_runs(FLAGS.workdir),
       ensemble_top=FLAGS.ensemble_top,
       one_per_model=FLAGS.ensemble_one_per_model,
     )
-    markdown = compare.write_comparison(comparison, output_dir)
-  except compare.ComparisonError as e:
+    markdown = compare_report.write_comparison(compared, output_dir)
+  except rundir.RunDirError as e:
     sys.exit(f"error: {e}")
   except OSError as e:  # an output folder that cannot be written, a file that cannot be read
     sys.exit(f"error: {e}")

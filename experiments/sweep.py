@@ -12,8 +12,9 @@ A config file (configs/NAME.py) sets flags by name; a flag given on the command 
 overrides ``--config.FIELD``, which overrides the file.
 
 Every Config field is a flag taking comma-separated values; the grid is their product,
-and every value is checked before the first run. Writes <workdir>/results.md and
-results.csv, comparison.png and validation_curves.png, and one directory per run.
+and every value is checked before the first run. Writes <workdir>/compare.md (the table per
+configuration, with intervals and paired tests; results.md points to it), results.csv,
+comparison.png and validation_curves.png, and one directory per run.
 Started again on the same workdir, finished runs are skipped and an interrupted run
 resumes. The logic lives in :mod:`digits_jax.sweep`.
 
@@ -35,7 +36,7 @@ import jax
 from absl import app, flags
 
 from digits_jax import models, sweep
-from digits_jax.analysis import compare
+from digits_jax.analysis import compare_report
 from digits_jax.config import FIELDS, ConfigError
 from experiments import common
 
@@ -200,7 +201,8 @@ def main(argv):
   if collected is None:
     print(
       f"{len(trained)} runs in {time.perf_counter() - start:.0f} s; another worker is writing "
-      f"the table in {workdir}/results.md, and writes it again to include these runs"
+      f"the tables in {workdir} (compare.md, results.csv), and writes them again to include "
+      "these runs"
     )
     return
   if not collected.results:
@@ -214,14 +216,14 @@ def main(argv):
   else:
     print(f"{len(trained)} runs in {time.perf_counter() - start:.0f} s", end="")
   print(
-    f"; tables in {workdir}/results.md and results.csv, "
+    f"; tables in {workdir}/compare.md and results.csv, "
     "plots in comparison.png and validation_curves.png"
   )
   _report_missing(collected, len(configs), num_workers)
   if collected.comparison is None:
     print(f"no comparison: {collected.comparison_error}")
     return
-  print(compare.headline(collected.comparison))
+  print(compare_report.headline(collected.comparison))
   print(f"comparison with intervals and paired tests in {workdir}/compare.md")
 
 

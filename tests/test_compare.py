@@ -13,8 +13,9 @@ import pytest
 from PIL import Image
 from scipy import stats
 
-from digits_jax import files
-from digits_jax.analysis import compare
+from digits_jax import files, rundir
+from digits_jax.analysis import compare_report, comparison
+from digits_jax.analysis import stats as cstats
 from tests import cli
 
 K = 10
@@ -56,10 +57,10 @@ def synthetic_test_set(rng: np.random.Generator, n: int) -> tuple[np.ndarray, ..
 
 def run(
   config: dict, probs: np.ndarray, labels: np.ndarray, images: np.ndarray, path: str = "run"
-) -> compare.Run:
-  outputs = compare.make_test_outputs(probs, labels, images)
+) -> rundir.Run:
+  outputs = rundir.make_test_outputs(probs, labels, images)
   results = {"test_accuracy": outputs.accuracy, "seed": config["seed"], "num_params": 1000}
-  return compare.Run(Path(path), config, results, outputs)
+  return rundir.Run(Path(path), config, results, outputs)
 
 
 def configuration_runs(rng, labels, difficulty, images, skill: float, seeds, **config):
@@ -91,7 +92,7 @@ def write_run(
   )
   accuracy = float(np.mean(probs.argmax(axis=1) == labels))
   if outputs:
-    compare.save_test_outputs(run_dir, probs, labels, images)
+    rundir.save_test_outputs(run_dir, probs, labels, images)
   files.write_json(
     run_dir / "results.json",
     {
@@ -139,23 +140,23 @@ def test_exact_mcnemar_on_a_textbook_table():
   # 161 paired outcomes, 6 and 16 discordant: the exact two-sided p is 2 P(X <= 6), X ~ B(22, .5).
   a = np.array([1] * 59 + [1] * 6 + [0] * 16 + [0] * 80, bool)
   b = np.array([1] * 59 + [0] * 6 + [1] * 16 + [0] * 80, bool)
-  table = compare.mcnemar_table(a, b)
+  table = cstats.mcnemar_table(a, b)
   np.testing.assert_array_equal(table, [[59, 6], [16, 80]])
   expected = 2 * sum(math.comb(22, k) for k in range(7)) / 2**22
-  assert compare.mcnemar_pvalue(table) == pytest.approx(expected, rel=1e-12)
-  assert compare.mcnemar_pvalue(table) == pytest.approx(0.0525, abs=1e-4)
-  assert compare.mcnemar_pvalue([[10, 0], [0, 5]]) == 1.0  # no disagreement: no evidence
+  assert cstats.mcnemar_pvalue(table) == pytest.approx(expected, rel=1e-12)
+  assert cstats.mcnemar_pvalue(table) == pytest.approx(0.0525, abs=1e-4)
+  assert cstats.mcnemar_pvalue([[10, 0], [0, 5]]) == 1.0  # no disagreement: no evidence
 
 
 def test_holm_adjusts_as_the_textbook_step_down():
-  assert compare.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
-  assert compare.holm([0.2]) == [0.2]
-  assert compare.holm([]) == []
+  assert cstats.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+  assert cstats.holm([0.2]) == [0.2]
+  assert cstats.holm([]) == []
 
 
 def test_binomial_interval_is_clopper_pearson():
   for k, n in ((9912, 10000), (10000, 10000), (0, 50), (37, 40)):
-    iv = compare.binomial_interval(k, n)
+    iv = cstats.binomial_interval(k, n)
     low = stats.beta.ppf(0.025, k, n - k + 1) if k else 0.0
     high = stats.beta.ppf(0.975, k + 1, n - k) if k < n else 1.0
     assert (iv.low, iv.high) == pytest.approx((low, high), abs=1e-9)
@@ -163,24 +164,24 @@ def test_binomial_interval_is_clopper_pearson():
 
 
 def test_seed_interval_is_student_t():
-  iv = compare.seed_interval([0.990, 0.991, 0.992])
+  iv = cstats.seed_interval([0.990, 0.991, 0.992])
   half = 4.302652729749464 * 0.001 / math.sqrt(3)  # t(0.975, 2 df) * s / sqrt(n)
   assert (iv.low, iv.high) == pytest.approx((0.991 - half, 0.991 + half), abs=1e-12)
   assert iv.method == "t over 3 seeds"
-  assert compare.seed_interval([0.99, 0.99]) == compare.Interval(0.99, 0.99, "t over 2 seeds")
+  assert cstats.seed_interval([0.99, 0.99]) == cstats.Interval(0.99, 0.99, "t over 2 seeds")
 
 
 def test_difference_interval_paired_welch_and_not_applicable():
   n = 10000
   a = {0: 9913, 1: 9920, 2: 9915}
   b = {0: 9910, 1: 9915, 2: 9911}  # differences 3, 5, 4: mean 4, sd 1
-  iv = compare.difference_interval(a, b, n)
+  iv = cstats.difference_interval(a, b, n)
   half = stats.t.ppf(0.975, 2) / math.sqrt(3)
   assert (iv.low, iv.high) == pytest.approx(((4 - half) / n, (4 + half) / n), abs=1e-12)
   assert iv.method.startswith("paired t")
   # Other seeds: Welch, with the Welch-Satterthwaite degrees of freedom.
   c = {5: 9900, 6: 9906}
-  iv = compare.difference_interval(a, c, n)
+  iv = cstats.difference_interval(a, c, n)
   xa, xc = np.array(list(a.values()), float), np.array(list(c.values()), float)
   va, vc = xa.var(ddof=1) / 3, xc.var(ddof=1) / 2
   df = (va + vc) ** 2 / (va**2 / 2 + vc**2 / 1)
@@ -188,19 +189,19 @@ def test_difference_interval_paired_welch_and_not_applicable():
   d = xa.mean() - xc.mean()
   assert (iv.low, iv.high) == pytest.approx(((d - half) / n, (d + half) / n), abs=1e-12)
   assert iv.method.startswith("Welch")
-  assert compare.difference_interval({0: 9900}, {0: 9890}, n) is None
-  assert compare.difference_interval(a, {7: 9890}, n) is None
+  assert cstats.difference_interval({0: 9900}, {0: 9890}, n) is None
+  assert cstats.difference_interval(a, {7: 9890}, n) is None
 
 
 def test_discordant_interval_is_dual_to_the_exact_mcnemar_test():
   for a_only, b_only in ((6, 16), (3, 14), (20, 20), (0, 9), (40, 22), (2, 0), (0, 0)):
     table = np.array([[900, a_only], [b_only, 50]])
-    iv = compare.discordant_interval(table)
+    iv = cstats.discordant_interval(table)
     n = table.sum()
     assert iv.low <= (a_only - b_only) / n <= iv.high
     if a_only + b_only:
       excluded = not iv.low <= 0 <= iv.high
-      assert excluded == (compare.mcnemar_pvalue(table) < 0.05), (a_only, b_only)
+      assert excluded == (cstats.mcnemar_pvalue(table) < 0.05), (a_only, b_only)
 
 
 # --------------------------------------------------------------------------------------------
@@ -212,19 +213,19 @@ def test_test_outputs_round_trip(tmp_path):
   labels, difficulty, _ = synthetic_test_set(rng, 300)
   images = rng.integers(0, 256, (300, 28, 28, 1), dtype=np.uint8)
   probs = probabilities(rng, labels, difficulty, 3.0)
-  path = compare.save_test_outputs(tmp_path, probs, labels, images)
+  path = rundir.save_test_outputs(tmp_path, probs, labels, images)
   assert path == tmp_path / "test_outputs.npz"
-  out = compare.load_test_outputs(tmp_path)
+  out = rundir.load_test_outputs(tmp_path)
   assert out.probabilities.dtype == np.float16 and out.probabilities.shape == (300, K)
   np.testing.assert_allclose(out.probabilities, probs, atol=1e-3)
   np.testing.assert_array_equal(out.predictions, probs.argmax(axis=1))
   np.testing.assert_array_equal(out.labels, labels)
   assert out.accuracy == np.mean(probs.argmax(axis=1) == labels)
   assert out.images_dtype == "uint8" and out.images_shape == (300, 28, 28, 1)
-  assert out.test_set == compare.make_test_outputs(probs, labels, images).test_set
+  assert out.test_set == rundir.make_test_outputs(probs, labels, images).test_set
   # Another order of the same images and labels is another test set.
   order = rng.permutation(300)
-  shuffled = compare.make_test_outputs(probs[order], labels[order], images[order])
+  shuffled = rundir.make_test_outputs(probs[order], labels[order], images[order])
   assert shuffled.images_sha256 != out.images_sha256
   assert shuffled.labels_sha256 != out.labels_sha256
   assert not list(tmp_path.glob(".*.tmp"))  # written atomically: no temporary file left
@@ -234,18 +235,18 @@ def test_test_outputs_refuse_what_is_not_probabilities(tmp_path):
   labels = np.array([0, 1, 2])
   images = np.zeros((3, 2), np.float32)
   with pytest.raises(ValueError, match="softmax of the logits"):
-    compare.save_test_outputs(tmp_path, np.array([[3.0, -1, 0]] * 3), labels, images)
+    rundir.save_test_outputs(tmp_path, np.array([[3.0, -1, 0]] * 3), labels, images)
   with pytest.raises(ValueError, match="same test examples"):
-    compare.save_test_outputs(tmp_path, np.full((3, 3), 1 / 3), labels[:2], images)
+    rundir.save_test_outputs(tmp_path, np.full((3, 3), 1 / 3), labels[:2], images)
   with pytest.raises(ValueError, match="lie in"):
-    compare.save_test_outputs(tmp_path, np.full((3, 3), 1 / 3), np.array([0, 1, 3]), images)
+    rundir.save_test_outputs(tmp_path, np.full((3, 3), 1 / 3), np.array([0, 1, 3]), images)
   assert not (tmp_path / "test_outputs.npz").exists()
 
 
 def test_unreadable_test_outputs_name_the_file_and_the_fix(tmp_path):
   (tmp_path / "test_outputs.npz").write_bytes(b"not a zip file")
-  with pytest.raises(compare.ComparisonError, match="experiments.evaluate --workdir="):
-    compare.load_test_outputs(tmp_path)
+  with pytest.raises(rundir.RunDirError, match="experiments.evaluate --workdir="):
+    rundir.load_test_outputs(tmp_path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -257,14 +258,14 @@ def test_a_truly_better_model_is_found():
   labels, difficulty, images = synthetic_test_set(rng, 10000)
   weak = configuration_runs(rng, labels, difficulty, images, 4.0, (0, 1, 2), model="weak")
   good = configuration_runs(rng, labels, difficulty, images, 5.0, (0, 1, 2), model="good")
-  result = compare.compare(weak + good)  # the worse listed first: the order must not matter
+  result = comparison.compare(weak + good)  # the worse listed first: the order must not matter
   assert [c.label for c in result.configurations] == ["good adam", "weak adam"]
   good_c, weak_c = result.configurations
   assert good_c.seeds == (0, 1, 2) and good_c.interval.method == "t over 3 seeds"
   assert good_c.mean == pytest.approx(np.mean(good_c.accuracies))
   assert good_c.ensemble_accuracy >= max(good_c.accuracies) - 0.002
   (pair,) = result.pairs
-  assert (pair.a, pair.b, pair.verdict) == ("good adam", "weak adam", "A better")
+  assert (pair.a, pair.b, pair.verdict) == ("good adam", "weak adam", comparison.A_BETTER)
   assert pair.pvalue_holm < 1e-6
   assert pair.difference_interval.method == "paired t over 3 seeds"
   assert pair.difference_interval.low > 0  # every seed agrees
@@ -285,7 +286,7 @@ def test_two_configurations_of_the_same_model_are_mostly_called_equal(monkeypatc
       *configuration_runs(rng, labels, difficulty, images, 4.0, (0, 1, 2), model="a"),
       *configuration_runs(rng, labels, difficulty, images, 4.0, (0, 1, 2), model="b"),
     ]
-    calls.append(compare.compare(runs).pairs[0].verdict)
+    calls.append(comparison.compare(runs).pairs[0].verdict)
   rate = calls.count("no significant difference") / repetitions
   # At the 5% level about 95% (the exact test is a little conservative); a band of 99.9%
   # of a binomial(200, 0.95) around it.
@@ -316,7 +317,7 @@ def test_labels_name_only_what_varies_and_seeds_group():
       "sgd",
     )
   )
-  result = compare.compare(runs)
+  result = comparison.compare(runs)
   assert sorted(c.label for c in result.configurations) == [
     "conv2_dense64 adam lr=0.001",
     "conv2_dense64 adam lr=0.003",
@@ -332,16 +333,16 @@ def test_labels_name_only_what_varies_and_seeds_group():
 def test_one_configuration_and_one_seed_are_tables_without_tests(tmp_path):
   rng = np.random.default_rng(4)
   labels, difficulty, images = synthetic_test_set(rng, 500)
-  only = compare.compare(
+  only = comparison.compare(
     [run(BASE_CONFIG, probabilities(rng, labels, difficulty, 3.0), labels, images)]
   )
   assert only.pairs == ()
-  markdown = compare.write_comparison(only, tmp_path)
+  markdown = compare_report.write_comparison(only, tmp_path)
   assert "not applicable" in markdown and "binomial over 500 test images" in markdown
   check_png(tmp_path / "compare_forest.png")
   check_png(tmp_path / "compare_pairs.png")
 
-  seeds = compare.compare(
+  seeds = comparison.compare(
     [
       run(BASE_CONFIG | {"model": m}, probabilities(rng, labels, difficulty, s), labels, images, m)
       for m, s in (("a", 3.0), ("b", 2.0))
@@ -349,9 +350,10 @@ def test_one_configuration_and_one_seed_are_tables_without_tests(tmp_path):
   )
   (pair,) = seeds.pairs
   assert pair.difference_interval is None and len(pair.seed_pvalues) == 1
-  assert pair.seed_pvalues[0] == pair.pvalue  # one seed: its ensemble is the run
-  assert "one seed each" in pair.notes[0]
-  assert "| n/a |" in compare.to_markdown(seeds)
+  assert pair.seed_pvalues[0] == pair.ensemble_pvalue  # one seed: its ensemble is the run
+  assert pair.dispersion == 1.0 and pair.seed_pvalues[0] == pytest.approx(pair.pvalue)
+  assert "one seed pair" in pair.notes[0]
+  assert "| n/a |" in compare_report.to_markdown(seeds)
 
 
 # --------------------------------------------------------------------------------------------
@@ -365,7 +367,7 @@ def test_entry_point_end_to_end(tmp_path):
   files.write_json(sweep / "unfinished-seed0" / "config.json", {"config": BASE_CONFIG})
   out = cli.run("experiments.compare", f"--workdir={sweep}")
   assert out.returncode == 0, out.stderr[-3000:]
-  assert "| good adam | weak adam |" in out.stdout and "**A better**" in out.stdout
+  assert "| good adam | weak adam |" in out.stdout and f"**{comparison.A_BETTER}**" in out.stdout
   assert "unfinished-seed0" in out.stderr
   markdown = (sweep / "compare.md").read_text()
   assert markdown in out.stdout
@@ -374,7 +376,7 @@ def test_entry_point_end_to_end(tmp_path):
   pairs = (sweep / "compare_pairs.csv").read_text().splitlines()
   assert len(pairs) == 2 and pairs[1].startswith("good adam,weak adam,")
   saved = json.loads((sweep / "compare.json").read_text())
-  assert len(saved["runs"]) == 4 and saved["pairs"][0]["verdict"] == "A better"
+  assert len(saved["runs"]) == 4 and saved["pairs"][0]["verdict"] == comparison.A_BETTER
   check_png(sweep / "compare_forest.png")
   check_png(sweep / "compare_pairs.png")
   # Several sweeps at once, written elsewhere: the runs of both are found.
@@ -413,12 +415,12 @@ def test_entry_point_names_runs_without_outputs_and_writes_nothing(tmp_path):
 
 
 def test_find_runs_refuses_empty_and_missing_folders(tmp_path, monkeypatch):
-  with pytest.raises(compare.ComparisonError, match="not a folder"):
-    compare.find_runs([tmp_path / "nowhere"])
-  with pytest.raises(compare.ComparisonError, match="no finished runs"):
-    compare.find_runs([tmp_path])
+  with pytest.raises(rundir.RunDirError, match="not a folder"):
+    rundir.find_runs([tmp_path / "nowhere"])
+  with pytest.raises(rundir.RunDirError, match="no finished runs"):
+    rundir.find_runs([tmp_path])
   sweep = write_sweep(tmp_path / "sweep", np.random.default_rng(7), n=100)
-  found = compare.find_runs([sweep, sweep / "good-adam-seed0"])  # overlapping: each once
+  found = rundir.find_runs([sweep, sweep / "good-adam-seed0"])  # overlapping: each once
   assert [p.name for p in found] == [
     "good-adam-seed0",
     "good-adam-seed1",
@@ -427,7 +429,7 @@ def test_find_runs_refuses_empty_and_missing_folders(tmp_path, monkeypatch):
   ]
   # Paths stay as given: relative ones (what compare.json records) do not name the machine.
   monkeypatch.chdir(tmp_path)
-  found = compare.find_runs(["sweep", tmp_path / "sweep" / "good-adam-seed0"])
+  found = rundir.find_runs(["sweep", tmp_path / "sweep" / "good-adam-seed0"])
   assert [str(p) for p in found][:2] == ["sweep/good-adam-seed0", "sweep/good-adam-seed1"]
   assert len(found) == 4
 
@@ -440,8 +442,8 @@ def test_runs_of_other_datasets_are_refused_by_name():
     run(BASE_CONFIG, probs, labels, images, "digits"),
     run(BASE_CONFIG | {"dataset": "fashion_mnist"}, probs, labels, images, "clothes"),
   ]
-  with pytest.raises(compare.ComparisonError, match="different datasets") as error:
-    compare.compare(runs)
+  with pytest.raises(comparison.ComparisonError, match="different datasets") as error:
+    comparison.compare(runs)
   assert "digits" in str(error.value) and "clothes" in str(error.value)
 
 
@@ -454,12 +456,12 @@ def test_other_test_sets_or_label_orders_are_refused_by_name():
   shuffled = run(
     BASE_CONFIG | {"model": "b"}, probs[order], labels[order], images[order], "shuffled"
   )
-  with pytest.raises(compare.ComparisonError, match="different order") as error:
-    compare.compare([first, shuffled])
+  with pytest.raises(comparison.ComparisonError, match="different order") as error:
+    comparison.compare([first, shuffled])
   assert "first" in str(error.value) and "shuffled" in str(error.value)
   other = run(BASE_CONFIG | {"model": "c"}, probs, labels, images + 1, "other_images")
-  with pytest.raises(compare.ComparisonError, match="not tested on the same test set"):
-    compare.compare([first, other])
+  with pytest.raises(comparison.ComparisonError, match="not tested on the same test set"):
+    comparison.compare([first, other])
 
 
 def test_duplicate_runs_are_refused_by_name():
@@ -468,27 +470,27 @@ def test_duplicate_runs_are_refused_by_name():
   probs = probabilities(rng, labels, difficulty, 3.0)
   a = run(BASE_CONFIG, probs, labels, images, "sweep1/run")
   b = run(BASE_CONFIG | {"fast_ops": False}, probs, labels, images, "sweep2/run")
-  with pytest.raises(compare.ComparisonError, match="same configuration with the same seed"):
-    compare.compare([a, b])
-  with pytest.raises(compare.ComparisonError, match="no runs"):
-    compare.compare([])
+  with pytest.raises(comparison.ComparisonError, match="same configuration with the same seed"):
+    comparison.compare([a, b])
+  with pytest.raises(comparison.ComparisonError, match="no runs"):
+    comparison.compare([])
 
 
 def test_outputs_that_disagree_with_results_json_are_flagged():
   rng = np.random.default_rng(11)
   labels, difficulty, images = synthetic_test_set(rng, 200)
   a = run(BASE_CONFIG, probabilities(rng, labels, difficulty, 3.0), labels, images, "fine")
-  stale = compare.Run(
+  stale = rundir.Run(
     Path("stale"),
     BASE_CONFIG | {"model": "b"},
     {"test_accuracy": 0.5},
     run(BASE_CONFIG, probabilities(rng, labels, difficulty, 3.0), labels, images).outputs,
   )
-  result = compare.compare([a, stale])
+  result = comparison.compare([a, stale])
   (warning,) = result.warnings
   assert warning.startswith("stale:") and "experiments.evaluate --workdir=stale" in warning
-  assert f"**Warning:** {warning}" in compare.to_markdown(result)
-  assert compare.compare([a]).warnings == ()
+  assert f"**Warning:** {warning}" in compare_report.to_markdown(result)
+  assert comparison.compare([a]).warnings == ()
 
 
 def test_the_ensemble_of_configurations_is_chosen_by_validation_and_averages_per_seed():
@@ -500,7 +502,7 @@ def test_the_ensemble_of_configurations_is_chosen_by_validation_and_averages_per
     for r in configuration_runs(rng, labels, difficulty, images, skill, (0, 1, 2), model=model):
       r.results.update(val_accuracy=val, train_seconds=10.0, seconds_per_epoch=5.0)
       runs.append(r)
-  result = compare.compare(runs, ensemble_top=2)
+  result = comparison.compare(runs, ensemble_top=2)
   e = result.ensemble
   assert e.members == ("a adam", "b adam") and e.versus == "a adam"
   assert e.seeds == (0, 1, 2) and e.interval.method == "t over 3 seeds"
@@ -515,7 +517,7 @@ def test_the_ensemble_of_configurations_is_chosen_by_validation_and_averages_per
   assert e.table[0][1] - e.table[1][0] == round(e.difference * len(labels))
   assert 0 < e.pvalue <= 1
   assert (a.val_accuracy, a.seconds_per_epoch, a.train_seconds) == pytest.approx((0.99, 5.0, 10.0))
-  markdown = compare.to_markdown(result)
+  markdown = compare_report.to_markdown(result)
   assert "## Ensemble of the 2 best configurations by validation accuracy" in markdown
   assert "a adam, b adam" in markdown
   # One configuration per model: "a" with SGD, second by validation, gives way to "b".
@@ -525,19 +527,19 @@ def test_the_ensemble_of_configurations_is_chosen_by_validation_and_averages_per
   for r in sgd:
     r.results.update(val_accuracy=0.985)
     runs.append(r)
-  assert compare.compare(runs, ensemble_top=2).ensemble.members == ("a adam", "a sgd")
-  distinct = compare.compare(runs, ensemble_top=2, one_per_model=True).ensemble
+  assert comparison.compare(runs, ensemble_top=2).ensemble.members == ("a adam", "a sgd")
+  distinct = comparison.compare(runs, ensemble_top=2, one_per_model=True).ensemble
   assert distinct.members == ("a adam", "b adam") and distinct.one_per_model
   assert "the best configuration of each of the 2 best models" in "\n".join(
-    compare.ensemble_markdown(distinct)
+    compare_report.ensemble_markdown(distinct)
   )
-  assert compare.compare(runs, ensemble_top=3, one_per_model=True).ensemble.members == (
+  assert comparison.compare(runs, ensemble_top=3, one_per_model=True).ensemble.members == (
     "a adam",
     "b adam",
     "lucky adam",
   )
   # Without validation accuracies, or with ensemble_top=0, there is no ensemble.
-  assert compare.compare(runs, ensemble_top=0).ensemble is None
+  assert comparison.compare(runs, ensemble_top=0).ensemble is None
   for r in runs:
     r.results.pop("val_accuracy")
-  assert compare.compare(runs).ensemble is None
+  assert comparison.compare(runs).ensemble is None

@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from digits_jax import data, files, runs
-from digits_jax.analysis import compare, report, visualize
+from digits_jax import data, files, rundir, runs
+from digits_jax.analysis import report, visualize
 from digits_jax.training import checkpoints
 from tests.conftest import REPO
 from tests.test_report import RUN_PLOTS, check_png
@@ -59,7 +59,7 @@ def test_evaluate_rebuilds_the_reports_and_reproduces_the_test_accuracy(
   for split in ("train", "validation", "test"):
     assert any((workdir / report.TENSORBOARD_DIR / split).glob("events.out.tfevents.*"))
   # The stored test outputs of a run that lacks them (an earlier version's) are written.
-  outputs, saved = compare.load_test_outputs(workdir), compare.load_test_outputs(original)
+  outputs, saved = rundir.load_test_outputs(workdir), rundir.load_test_outputs(original)
   assert np.array_equal(outputs.probabilities, saved.probabilities)
   assert np.mean(outputs.predictions == outputs.labels) == pytest.approx(results["test_accuracy"])
   # Training's own files are read, never written.

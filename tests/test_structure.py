@@ -20,6 +20,8 @@ LAYERS = {
   "digits_jax.app.preprocess": 0,
   "digits_jax.models": 1,
   "digits_jax.config": 2,
+  "digits_jax.rundir": 2,
+  "digits_jax.analysis.stats": 0,
   "digits_jax.training": 3,
   "digits_jax.analysis": 4,
   "digits_jax.runs": 5,

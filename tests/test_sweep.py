@@ -77,9 +77,9 @@ def test_sweep_entry_point_writes_a_table(mnist_dir, tmp_path):
     assert 0.1 < float(r["test_acc_mean"]) <= 1.0
     assert float(r["test_acc_std"]) >= 0.0
     assert int(r["params"]) > 0
-  markdown = (tmp_path / "results.md").read_text().splitlines()
-  assert markdown[0].startswith("| model | optimizer |")
-  assert len(markdown) == 4
+  # One Markdown table per configuration: compare.md; results.md points to it.
+  assert "[compare.md](compare.md)" in (tmp_path / "results.md").read_text()
+  assert "| model | optimizer |" not in (tmp_path / "results.md").read_text()
   assert len(list(tmp_path.glob("*/results.json"))) == 4
   # The sweep's plots, and each run's report (their content: tests/test_report.py).
   for name in ("comparison.png", "validation_curves.png"):

@@ -1,9 +1,7 @@
 """The figures of a run and of a sweep, one function per PNG.
 
 Each function draws one figure of a fixed size (:data:`SIZES`, in pixels) with matplotlib's
-object API on the Agg canvas: no pyplot, so no global state, no display and no change to a
-notebook's own backend. The PNG is written atomically (:func:`digits_jax.files.write_bytes`
-of the encoded bytes), so a reader never sees half a file.
+object API (helpers in :mod:`digits_jax.analysis.figures`).
 
 Run figures (:func:`digits_jax.report.write_run_report` calls them):
   :func:`training_curves`, :func:`confusion_matrices`, :func:`misclassified_grid`,
@@ -14,7 +12,6 @@ Sweep figures (:func:`digits_jax.sweep.write_plots`):
 
 from __future__ import annotations
 
-import io
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -23,13 +20,10 @@ from typing import Any
 
 import numpy as np
 from matplotlib import colors, ticker
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from digits_jax import files
-from digits_jax.analysis import metrics
+from digits_jax.analysis import figures, metrics
 
-DPI = 100
 # Width and height in pixels of each figure.
 SIZES: dict[str, tuple[int, int]] = {
   "training_curves": (1200, 450),
@@ -41,38 +35,10 @@ SIZES: dict[str, tuple[int, int]] = {
   "validation_curves": (1300, 550),
 }
 GRID = 6  # images per row and column of the image grids
-CORRECT_COLOR = "#1a9850"  # green
-WRONG_COLOR = "#d73027"  # red
 
 
 def _figure(kind: str) -> Figure:
-  width, height = SIZES[kind]
-  fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI, layout="constrained")
-  FigureCanvasAgg(fig)
-  return fig
-
-
-def _save(fig: Figure, path: str | os.PathLike) -> Path:
-  buf = io.BytesIO()
-  fig.savefig(buf, format="png", dpi=DPI)
-  files.write_bytes(path, buf.getvalue())
-  return Path(path)
-
-
-def _names(class_names: Sequence[str] | None, num_classes: int) -> list[str]:
-  return [str(i) for i in range(num_classes)] if class_names is None else list(class_names)
-
-
-def _image(ax, image: np.ndarray) -> None:
-  ax.imshow(
-    np.asarray(image).reshape(image.shape[0], image.shape[1]),
-    cmap="gray",
-    vmin=0.0,
-    vmax=1.0,
-    interpolation="nearest",
-  )
-  ax.set_xticks([])
-  ax.set_yticks([])
+  return figures.new_figure(*SIZES[kind])
 
 
 def _empty_grid(fig: Figure, message: str) -> None:
@@ -136,7 +102,7 @@ def training_curves(
     ax.legend()
   if title:
     fig.suptitle(title)
-  return _save(fig, path)
+  return figures.save(fig, path)
 
 
 def _epoch_ticks(last: int) -> list[int]:
@@ -158,7 +124,7 @@ def confusion_matrices(
   """
   cm = np.asarray(cm, np.int64)
   num_classes = cm.shape[0]
-  names = _names(class_names, num_classes)
+  names = figures.class_names(class_names, num_classes)
   fig = _figure("confusion_matrices")
   axes = fig.subplots(1, 2)
   normalized = metrics.normalize_rows(cm)
@@ -215,7 +181,7 @@ def confusion_matrices(
         )
   if title:
     fig.suptitle(title)
-  return _save(fig, path)
+  return figures.save(fig, path)
 
 
 def misclassified_grid(
@@ -242,7 +208,7 @@ def misclassified_grid(
   """
   labels = np.asarray(labels)
   probs = np.asarray(probs)
-  names = _names(class_names, probs.shape[1])
+  names = figures.class_names(class_names, probs.shape[1])
   predicted = metrics.predictions(probs)
   confidence = probs[np.arange(len(labels)), predicted]
   wrong = np.flatnonzero(predicted != labels)
@@ -256,19 +222,19 @@ def misclassified_grid(
   fig.suptitle(f"{title}: {heading}" if title else heading)
   if not len(order):
     _empty_grid(fig, "no misclassified test images")
-    return _save(fig, path)
+    return figures.save(fig, path)
   axes = fig.subplots(GRID, GRID)
   for ax, i in zip(axes.flat, list(order) + [None] * (GRID * GRID - len(order)), strict=True):
     if i is None:
       ax.axis("off")
       continue
-    _image(ax, images[i])
+    figures.show_image(ax, images[i])
     ax.set_title(
       f"true {names[labels[i]]}, pred {names[predicted[i]]}\np = {confidence[i]:.3f}",
       fontsize=9,
-      color=WRONG_COLOR,
+      color=figures.WRONG_COLOR,
     )
-  return _save(fig, path)
+  return figures.save(fig, path)
 
 
 def predictions_grid(
@@ -289,7 +255,7 @@ def predictions_grid(
   """
   labels = np.asarray(labels)
   probs = np.asarray(probs)
-  names = _names(class_names, probs.shape[1])
+  names = figures.class_names(class_names, probs.shape[1])
   predicted = metrics.predictions(probs)
   count = min(GRID * GRID, len(labels))
   sample = np.sort(np.random.default_rng(seed).choice(len(labels), count, replace=False))
@@ -302,15 +268,15 @@ def predictions_grid(
   fig.suptitle(f"{title}\n{heading}" if title else heading)
   if not count:
     _empty_grid(fig, "no test images")
-    return _save(fig, path)
+    return figures.save(fig, path)
   axes = fig.subplots(GRID, GRID)
   for ax, i in zip(axes.flat, list(sample) + [None] * (GRID * GRID - count), strict=True):
     if i is None:
       ax.axis("off")
       continue
-    _image(ax, images[i])
+    figures.show_image(ax, images[i])
     ok = predicted[i] == labels[i]
-    color = CORRECT_COLOR if ok else WRONG_COLOR
+    color = figures.CORRECT_COLOR if ok else figures.WRONG_COLOR
     text = f"{names[predicted[i]]} ({100 * probs[i, predicted[i]]:.1f}%)"
     if not ok:
       text += f"\ntrue {names[labels[i]]}"
@@ -318,7 +284,7 @@ def predictions_grid(
     for spine in ax.spines.values():
       spine.set_edgecolor(color)
       spine.set_linewidth(3)
-  return _save(fig, path)
+  return figures.save(fig, path)
 
 
 def reliability_diagram(
@@ -358,7 +324,7 @@ def reliability_diagram(
     bottom=gap_bottom,
     align="edge",
     facecolor="none",
-    edgecolor=WRONG_COLOR,
+    edgecolor=figures.WRONG_COLOR,
     hatch="///",
     linewidth=1,
     label="gap to mean confidence",
@@ -383,7 +349,7 @@ def reliability_diagram(
   right.grid(alpha=0.3, which="both", axis="y")
   if title:
     fig.suptitle(title)
-  return _save(fig, path)
+  return figures.save(fig, path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -481,7 +447,7 @@ def sweep_comparison(
   right.grid(alpha=0.3, which="both")
   if title:
     fig.suptitle(title)
-  return _save(fig, path)
+  return figures.save(fig, path)
 
 
 def validation_curves(
@@ -561,4 +527,4 @@ def validation_curves(
     axes[1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
   if title:
     fig.suptitle(title)
-  return _save(fig, path)
+  return figures.save(fig, path)

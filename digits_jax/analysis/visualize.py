@@ -33,10 +33,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from matplotlib import colors
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from digits_jax.analysis import plots
+from digits_jax.analysis import figures
 
 FILES = {"filters": "filters.png", "activations": "activations.png", "saliency": "saliency.png"}
 CONV_NAME = re.compile(r"conv\d+")
@@ -156,10 +155,8 @@ def _saliency(
 
 
 def _figure(width: float, height: float) -> Figure:
-  """A figure of ``width`` x ``height`` inches on the Agg canvas, constrained layout."""
-  fig = Figure(figsize=(width, height), dpi=plots.DPI, layout="constrained")
-  FigureCanvasAgg(fig)
-  return fig
+  """A figure of ``width`` x ``height`` inches."""
+  return figures.new_figure(width * figures.DPI, height * figures.DPI)
 
 
 def _image_panels(fig: Figure) -> int:
@@ -216,7 +213,7 @@ def plot_filters(
   if cin > 1:
     heading += f" (mean over {cin} input channels)"
   fig.suptitle(f"{title}\n{heading}" if title else heading)
-  return plots._save(fig, path), _image_panels(fig)
+  return figures.save(fig, path), _image_panels(fig)
 
 
 def _strongest_channels(maps: np.ndarray, count: int) -> np.ndarray:
@@ -278,7 +275,7 @@ def plot_activations(
   """
   labels, predictions = np.asarray(labels), np.asarray(predictions)
   rows = len(labels)
-  names = plots._names(class_names, int(max(labels.max(), predictions.max())) + 1)
+  names = figures.class_names(class_names, int(max(labels.max(), predictions.max())) + 1)
   if channels_per_layer is None:
     channels_per_layer = int(np.clip(24 // len(maps), 2, 6))
   chosen = {name: _strongest_channels(m, channels_per_layer) for name, m in maps.items()}
@@ -296,14 +293,14 @@ def plot_activations(
   _heading(fig, grid[0, 0], "input", fontsize=10)
   for i in range(rows):
     ax = fig.add_subplot(grid[i + 1, 0])
-    plots._image(ax, images[i])
+    figures.show_image(ax, images[i])
     ok = labels[i] == predictions[i]
     ax.set_ylabel(
       _label_text(
         names, labels[i], predictions[i], None if probabilities is None else probabilities[i]
       ),
       fontsize=9,
-      color=plots.CORRECT_COLOR if ok else plots.WRONG_COLOR,
+      color=figures.CORRECT_COLOR if ok else figures.WRONG_COLOR,
     )
   norm = _symmetric(1.0)
   image, map_axes = None, []
@@ -336,7 +333,7 @@ def plot_activations(
     f"the {channels_per_layer} most active channels of each layer"
   )
   fig.suptitle(f"{title}\n{heading}" if title else heading)
-  return plots._save(fig, path), _image_panels(fig)
+  return figures.save(fig, path), _image_panels(fig)
 
 
 def plot_saliency(
@@ -376,10 +373,11 @@ def plot_saliency(
   labels, predictions = np.asarray(labels), np.asarray(predictions)
   height, width = np.shape(images)[1:3]
   maps = np.asarray(maps, np.float32).reshape(len(labels), height, width, -1).sum(-1)
-  names = plots._names(class_names, int(max(labels.max(initial=0), predictions.max(initial=0))) + 1)
+  num_classes = int(max(labels.max(initial=0), predictions.max(initial=0))) + 1
+  names = figures.class_names(class_names, num_classes)
   groups = (
-    ("Correctly classified", np.flatnonzero(labels == predictions), plots.CORRECT_COLOR),
-    ("Misclassified", np.flatnonzero(labels != predictions), plots.WRONG_COLOR),
+    ("Correctly classified", np.flatnonzero(labels == predictions), figures.CORRECT_COLOR),
+    ("Misclassified", np.flatnonzero(labels != predictions), figures.WRONG_COLOR),
   )
   group_rows = [max(1, math.ceil(len(idx) / columns)) for _, idx, _ in groups]
   # Rows: per group a heading, then its rows of examples; columns: digit, map, (gap), ...
@@ -404,7 +402,7 @@ def plot_saliency(
     for k, i in enumerate(idx[: rows * columns]):
       r, col = top + 1 + k // columns, 3 * (k % columns)
       digit_ax, map_ax = fig.add_subplot(grid[r, col]), fig.add_subplot(grid[r, col + 1])
-      plots._image(digit_ax, images[i])
+      figures.show_image(digit_ax, images[i])
       digit_ax.set_title(
         f"true {names[labels[i]]}, pred {names[predictions[i]]}\np = {probabilities[i]:.3f}",
         fontsize=9,
@@ -430,7 +428,7 @@ def plot_saliency(
     )
   heading = "Saliency: gradient of the predicted class's logit with respect to the input pixels"
   fig.suptitle(f"{title}\n{heading}" if title else heading)
-  return plots._save(fig, path), _image_panels(fig)
+  return figures.save(fig, path), _image_panels(fig)
 
 
 # --------------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from typing import Any, BinaryIO
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
-from digits_jax import files, runs
+from digits_jax import files, rundir, runs
 from digits_jax.analysis import metrics, report
 from digits_jax.app import preprocess
 from digits_jax.config import Config
@@ -49,7 +49,7 @@ class ImageError(ValueError):
   """A file that cannot be read as an image; the message names the file."""
 
 
-class WrongDatasetError(runs.RunDirError):
+class WrongDatasetError(rundir.RunDirError):
   """A run trained on another data set than handwritten digits."""
 
 
@@ -187,12 +187,12 @@ def check_run(workdir: str | os.PathLike) -> Config:
   """The config of a run that :func:`load_run` can load; cheap (reads ``config.json``).
 
   Raises:
-    digits_jax.runs.RunDirError: no readable ``config.json``.
+    digits_jax.rundir.RunDirError: no readable ``config.json``.
     WrongDatasetError: the model was trained on another data set than MNIST's digits.
     digits_jax.training.checkpoints.CheckpointError: no checkpoint.
   """
   workdir = Path(workdir)
-  config, _ = runs.read_config(workdir)
+  config, _ = rundir.read_config(workdir)
   if config.dataset != DIGITS_DATASET:
     names = ", ".join(report.class_names(config.dataset, NUM_CLASSES))
     raise WrongDatasetError(
@@ -213,7 +213,7 @@ def load_run(workdir: str | os.PathLike) -> Run:
     A :class:`Run` named after the directory.
 
   Raises:
-    digits_jax.runs.RunDirError: no readable ``config.json``.
+    digits_jax.rundir.RunDirError: no readable ``config.json``.
     WrongDatasetError: the model was trained on another data set than MNIST's digits.
     digits_jax.training.checkpoints.CheckpointError: no checkpoint, or one that does not fit.
   """
