@@ -16,8 +16,6 @@ import socket
 import subprocess
 import time
 
-import pytest
-
 from digits_jax.training import distributed
 from tests import cli
 from tests.conftest import REPO
@@ -85,11 +83,8 @@ def _run_to_the_end(workdir, mnist_dir) -> None:
     assert "test accuracy" in stdout
 
 
-@pytest.mark.parametrize("victim", [1, 0])
-def test_a_killed_process_ends_the_others_with_an_error_and_the_run_resumes(
-  mnist_dir, tmp_path, victim
-):
-  workdir = tmp_path / "killed"
+def _kill_and_watch(workdir, mnist_dir, victim: int) -> str:
+  """Starts a run, kills ``victim`` after the first checkpoint; the survivor's stderr."""
   procs = _start(workdir, mnist_dir, TIMEOUT_S)
   survivor = procs[1 - victim]
   deadline = time.monotonic() + cli.TIMEOUT_S
@@ -111,7 +106,14 @@ def test_a_killed_process_ends_the_others_with_an_error_and_the_run_resumes(
   line = stderr.strip().splitlines()[-1]
   assert line.startswith(f"error: process {victim} of 2 was lost"), stderr[-3000:]
   assert "Start all processes again: the run resumes from its last checkpoint" in line
+  return stderr
 
+
+def test_a_killed_process_ends_the_other_and_the_run_resumes_with_the_same_numbers(
+  mnist_dir, tmp_path
+):
+  workdir = tmp_path / "killed"
+  _kill_and_watch(workdir, mnist_dir, victim=1)
   _run_to_the_end(workdir, mnist_dir)
   reference = tmp_path / "whole"
   _run_to_the_end(reference, mnist_dir)
@@ -120,3 +122,8 @@ def test_a_killed_process_ends_the_others_with_an_error_and_the_run_resumes(
   assert [r["epoch"] for r in rows] == [1, 2, 3]
   assert rows == want_rows
   assert results == want_results
+
+
+def test_a_killed_process_0_the_coordinator_ends_the_others_with_an_error(mnist_dir, tmp_path):
+  """Process 0 runs JAX's coordination service: its loss must be reported all the same."""
+  _kill_and_watch(tmp_path / "killed", mnist_dir, victim=0)
