@@ -11,8 +11,8 @@ process nothing here changes anything.
 A process that dies (a node lost, an OOM kill) would leave the others waiting inside
 JAX's runtime until it aborts them. A watchdog (:class:`PeerWatchdog`) watches the peers
 instead: each process keeps a connection to process 0 and sends a heartbeat every
-second; when a peer's connection closes without a goodbye, or stays silent for the
-timeout, every surviving process writes an ``error:`` line naming it and exits with
+second; when a peer's connection closes, or stays silent for the timeout, every
+surviving process writes an ``error:`` line naming it and exits with
 :data:`LOST_PEER_EXIT`.
 """
 
@@ -133,7 +133,8 @@ def initialize(
     mode: ``auto`` joins when any of the three is given or JAX detects a cluster
       (:func:`detected_cluster`), which then supplies what is not given; ``on`` always
       joins; ``off`` never does (and refuses the three).
-    timeout_s: how long to wait for every process to join before failing.
+    timeout_s: how long to wait for every process to join before failing, and, once
+      joined, for a silent peer before stopping (:class:`PeerWatchdog`).
 
   Returns:
     Whether this process is now part of a multi-process runtime.
@@ -239,12 +240,12 @@ class PeerWatchdog:
   """Notices a lost peer process and ends this one with an ``error:`` line.
 
   Process 0 listens on a free port (told to the others through a JAX broadcast); every
-  other process connects to it. Both ends send a heartbeat line every second. A process
-  whose main thread has ended (it is exiting, normally or not) says goodbye (``D``) and
-  goes on sending heartbeats while JAX's runtime shuts down; a peer whose connection
-  closes without a goodbye, or that sends nothing for ``timeout_s``, is lost. Process 0
-  then tells the others which process was lost (``L <id>``) before it exits, so every
-  survivor names the same one. A process that is itself exiting reports nothing.
+  other process connects to it. Both ends send a heartbeat line every second; a peer whose
+  connection closes, or that sends nothing for ``timeout_s``, is lost. Process 0 then
+  tells the others which process was lost (``L <id>``) before it exits, so every survivor
+  names the same one. A process whose main thread has ended reports nothing: it is exiting
+  anyway. One that ends normally goes on sending heartbeats while JAX's runtime shuts
+  down, which waits for every process to end, so its peers never take it for lost.
 
   Runs in a daemon thread; one per process.
   """
@@ -257,8 +258,7 @@ class PeerWatchdog:
     self.timeout_s = timeout_s
     self.interval_s = min(interval_s, timeout_s / 4)
     self.selector = selectors.DefaultSelector()
-    self.peers: dict[socket.socket, list] = {}  # socket -> [peer id, last seen, said goodbye, buf]
-    self.said_goodbye = False
+    self.peers: dict[socket.socket, list] = {}  # socket -> [peer id, last seen, unread bytes]
     self.started = time.monotonic()
 
   @classmethod
@@ -296,7 +296,7 @@ class PeerWatchdog:
 
   def _add(self, conn: socket.socket, peer: int | None) -> None:
     conn.setblocking(False)
-    self.peers[conn] = [peer, time.monotonic(), False, b""]
+    self.peers[conn] = [peer, time.monotonic(), b""]
     self.selector.register(conn, selectors.EVENT_READ, "peer")
 
   def _send_all(self, line: str) -> None:
@@ -310,9 +310,6 @@ class PeerWatchdog:
     next_beat = 0.0
     while True:
       now = time.monotonic()
-      if not self.said_goodbye and not threading.main_thread().is_alive():
-        self.said_goodbye = True
-        self._send_all("D\n")
       if now >= next_beat:
         self._send_all("h\n")
         next_beat = now + self.interval_s
@@ -327,7 +324,7 @@ class PeerWatchdog:
           self._read(key.fileobj)
       now = time.monotonic()
       for state in list(self.peers.values()):
-        if not state[2] and now - state[1] > self.timeout_s:
+        if now - state[1] > self.timeout_s:
           self._lost(state[0], f"sent nothing for {self.timeout_s:g} s")
       if self.index == 0:
         known = {state[0] for state in self.peers.values()}
@@ -347,23 +344,20 @@ class PeerWatchdog:
       self.selector.unregister(conn)
       del self.peers[conn]
       conn.close()
-      if not state[2]:
-        self._lost(state[0], "its connection closed")
+      self._lost(state[0], "its connection closed")
       return
     state[1] = time.monotonic()
-    state[3] += data
-    *lines, state[3] = state[3].split(b"\n")
+    state[2] += data
+    *lines, state[2] = state[2].split(b"\n")
     for line in lines:
       text = line.decode(errors="replace").strip()
       if state[0] is None:  # the first line of a new connection: the peer's id
         state[0] = int(text) if text.isdigit() else -1
-      elif text == "D":
-        state[2] = True
       elif text.startswith("L "):
         self._lost(int(text[2:]), "process 0 lost it", relayed=True)
 
   def _lost(self, peer: int | None, how: str, relayed: bool = False) -> None:
-    if self.said_goodbye or not threading.main_thread().is_alive():
+    if not threading.main_thread().is_alive():
       return  # this process is exiting anyway
     if peer is None or peer < 0:
       return  # a connection that never said who it is: not one of ours
