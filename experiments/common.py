@@ -80,7 +80,9 @@ flags.DEFINE_integer("process_id", None, "This process's id in a multi-process r
 flags.DEFINE_integer(
   "distributed_timeout",
   60,
-  "Seconds to wait for every process of a multi-process run to join before failing.",
+  "Seconds to wait for every process of a multi-process run to join before failing, and "
+  "for a silent peer process before stopping with an error (exit status 3). See "
+  "docs/scaling.md.",
 )
 
 FLAGS = flags.FLAGS

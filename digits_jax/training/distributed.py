@@ -7,6 +7,13 @@ devices of every process and one mesh spans them all
 than checkpoints are written by process 0 alone (:func:`is_writer`), and the processes
 wait for each other (:func:`barrier`) where one must see what another wrote. With one
 process nothing here changes anything.
+
+A process that dies (a node lost, an OOM kill) would leave the others waiting inside
+JAX's runtime until it aborts them. A watchdog (:class:`PeerWatchdog`) watches the peers
+instead: each process keeps a connection to process 0 and sends a heartbeat every
+second; when a peer's connection closes, or stays silent for the timeout, every
+surviving process writes an ``error:`` line naming it and exits with
+:data:`LOST_PEER_EXIT`.
 """
 
 from __future__ import annotations
@@ -14,10 +21,14 @@ from __future__ import annotations
 import logging
 import os
 import re
+import selectors
 import socket
+import sys
+import threading
 import time
 
 import jax
+import numpy as np
 from jax.experimental import multihost_utils
 
 from digits_jax.config import ConfigError
@@ -25,6 +36,8 @@ from digits_jax.config import ConfigError
 log = logging.getLogger(__name__)
 
 MODES = ("auto", "on", "off")
+# The exit status of a process that stops because a peer was lost (docs/scaling.md).
+LOST_PEER_EXIT = 3
 
 
 class DistributedError(RuntimeError):
@@ -125,7 +138,8 @@ def initialize(
     mode: ``auto`` joins when any of the three is given or JAX detects a cluster
       (:func:`detected_cluster`), which then supplies what is not given; ``on`` always
       joins; ``off`` never does (and refuses the three).
-    timeout_s: how long to wait for every process to join before failing.
+    timeout_s: how long to wait for every process to join before failing, and, once
+      joined, for a silent peer before stopping (:class:`PeerWatchdog`).
 
   Returns:
     Whether this process is now part of a multi-process runtime.
@@ -182,6 +196,8 @@ def initialize(
       num_processes=num_processes,
       process_id=process_id,
       initialization_timeout=timeout_s,
+      # The watchdog below reports a lost peer first; JAX's runtime aborts only later.
+      heartbeat_timeout_seconds=max(100, 2 * timeout_s + 30),
     )
   except Exception as e:  # jaxlib raises its own runtime errors for unreachable peers
     text = " ".join(str(e).split())[:300]
@@ -199,6 +215,9 @@ def initialize(
     jax.device_count(),
     jax.local_device_count(),
   )
+  if jax.process_count() > 1:
+    coordinator_host = None if coordinator_address is None else _host_port(coordinator_address)[0]
+    PeerWatchdog.start(coordinator_host, timeout_s)
   return True
 
 
@@ -211,3 +230,154 @@ def barrier(name: str) -> None:
   """Waits until every process has reached the barrier ``name`` (nothing with one process)."""
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(name)
+
+
+def _broadcast_text(text: str, size: int = 256) -> str:
+  """Process 0's ``text`` on every process (at most ``size`` bytes of UTF-8)."""
+  data = np.zeros(size, np.uint8)
+  raw = text.encode()[:size]
+  data[: len(raw)] = np.frombuffer(raw, np.uint8)
+  out = np.asarray(multihost_utils.broadcast_one_to_all(data)).astype(np.uint8)
+  return out.tobytes().rstrip(b"\0").decode()
+
+
+class PeerWatchdog:
+  """Notices a lost peer process and ends this one with an ``error:`` line.
+
+  Process 0 listens on a free port (told to the others through a JAX broadcast); every
+  other process connects to it. Both ends send a heartbeat line every second; a peer whose
+  connection closes, or that sends nothing for ``timeout_s``, is lost. Process 0 then
+  tells the others which process was lost (``L <id>``) before it exits, so every survivor
+  names the same one. A process whose main thread has ended reports nothing: it is exiting
+  anyway. One that ends normally goes on sending heartbeats while JAX's runtime shuts
+  down, which waits for every process to end, so its peers never take it for lost.
+
+  Runs in a daemon thread; one per process.
+  """
+
+  _instance: PeerWatchdog | None = None
+
+  def __init__(self, index: int, count: int, timeout_s: float, interval_s: float = 1.0):
+    self.index = index
+    self.count = count
+    self.timeout_s = timeout_s
+    self.interval_s = min(interval_s, timeout_s / 4)
+    self.selector = selectors.DefaultSelector()
+    self.peers: dict[socket.socket, list] = {}  # socket -> [peer id, last seen, unread bytes]
+    self.started = time.monotonic()
+
+  @classmethod
+  def start(cls, coordinator_host: str | None, timeout_s: float) -> PeerWatchdog:
+    """Connects this process to its peers and starts watching them (once per process)."""
+    if cls._instance is not None:
+      return cls._instance
+    dog = cls(jax.process_index(), jax.process_count(), timeout_s)
+    listener = None
+    port = 0
+    if dog.index == 0:
+      try:
+        listener = socket.create_server(("", 0), family=socket.AF_INET6, dualstack_ipv6=True)
+      except (OSError, ValueError):
+        listener = socket.create_server(("", 0))
+      port = listener.getsockname()[1]
+    address = _broadcast_text(f"{coordinator_host or socket.gethostname()} {port}")
+    host, port_text = address.rsplit(" ", 1)
+    if listener is not None:
+      listener.setblocking(False)
+      dog.selector.register(listener, selectors.EVENT_READ, "listener")
+    else:
+      try:
+        conn = socket.create_connection((host, int(port_text)), timeout=timeout_s)
+      except OSError as e:
+        raise DistributedError(
+          f"process {dog.index} cannot reach process 0's watchdog at {host}:{port_text} ({e}); "
+          "check that the hosts can reach each other on any port"
+        ) from e
+      conn.sendall(f"{dog.index}\n".encode())
+      dog._add(conn, 0)
+    cls._instance = dog
+    threading.Thread(target=dog._run, name="peer-watchdog", daemon=True).start()
+    return dog
+
+  def _add(self, conn: socket.socket, peer: int | None) -> None:
+    conn.setblocking(False)
+    self.peers[conn] = [peer, time.monotonic(), b""]
+    self.selector.register(conn, selectors.EVENT_READ, "peer")
+
+  def _send_all(self, line: str) -> None:
+    for conn in list(self.peers):
+      try:
+        conn.sendall(line.encode())
+      except OSError:
+        pass  # its loss shows on the reading side
+
+  def _run(self) -> None:
+    next_beat = 0.0
+    while True:
+      now = time.monotonic()
+      if now >= next_beat:
+        self._send_all("h\n")
+        next_beat = now + self.interval_s
+      for key, _ in self.selector.select(timeout=self.interval_s / 2):
+        if key.data == "listener":
+          try:
+            conn, _ = key.fileobj.accept()
+          except OSError:
+            continue
+          self._add(conn, None)
+        else:
+          self._read(key.fileobj)
+      now = time.monotonic()
+      for state in list(self.peers.values()):
+        if now - state[1] > self.timeout_s:
+          self._lost(state[0], f"sent nothing for {self.timeout_s:g} s")
+      if self.index == 0:
+        known = {state[0] for state in self.peers.values()}
+        missing = [i for i in range(1, self.count) if i not in known]
+        if missing and now - self.started > self.timeout_s:
+          self._lost(missing[0], f"did not connect within {self.timeout_s:g} s")
+
+  def _read(self, conn: socket.socket) -> None:
+    state = self.peers[conn]
+    try:
+      data = conn.recv(4096)
+    except BlockingIOError:
+      return
+    except OSError:
+      data = b""
+    if not data:
+      self.selector.unregister(conn)
+      del self.peers[conn]
+      conn.close()
+      self._lost(state[0], "its connection closed")
+      return
+    state[1] = time.monotonic()
+    state[2] += data
+    *lines, state[2] = state[2].split(b"\n")
+    for line in lines:
+      text = line.decode(errors="replace").strip()
+      if state[0] is None:  # the first line of a new connection: the peer's id
+        state[0] = int(text) if text.isdigit() else -1
+      elif text.startswith("L "):
+        self._lost(int(text[2:]), "process 0 lost it", relayed=True)
+
+  def _lost(self, peer: int | None, how: str, relayed: bool = False) -> None:
+    if not threading.main_thread().is_alive():
+      return  # this process is exiting anyway
+    if peer is None or peer < 0:
+      return  # a connection that never said who it is: not one of ours
+    if self.index == 0 and not relayed:
+      self._send_all(f"L {peer}\n")
+    message = (
+      f"error: process {peer} of {self.count} was lost ({how}); process {self.index} stops "
+      f"too. Start all processes again: the run resumes from its last checkpoint"
+    )
+    for stream in (sys.stdout, sys.stderr):
+      try:
+        stream.flush()
+      except Exception:  # a closed or broken stream must not keep this process alive
+        pass
+    try:
+      os.write(2, (message + "\n").encode())
+    finally:
+      os._exit(LOST_PEER_EXIT)
