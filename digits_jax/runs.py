@@ -32,6 +32,7 @@ from digits_jax.training.step import (
   metrics_from_logits,
   model_variables,
   predict,
+  predict_config,
 )
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ def restore_best(state: TrainState, best: checkpoints.BestCheckpoint) -> TrainSt
 
 def test_logits(config: Config, state: TrainState, datasets: data.Datasets) -> jax.Array:
   """The logits of ``state`` on the test split."""
-  return predict(state, jnp.asarray(datasets.test.images), config.eval_batch_size)
+  return predict_config(config, state, jnp.asarray(datasets.test.images), config.eval_batch_size)
 
 
 def write_pictures(
