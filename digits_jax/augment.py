@@ -31,12 +31,15 @@ MAX_DEGREES = 10.0
 MAX_SHIFT = 2.0  # pixels
 
 
-def _gaussian_kernel(sigma: float) -> jax.Array:
-  """A normalised 1-D Gaussian, truncated at 3 sigma (at least radius 1)."""
+def _gaussian_matrix(n: int, sigma: float) -> jax.Array:
+  """(n, n) matrix that smooths a length-n signal by a normalised Gaussian (truncated at
+  3 sigma, at least radius 1), zero beyond its ends: row i holds the weights of output i."""
   radius = max(1, int(math.ceil(3 * sigma)))
   x = jnp.arange(-radius, radius + 1, dtype=jnp.float32)
   k = jnp.exp(-0.5 * (x / sigma) ** 2)
-  return k / k.sum()
+  k = k / k.sum()
+  offset = jnp.arange(n)[None, :] - jnp.arange(n)[:, None]  # j - i
+  return jnp.where(jnp.abs(offset) <= radius, k[jnp.clip(offset + radius, 0, 2 * radius)], 0.0)
 
 
 def elastic_field(rng: jax.Array, shape: tuple[int, int], alpha: float, sigma: float) -> jax.Array:
@@ -44,15 +47,12 @@ def elastic_field(rng: jax.Array, shape: tuple[int, int], alpha: float, sigma: f
 
   Uniform noise in [-1, 1], smoothed along each axis by a Gaussian of standard deviation
   ``sigma`` (zero beyond the image), times ``alpha``: every displacement is at most
-  ``alpha`` pixels along each axis.
+  ``alpha`` pixels along each axis. The smoothing is two small matrix products.
   """
   h, w = shape
   noise = jax.random.uniform(rng, (2, h, w), minval=-1.0, maxval=1.0)
-  k = _gaussian_kernel(sigma)
-  smooth_rows = jax.vmap(lambda col: jnp.convolve(col, k, mode="same"), in_axes=1, out_axes=1)
-  smooth_cols = jax.vmap(lambda row: jnp.convolve(row, k, mode="same"))
-  field = jax.vmap(lambda f: smooth_cols(smooth_rows(f)))(noise)
-  return alpha * field
+  g_rows, g_cols = _gaussian_matrix(h, sigma), _gaussian_matrix(w, sigma)
+  return alpha * jnp.einsum("ij,cjk,lk->cil", g_rows, noise, g_cols)
 
 
 def _warp(

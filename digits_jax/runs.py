@@ -262,6 +262,29 @@ def train_and_evaluate(
   return finish(config, workdir, trained, datasets)
 
 
+FINAL_FIT_SUFFIX = "-final"
+
+
+def final_fit_config(config: Config, results: dict[str, Any]) -> Config:
+  """The final fit of a finished validation run: the same recipe trained on the whole
+  training split (no validation split) for the epoch count validation chose.
+
+  The schedule then spans those epochs; with the one-cycle recipes the chosen epoch is
+  usually the last, so the schedule is the validation run's. Its test accuracy is measured
+  once, on the last epoch (nothing else may choose without a validation split).
+
+  Raises:
+    ConfigError: the run had no validation split, so nothing chose its epoch count.
+  """
+  config = resolve(config)
+  if not config.validation_size or results.get("val_accuracy") is None:
+    raise ConfigError(
+      "a final fit needs a run with a validation split to choose its epoch count; "
+      "train with --validation_size > 0 (the default, 5000)"
+    )
+  return config.replace(validation_size=0, epochs=int(results["best_epoch"]))
+
+
 def read_config(workdir: str | os.PathLike) -> tuple[Config, dict[str, Any]]:
   """A run directory's config (as recorded) and its whole ``config.json``.
 
