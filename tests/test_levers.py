@@ -121,3 +121,31 @@ def test_levers_default_off_and_old_configs_keep_their_identity():
   assert (config.ema, config.elastic_alpha, config.tta) == (0.0, 0.0, False)
   saved = {k: v for k, v in config.to_dict().items() if k not in ("ema", "tta", "elastic_alpha")}
   assert Config.from_dict(saved).identity() == config.identity()
+
+
+def test_final_fit_trains_on_all_images_for_the_chosen_epochs(mnist, tmp_path):
+  from digits_jax import data, runs
+  from tests.conftest import tiny_datasets
+
+  tiny = tiny_datasets(mnist, n_train=512, n_val=256, n_test=500)
+  config = resolve(Config(model="conv2_dense64", epochs=3, batch_size=64))
+  results = runs.train_and_evaluate(config, tmp_path / "run", datasets=tiny)
+  final = runs.final_fit_config(config, results)
+  assert final.validation_size == 0 and final.epochs == results["best_epoch"]
+  assert final.replace(validation_size=5000, epochs=3) == config
+  merged = data.Datasets(
+    train=data.Split(
+      np.concatenate([tiny.train.images, tiny.validation.images]),
+      np.concatenate([tiny.train.labels, tiny.validation.labels]),
+    ),
+    validation=data.Split(tiny.validation.images[:0], tiny.validation.labels[:0]),
+    test=tiny.test,
+    name=tiny.name,
+    backend=tiny.backend,
+  )
+  final_results = runs.train_and_evaluate(final, tmp_path / "final", datasets=merged)
+  assert final_results["best_epoch"] == final.epochs  # the last: nothing else may choose
+  assert final_results["val_accuracy"] is None
+  assert 0.5 < final_results["test_accuracy"] <= 1.0
+  with pytest.raises(ConfigError, match="validation split"):
+    runs.final_fit_config(final, final_results)
