@@ -149,3 +149,28 @@ def test_final_fit_trains_on_all_images_for_the_chosen_epochs(mnist, tmp_path):
   assert 0.5 < final_results["test_accuracy"] <= 1.0
   with pytest.raises(ConfigError, match="validation split"):
     runs.final_fit_config(final, final_results)
+
+
+def test_a_checkpoint_from_before_the_ema_field_still_resumes(tmp_path):
+  import orbax.checkpoint as ocp
+  from flax import serialization
+
+  config = resolve(Config(model="conv2_dense64"))
+  state = step.create_train_state(config, jax.random.PRNGKey(0), 10)
+  latest = checkpoints.LatestCheckpoint(tmp_path, identity=config.identity())
+  old = serialization.to_state_dict(state)
+  del old["ema"]  # what a run saved before train states had the field
+  latest._manager.save(
+    1,
+    args=ocp.args.Composite(
+      state=ocp.args.StandardSave(old),
+      run=ocp.args.JsonSave({"epoch": 1, "identity": config.identity()}),
+    ),
+  )
+  latest._manager.wait_until_finished()
+  epoch, restored = checkpoints.LatestCheckpoint(tmp_path, identity=config.identity()).restore(
+    state
+  )
+  assert epoch == 1 and restored.ema == {}
+  for a, b in zip(_leaves(restored.params), _leaves(state.params), strict=True):
+    np.testing.assert_array_equal(a, b)
