@@ -45,6 +45,8 @@ SHORT_NAMES = {
   "validation_size": "val",
   "train_subset": "sub",
   "rotation": "rot",
+  "elastic_alpha": "ela",
+  "elastic_sigma": "els",
 }
 
 
@@ -113,6 +115,25 @@ class Config:
     choices=EPOCH_LOOPS,
   )
   eval_batch_size: int = _implementation(1000, "Batch size for validation and test.")
+  # Recipe fields added later (levers of the accuracy attempts, docs/accuracy.md).
+  elastic_alpha: float | None = _recipe(
+    0.0,
+    "With --augment: elastic distortion (Simard et al. 2003), scale of the smoothed random "
+    "displacement fields in pixels; no pixel moves more than this per axis (0: none).",
+  )
+  elastic_sigma: float | None = _recipe(
+    4.0, "With --elastic_alpha: standard deviation of the fields' Gaussian smoothing, pixels."
+  )
+  ema: float | None = _recipe(
+    0.0,
+    "Decay of an exponential moving average of the weights (e.g. 0.999; 0: none). When set, "
+    "validation, the best checkpoint and the test use the averaged weights.",
+  )
+  tta: bool | None = _recipe(
+    False,
+    "Test-time augmentation: validation and test average the class probabilities of each "
+    "image and its four one-pixel shifts.",
+  )
 
   def replace(self, **changes: Any) -> Config:
     return dataclasses.replace(self, **changes)
@@ -255,6 +276,11 @@ def validate(config: Config) -> None:
     raise ConfigError(f"shift must be >= 0 pixels, got {config.shift}")
   if not 0 <= config.zoom < 1:
     raise ConfigError(f"zoom must be in [0, 1), got {config.zoom}")
+  if config.elastic_alpha < 0:
+    raise ConfigError(f"elastic_alpha must be >= 0 pixels, got {config.elastic_alpha}")
+  _positive("elastic_sigma", config.elastic_sigma)
+  if not 0 <= config.ema < 1:
+    raise ConfigError(f"ema must be in [0, 1) (0: no averaging), got {config.ema}")
   if config.weight_decay and config.optimizer == "adam":
     raise ConfigError("weight_decay needs --optimizer=adamw or sgd (adam has none)")
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from digits_jax import data, files, models, rundir
 from digits_jax.analysis import report, visualize
-from digits_jax.config import Config, check_sizes, resolve
+from digits_jax.config import Config, ConfigError, check_sizes, resolve
 from digits_jax.rundir import RunDirError, read_config
 from digits_jax.training import checkpoints, distributed, loop, sharding, workdirs
 from digits_jax.training.step import (
@@ -33,6 +33,7 @@ from digits_jax.training.step import (
   metrics_from_logits,
   model_variables,
   predict,
+  predict_config,
 )
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ def restore_best(state: TrainState, best: checkpoints.BestCheckpoint) -> TrainSt
 
 def test_logits(config: Config, state: TrainState, datasets: data.Datasets) -> jax.Array:
   """The logits of ``state`` on the test split."""
-  return predict(state, jnp.asarray(datasets.test.images), config.eval_batch_size)
+  return predict_config(config, state, jnp.asarray(datasets.test.images), config.eval_batch_size)
 
 
 def write_pictures(
@@ -258,6 +259,29 @@ def train_and_evaluate(
   prepare(config, workdir, datasets, overwrite=overwrite)
   trained = loop.train(config, workdir, datasets)
   return finish(config, workdir, trained, datasets)
+
+
+FINAL_FIT_SUFFIX = "-final"
+
+
+def final_fit_config(config: Config, results: dict[str, Any]) -> Config:
+  """The final fit of a finished validation run: the same recipe trained on the whole
+  training split (no validation split) for the epoch count validation chose.
+
+  The schedule then spans those epochs; with the one-cycle recipes the chosen epoch is
+  usually the last, so the schedule is the validation run's. Its test accuracy is measured
+  once, on the last epoch (nothing else may choose without a validation split).
+
+  Raises:
+    ConfigError: the run had no validation split, so nothing chose its epoch count.
+  """
+  config = resolve(config)
+  if not config.validation_size or results.get("val_accuracy") is None:
+    raise ConfigError(
+      "a final fit needs a run with a validation split to choose its epoch count; "
+      "train with --validation_size > 0 (the default, 5000)"
+    )
+  return config.replace(validation_size=0, epochs=int(results["best_epoch"]))
 
 
 def require_checkpoint(workdir: Path) -> None:

@@ -6,6 +6,10 @@ recipe. Writes config.json, metrics.jsonl, results.json, checkpoints/ and the re
 into --workdir; the same command started again resumes an interrupted run or prints
 the results of a finished one. The logic lives in :mod:`digits_jax.runs`.
 
+With --final_fit, once the run is finished, the same recipe is trained again on all the
+training images (validation split included) for the epoch count validation chose, in
+<workdir>-final, and tested once there (docs/accuracy.md).
+
 On several hosts, the same command runs on each, with --coordinator_address,
 --num_processes and --process_id (or under SLURM or on a Cloud TPU slice, without them):
 one run then uses every device of every host (docs/scaling.md).
@@ -21,6 +25,12 @@ from experiments import common
 common.define_config_flags()
 flags.adopt_module_key_flags(common)
 flags.mark_flag_as_required("workdir")
+flags.DEFINE_bool(
+  "final_fit",
+  False,
+  "After the run, train its recipe on all training images (no validation split) for the "
+  "best epoch's count, in <workdir>-final, and test that once.",
+)
 FLAGS = flags.FLAGS
 
 
@@ -41,12 +51,22 @@ def main(argv):
       results = runs.train_and_evaluate(
         config, FLAGS.workdir, datasets=common.load_data(config), overwrite=FLAGS.overwrite
       )
+    print(
+      f"{config.model}: test accuracy {100 * results['test_accuracy']:.2f}% "
+      f"(best epoch {results['best_epoch']} by validation), results in {FLAGS.workdir}"
+    )
+    if FLAGS.final_fit:
+      final = runs.final_fit_config(config, results)
+      final_dir = str(FLAGS.workdir).rstrip("/") + runs.FINAL_FIT_SUFFIX
+      final_results = runs.train_and_evaluate(
+        final, final_dir, datasets=common.load_data(final), overwrite=FLAGS.overwrite
+      )
+      print(
+        f"{config.model} final fit on all training images, {final.epochs} epochs: test "
+        f"accuracy {100 * final_results['test_accuracy']:.2f}%, results in {final_dir}"
+      )
   except common.USER_ERRORS as e:
     common.fail(e)
-  print(
-    f"{config.model}: test accuracy {100 * results['test_accuracy']:.2f}% "
-    f"(best epoch {results['best_epoch']} by validation), results in {FLAGS.workdir}"
-  )
 
 
 if __name__ == "__main__":

@@ -191,6 +191,11 @@ class LatestCheckpoint:
     )
     self._manager.wait_until_finished()
 
+  def _restore_state(self, epoch: int, target: Any) -> Any:
+    return self._manager.restore(
+      epoch, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
+    ).state
+
   def restore(self, like: Any) -> tuple[int, Any]:
     """The checkpoint's epoch and state, the state rebuilt in the structure of ``like``.
 
@@ -219,9 +224,14 @@ class LatestCheckpoint:
       raise CheckpointError(f"checkpoint {path} belongs to another run ({diffs}). {FIX_HINT}")
     target = serialization.to_state_dict(like)
     try:
-      saved = self._manager.restore(
-        epoch, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
-      ).state
+      try:
+        saved = self._restore_state(epoch, target)
+      except ValueError:
+        if not isinstance(target, dict) or target.get("ema") != {}:
+          raise
+        # Written before train states had an ``ema`` field (empty without --ema).
+        saved = self._restore_state(epoch, {k: v for k, v in target.items() if k != "ema"})
+        saved = {**saved, "ema": {}}
       return epoch, serialization.from_state_dict(like, saved)
     except Exception as e:  # orbax raises many types for unreadable or foreign trees
       raise CheckpointError(

@@ -29,9 +29,11 @@ from digits_jax.training import checkpoints, distributed, history, sharding, sum
 from digits_jax.training.step import (
   TrainState,
   create_train_state,
-  evaluate,
+  eval_state,
   make_epoch_fn,
+  metrics_from_logits,
   model_variables,
+  predict_config,
   steps_per_epoch,
 )
 
@@ -110,6 +112,13 @@ def resume(
   return state, rows
 
 
+def validate(config: Config, state: TrainState, images, labels) -> dict[str, float]:
+  """Validation loss and accuracy of the model a run evaluates: the moving average of the
+  weights when ``config.ema``, each image's shifted copies averaged when ``config.tta``."""
+  logits = predict_config(config, eval_state(state), images, config.eval_batch_size)
+  return metrics_from_logits(logits, labels)
+
+
 def train(config: Config, workdir: str | Path, datasets: data.Datasets) -> TrainedRun:
   """Trains a resolved ``config`` in ``workdir``, resuming from its last checkpoint.
 
@@ -157,7 +166,7 @@ def train(config: Config, workdir: str | Path, datasets: data.Datasets) -> Train
       step_metrics = jax.device_get(sharding.to_local(step_metrics))
       seconds = time.perf_counter() - t0
       history.check_finite(step_metrics["loss"], epoch)
-      val = evaluate(state, x_val, y_val, config.eval_batch_size) if len(y_val) else None
+      val = validate(config, state, x_val, y_val) if len(y_val) else None
       row = history.epoch_row(epoch, seconds, step_metrics, val)
       rows.append(row)
       if distributed.is_writer():

@@ -6,7 +6,13 @@
   the on-device training set: a single compiled ``lax.scan``, or one compiled step per
   batch where XLA's own convolutions would run inside the loop (``epoch_loop``).
 * :func:`predict` / :func:`evaluate` -- logits in fixed-size batches, then loss and
-  accuracy.
+  accuracy; :func:`predict_tta` averages the probabilities of shifted copies
+  (test-time augmentation, ``config.tta``).
+
+With ``config.ema`` (a decay, e.g. 0.999) the state also carries an exponential moving
+average of the model variables (:func:`update_ema`); :func:`model_variables` (what the
+best checkpoint keeps) and :func:`eval_state` (what validation sees) are then the averaged
+ones, while the latest checkpoint, the whole state, keeps both.
 
 Given a mesh of several devices (:func:`digits_jax.training.sharding.data_mesh`), the
 epoch runs inside ``jax.shard_map``: every device draws the same permutation, gathers its
@@ -40,9 +46,11 @@ from digits_jax.training.optim import make_optimizer
 
 
 class TrainState(train_state.TrainState):
-  """Flax's TrainState plus the BatchNorm statistics ({} for models without BN)."""
+  """Flax's TrainState plus the BatchNorm statistics ({} for models without BN) and the
+  moving average of both (``ema``: {} without ``config.ema``)."""
 
   batch_stats: Any = None
+  ema: Any = None
 
 
 def create_train_state(
@@ -60,17 +68,43 @@ def create_train_state(
   """
   model = model or models.create_model(config.model, fast=config.fast_ops, num_classes=num_classes)
   variables = models.init_variables(model, rng)
-  return TrainState.create(
+  state = TrainState.create(
     apply_fn=model.apply,
     params=variables["params"],
     batch_stats=variables.get("batch_stats", {}),
     tx=tx or make_optimizer(config, steps_per_epoch),
+    ema={},
   )
+  if config.ema:
+    # The average starts at the initial weights (no debiasing).
+    state = state.replace(ema=jax.tree_util.tree_map(jnp.copy, _raw_variables(state)))
+  return state
+
+
+def _raw_variables(state: TrainState) -> dict[str, Any]:
+  return {"params": state.params, "batch_stats": state.batch_stats}
 
 
 def model_variables(state: TrainState) -> dict[str, Any]:
-  """What a checkpoint of the model keeps: ``params`` and ``batch_stats``."""
-  return {"params": state.params, "batch_stats": state.batch_stats}
+  """What a checkpoint of the model keeps: ``params`` and ``batch_stats``, the moving
+  averages of both when the state has them."""
+  return state.ema if state.ema else _raw_variables(state)
+
+
+def eval_state(state: TrainState) -> TrainState:
+  """``state`` with its averaged variables in place of the trained ones, if it has them."""
+  if not state.ema:
+    return state
+  return state.replace(params=state.ema["params"], batch_stats=state.ema["batch_stats"])
+
+
+def update_ema(ema: Any, variables: Any, decay: float) -> Any:
+  """One step of the moving average: ``decay * ema + (1 - decay) * variables``.
+
+  The same recurrence as ``optax.ema(decay, debias=False)``, started at the initial
+  weights rather than at zero, so it needs no debiasing.
+  """
+  return jax.tree_util.tree_map(lambda e, v: decay * e + (1.0 - decay) * v, ema, variables)
 
 
 def cross_entropy(
@@ -118,7 +152,14 @@ def train_step(
   augment_rng, dropout_rng = jax.random.split(rng)
   if config.augment:
     images = augment.random_rotate_shift(
-      augment_rng, images, config.rotation, config.shift, config.zoom, batch_axis=batch_axis
+      augment_rng,
+      images,
+      config.rotation,
+      config.shift,
+      config.zoom,
+      config.elastic_alpha or 0.0,
+      config.elastic_sigma or 4.0,
+      batch_axis=batch_axis,
     )
 
   def loss_fn(params):
@@ -142,6 +183,8 @@ def train_step(
   state = state.apply_gradients(
     grads=grads, batch_stats=updates.get("batch_stats", state.batch_stats)
   )
+  if config.ema:
+    state = state.replace(ema=update_ema(state.ema, _raw_variables(state), config.ema))
   return state, {"loss": loss, "accuracy": accuracy}
 
 
@@ -368,6 +411,26 @@ def predict(
   chunks = [fn(state, padded[i : i + bs]) for i in range(0, padded.shape[0], bs)]
   logits = jnp.concatenate(chunks, axis=1 if models_axis else 0)
   return logits[:, :n] if models_axis else logits[:n]
+
+
+def predict_tta(
+  state: TrainState, images: jax.Array, batch_size: int = 1000, shifts=augment.TTA_SHIFTS
+) -> jax.Array:
+  """Test-time augmentation: log of the mean class probabilities over shifted copies.
+
+  Each copy (:func:`digits_jax.augment.shifted_copies`) goes through :func:`predict`;
+  the result is a valid logits array (its softmax is the mean of the copies' softmaxes).
+  """
+  probs = [
+    jax.nn.softmax(predict(state, copy, batch_size), axis=-1)
+    for copy in augment.shifted_copies(jnp.asarray(images), shifts)
+  ]
+  return jnp.log(jnp.mean(jnp.stack(probs), axis=0))
+
+
+def predict_config(config: Config, state: TrainState, images, batch_size: int) -> jax.Array:
+  """:func:`predict`, or :func:`predict_tta` when ``config.tta``."""
+  return (predict_tta if config.tta else predict)(state, images, batch_size)
 
 
 def metrics_from_logits(logits: jax.Array, labels: jax.Array) -> dict[str, float]:
