@@ -110,19 +110,21 @@ def open_study(
       check_spec(directory, spec)
   elif not (directory / JOURNAL).exists():
     raise SearchError(f"{directory} holds no study ({JOURNAL}); run the search first")
-  sampler = optuna.samplers.TPESampler(
-    seed=spec.sampler_seed + seed_offset,
-    n_startup_trials=spec.startup_trials,
-    constant_liar=True,
-  )
-  return optuna.create_study(
+  opened = optuna.create_study(
     study_name=spec.model,
     storage=storage(directory),
-    sampler=sampler,
     pruner=make_pruner(spec),
     direction="maximize",
     load_if_exists=True,
   )
+  # Seeded per worker and per start, so that a worker started again does not draw the
+  # parameters it drew before.
+  opened.sampler = optuna.samplers.TPESampler(
+    seed=spec.sampler_seed + seed_offset + len(opened.get_trials(deepcopy=False)),
+    n_startup_trials=spec.startup_trials,
+    constant_liar=True,
+  )
+  return opened
 
 
 @contextlib.contextmanager
@@ -141,7 +143,10 @@ def trial_name(number: int) -> str:
 
 
 def counts(study: optuna.Study) -> int:
-  """Trials that count towards the budget: all but those failed and queued again."""
+  """Trials that count towards the budget: all but those failed and queued again.
+
+  Queued (WAITING) trials count too, and are run even beyond the budget.
+  """
   return sum(1 for t in study.get_trials(deepcopy=False) if not t.user_attrs.get(REQUEUED))
 
 
@@ -291,7 +296,8 @@ def run_worker(
     with contextlib.ExitStack() as held:
       with _lock(directory, "study", wait_s=STUDY_WAIT_S):
         recover(study, directory)
-        if counts(study) >= spec.trials:
+        waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
+        if counts(study) >= spec.trials and not waiting:
           break
         trial = study.ask()
         held.enter_context(_lock(directory, trial_name(trial.number)))
