@@ -26,6 +26,7 @@ LAYERS = {
   "digits_jax.runs": 5,
   "digits_jax.predict": 6,
   "digits_jax.sweep": 7,
+  "digits_jax.search": 8,
 }
 
 
