@@ -67,7 +67,8 @@ def to_markdown(table: list[dict[str, Any]], spec: SearchSpec, best: Any) -> str
   lines = [
     f"# Search: {spec.model}",
     "",
-    f"{len(table)} trials (budget {spec.trials}, up to {spec.max_epochs} epochs each); "
+    f"{len(table)} trials ({sum(r['state'] == 'requeued' for r in table)} failed and queued "
+    f"again; budget {spec.trials}, up to {spec.max_epochs} epochs each); "
     f"TPE sampler, {spec.pruner.replace('_', ' ')} pruner on the validation accuracy at "
     f"epochs {', '.join(map(str, spec.rungs()))}. Value: best validation accuracy; the test "
     "accuracy is not used by the search.",
