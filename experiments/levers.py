@@ -7,7 +7,7 @@ validation images, with the weights of its last epoch (latest checkpoint): the t
 weights against their moving average, each with and without test-time augmentation
 (the image and its four one-pixel shifts). Each row gives the validation accuracy with its
 exact binomial interval; each comparison its exact McNemar p-value and the exact interval of
-the difference (:mod:`digits_jax.analysis.compare`). The test split is never read: these are
+the difference (:mod:`digits_jax.analysis.stats`). The test split is never read: these are
 the numbers a choice of levers may rest on.
 """
 

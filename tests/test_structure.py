@@ -29,6 +29,7 @@ LAYERS = {
   "digits_jax.app": 6,
   "digits_jax.sweep": 7,
   "digits_jax.speedrun": 4,
+  "digits_jax.search": 8,
 }
 
 

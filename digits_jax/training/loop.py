@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -119,8 +120,18 @@ def validate(config: Config, state: TrainState, images, labels) -> dict[str, flo
   return metrics_from_logits(logits, labels)
 
 
-def train(config: Config, workdir: str | Path, datasets: data.Datasets) -> TrainedRun:
+def train(
+  config: Config,
+  workdir: str | Path,
+  datasets: data.Datasets,
+  *,
+  on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> TrainedRun:
   """Trains a resolved ``config`` in ``workdir``, resuming from its last checkpoint.
+
+  ``on_epoch``, if given, is called with each epoch's row (those restored on resume
+  first) once its checkpoints are saved; an exception it raises stops the run there
+  (a search prunes a trial so, :mod:`digits_jax.search.study`).
 
   The work directory must already be this run's (see :mod:`digits_jax.runs`). Every
   batch is split over all devices of all processes; with several processes, every one
@@ -160,6 +171,8 @@ def train(config: Config, workdir: str | Path, datasets: data.Datasets) -> Train
   state, rows = resume(workdir, state, latest, best)
   scalars = summaries.Scalars(workdir / summaries.LOG_DIR)
   try:
+    for row in rows if on_epoch else ():
+      on_epoch(row)
     for epoch in range(len(rows) + 1, config.epochs + 1):
       t0 = time.perf_counter()
       state, step_metrics = epoch_fn(state, jax.random.fold_in(train_rng, epoch), x_train, y_train)
@@ -181,6 +194,8 @@ def train(config: Config, workdir: str | Path, datasets: data.Datasets) -> Train
       # This order (metrics.jsonl, latest, best) is what resume() relies on after a kill.
       latest.save(epoch, state)
       best.maybe_save(epoch, model_variables(state), history.score(row))
+      if on_epoch:
+        on_epoch(row)
   finally:
     scalars.close()
   return TrainedRun(state, rows, best, num_params)

@@ -1,0 +1,138 @@
+"""Searches training recipes with Optuna: pruned trials, shared by workers, confirmed.
+
+    python -m experiments.search --models=conv2_dense64 --trials=40 --workdir=runs/search
+    python -m experiments.search --config=configs/search_conv2_dense64.py \\
+        --config.trials=12 --config.base.train_subset=10000 --workdir=runs/search
+    python -m experiments.search --config=configs/search_conv2_dense64.py \\
+        --workdir=runs/search --confirm_top=3 --confirm_seeds=3
+
+Each model's study lives in <workdir>/<model>/ (Optuna's journal file storage): a TPE
+sampler over the space, a pruner on the validation accuracy after each epoch, every
+trial an ordinary run directory under trials/. Started again, the command continues the
+study up to --trials; several workers (--num_workers, --worker_index, defaulting to a
+SLURM job array's like the sweep) share it, and a killed worker's trial is queued again
+and resumes from its checkpoint. Writes search.csv, search.md and Optuna's plots; with
+--confirm_top=K, retrains the K best trials and the registered recipe on
+--confirm_seeds fresh seeds and compares them (confirm/confirm.md). The test accuracy
+is never used by the search. The logic lives in :mod:`digits_jax.search`; docs/search.md.
+"""
+
+import os
+
+import jax
+from absl import app, flags
+from ml_collections import config_flags
+
+from digits_jax.analysis import compare
+from digits_jax.config import ConfigError
+from digits_jax.search import confirm, report, space, study
+from experiments import common
+
+config_flags.DEFINE_config_file(
+  "config",
+  None,
+  "A search config file (configs/search_*.py, get_config() -> ConfigDict); fields may be "
+  "overridden with --config.FIELD=VALUE (--config.space.learning_rate.high=0.003). "
+  "Default: each model's default space.",
+  lock_config=False,
+)
+flags.DEFINE_list("models", None, "Models to search, one study each (default: the config's).")
+flags.DEFINE_integer("trials", None, "Trials per study, pruned ones included (config: trials).")
+flags.DEFINE_integer("confirm_top", None, "Retrain the K best trials on fresh seeds (0: none).")
+flags.DEFINE_integer("confirm_seeds", None, "Fresh seeds per confirmed recipe (default 3).")
+flags.DEFINE_integer(
+  "num_workers",
+  None,
+  "Worker processes sharing the study in --workdir. Default: $SLURM_ARRAY_TASK_COUNT, else 1.",
+)
+flags.DEFINE_integer(
+  "worker_index",
+  None,
+  "This worker's number, 0 to --num_workers - 1. Default: $SLURM_ARRAY_TASK_ID, else 0.",
+)
+flags.DEFINE_bool("report_only", False, "Run no trial: write the tables and plots of the study.")
+FLAGS = flags.FLAGS
+
+
+def _env_int(flag: str, env: str, default: int) -> int:
+  if FLAGS[flag].value is not None:
+    return FLAGS[flag].value
+  text = os.environ.get(env)
+  if text is None:
+    return default
+  try:
+    return int(text)
+  except ValueError:
+    raise ConfigError(f"${env}={text!r} is not an integer; pass --{flag} instead") from None
+
+
+def settings() -> tuple[list[str], dict]:
+  """The models and the study settings from --config, then the plain flags."""
+  config = FLAGS.config.to_dict() if FLAGS.config is not None else {}
+  models = FLAGS.models or config.pop("models", None)
+  config.pop("models", None)
+  if not models:
+    raise ConfigError("no model to search: pass --models=NAME[,NAME] or a --config with models")
+  if isinstance(models, str):
+    models = models.split(",")
+  for name in ("trials", "confirm_top", "confirm_seeds"):
+    if FLAGS[name].value is not None:
+      config[name] = FLAGS[name].value
+  return [m.strip() for m in models], config
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  common.setup()
+  workdir = FLAGS.workdir or "runs/search"
+  try:
+    num_workers = _env_int("num_workers", "SLURM_ARRAY_TASK_COUNT", 1)
+    worker_index = _env_int("worker_index", "SLURM_ARRAY_TASK_ID", 0)
+    if num_workers < 1 or not 0 <= worker_index < num_workers:
+      raise ConfigError(
+        f"--worker_index={worker_index} is out of range for --num_workers={num_workers}: "
+        f"workers are numbered 0 to {num_workers - 1}"
+      )
+    models, config = settings()
+    # Every study is checked before anything is written.
+    specs = [space.parse(config, m) for m in models]
+    for spec in specs:
+      directory = study.study_dir(workdir, spec)
+      if FLAGS.report_only:
+        opened = study.open_study(workdir, spec, write=False)
+      else:
+        opened = study.run_worker(
+          workdir,
+          spec,
+          load=common.load_data,
+          num_workers=num_workers,
+          worker_index=worker_index,
+        )
+      if jax.process_index() != 0:
+        continue
+      print(report.write(opened, spec, directory))
+      print(f"tables in {directory}/search.md and search.csv")
+      if spec.confirm_top and not FLAGS.report_only:
+        if study.finished(opened) < spec.trials:
+          print(f"confirmation waits for the study to finish ({study.finished(opened)} done)")
+          continue
+        confirmed = confirm.confirm(
+          opened,
+          spec,
+          directory,
+          load=common.load_data,
+          num_workers=num_workers,
+          worker_index=worker_index,
+        )
+        if confirmed is None:
+          print("confirmation: runs of other workers have not finished yet")
+        else:
+          print(confirmed["markdown"])
+          print(f"confirmation in {directory}/confirm/confirm.md and compare.md")
+  except (*common.USER_ERRORS, ConfigError, compare.ComparisonError) as e:
+    common.fail(e)
+
+
+if __name__ == "__main__":
+  app.run(main)
