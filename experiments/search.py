@@ -23,7 +23,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from digits_jax.analysis import compare
+from digits_jax.analysis import comparison
 from digits_jax.config import ConfigError
 from digits_jax.search import confirm, report, space, study
 from experiments import common
@@ -130,7 +130,7 @@ def main(argv):
         else:
           print(confirmed["markdown"])
           print(f"confirmation in {directory}/confirm/confirm.md and compare.md")
-  except (*common.USER_ERRORS, ConfigError, compare.ComparisonError) as e:
+  except (*common.USER_ERRORS, ConfigError, comparison.ComparisonError) as e:
     common.fail(e)
 
 

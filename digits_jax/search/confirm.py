@@ -5,7 +5,7 @@ overstates what its recipe gives. :func:`confirm` retrains the ``K`` best comple
 trials by validation accuracy, and the model's registered recipe as the baseline, on
 ``S`` seeds the search never used, as a sweep in ``<study>/confirm/``
 (:func:`digits_jax.sweep.run_sweep`: resumable, split over workers), then runs the
-comparison (:mod:`digits_jax.analysis.compare`) on them. ``confirm.md`` puts side by
+comparison (:mod:`digits_jax.analysis.comparison`) on them. ``confirm.md`` puts side by
 side each trial's validation accuracy in the search, its validation mean over the fresh
 seeds and its test accuracy with the interval, the verdict against the baseline, and how
 much of the search's gain over the baseline (in validation accuracy) survived.
@@ -23,7 +23,8 @@ from typing import Any
 import optuna
 
 from digits_jax import data, files, sweep
-from digits_jax.analysis import compare
+from digits_jax.analysis import compare_report, stats
+from digits_jax.analysis import comparison as comparison_lib
 from digits_jax.config import RECIPE_FIELDS, Config, resolve
 from digits_jax.search import study as study_lib
 from digits_jax.search.space import SearchError, SearchSpec
@@ -70,7 +71,9 @@ def candidates(study: optuna.Study, spec: SearchSpec, top: int) -> list[Candidat
   return out
 
 
-def _configuration(comparison: compare.Comparison, dirs: list[Path]) -> compare.Configuration:
+def _configuration(
+  comparison: comparison_lib.Comparison, dirs: list[Path]
+) -> comparison_lib.Configuration:
   wanted = {d.resolve() for d in dirs}
   for c in comparison.configurations:
     if {Path(p).resolve() for p in c.runs} == wanted:
@@ -78,7 +81,9 @@ def _configuration(comparison: compare.Comparison, dirs: list[Path]) -> compare.
   raise SearchError(f"the comparison has no configuration of runs {sorted(map(str, dirs))}")
 
 
-def _pair(comparison: compare.Comparison, a: str, b: str) -> tuple[compare.Pair, int] | None:
+def _pair(
+  comparison: comparison_lib.Comparison, a: str, b: str
+) -> tuple[comparison_lib.Pair, int] | None:
   for p in comparison.pairs:
     if (p.a, p.b) == (a, b):
       return p, 1
@@ -98,7 +103,7 @@ def _pp(x: float | None) -> str:
 def _val_interval(values: list[float]) -> str:
   if len(values) < 2:
     return ""
-  iv = compare.seed_interval(values)
+  iv = stats.seed_interval(values)
   return f" [{100 * iv.low:.2f}, {100 * iv.high:.2f}]"
 
 
@@ -124,8 +129,8 @@ def confirm(
   results, missing = sweep.finished_runs(out, configs)
   if missing:
     return None
-  comparison = compare.compare_runs([out / r["run"] for r in results])
-  compare.write_comparison(comparison, out)
+  comparison = comparison_lib.compare_runs([out / r["run"] for r in results])
+  compare_report.write_comparison(comparison, out)
   by_name = {}
   for cand in chosen:
     dirs = sweep.run_dirs(out, cand.configs)
