@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 
 from digits_jax import data
-from tests.conftest import MNIST_FILES, REPO, real_mnist_dir
+from tests.conftest import MNIST_FILES, REPO, real_mnist_dir, requires
 
 # Class counts of the official MNIST splits.
 MNIST_TRAIN_HIST = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
@@ -417,11 +417,8 @@ def test_real_mnist_checksum_mismatch(tmp_path):
 
 
 def _require_tfds() -> None:
-  try:
-    import tensorflow  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
-    import tensorflow_datasets  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
-  except ImportError as e:
-    pytest.skip(f"tensorflow / tensorflow-datasets not importable ({e}): tfds backend untested")
+  requires("tensorflow")
+  requires("tensorflow_datasets")
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,98 @@
+"""Regenerates the pinned locks in requirements/ from their .in files (``make lock``).
+
+    python scripts/lock.py [--pip-arg=--isolated --pip-arg=--index-url=https://pypi.org/simple]
+
+Resolves each layer with ``pip install --dry-run --ignore-installed --report`` (nothing is
+installed) for the Python running this script, on this platform:
+
+* ``runtime.txt``: ``runtime.in`` and everything it pulls in.
+* every other layer (``tfds``, ``test``, ``bench``, ``cuda``, ``tpu``): its ``.in`` resolved
+  together with ``runtime.txt``; its lock lists only what the runtime does not, and starts
+  with ``-c runtime.txt`` so that what the two share keeps the runtime's versions. The
+  versions come from one resolution of all layers together, so layers agree with each other.
+
+Local version labels (``+cpu``) are dropped, so every pin resolves on the public index, and
+the CUDA libraries the PyPI PyTorch wheel pulls in (``nvidia-*``, ``triton``) are left out of
+the bench lock (not the cuda lock): torch pins them exactly itself, and the CPU-only wheel
+from PyTorch's index has none.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import re
+import subprocess
+import sys
+import tempfile
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+FOLDER = ROOT / "requirements"
+LAYERS = ("tfds", "test", "bench", "cuda", "tpu")
+# Left out of the locks: torch's CUDA build pins these exactly itself.
+OMIT = re.compile(r"^(nvidia-.*|triton|cuda-.*)$")
+
+
+def _canonical(name: str) -> str:
+  return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def resolve(requirement_files: list[pathlib.Path], pip_args: list[str]) -> dict[str, str]:
+  """{canonical name: 'Name==version'} of everything pip would install for these files."""
+  with tempfile.TemporaryDirectory() as tmp:
+    report = pathlib.Path(tmp) / "report.json"
+    command = [sys.executable, "-m", "pip", "install", "--quiet", "--dry-run"]
+    command += ["--ignore-installed", "--report", str(report), *pip_args]
+    for f in requirement_files:
+      command += ["-r", str(f)]
+    subprocess.run(command, check=True, cwd=FOLDER)
+    installs = json.loads(report.read_text())["install"]
+  pins = {}
+  for item in installs:
+    name, version = item["metadata"]["name"], item["metadata"]["version"]
+    pins[_canonical(name)] = f"{name}=={version.split('+')[0]}"
+  return pins
+
+
+def write(layer: str, pins: list[str], constrained: bool) -> None:
+  python = ".".join(map(str, sys.version_info[:2]))
+  lines = [f"# Generated from {layer}.in by 'make lock' (pip's resolution on Python {python})."]
+  if constrained:
+    lines.append("-c runtime.txt")
+  lines += sorted(pins, key=str.lower)
+  (FOLDER / f"{layer}.txt").write_text("\n".join(lines) + "\n")
+  print(f"requirements/{layer}.txt: {len(pins)} pins")
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--pip-arg", action="append", default=[], help="passed on to pip")
+  parser.add_argument("layers", nargs="*", default=["runtime", *LAYERS])
+  args = parser.parse_args()
+  if "runtime" in args.layers:
+    runtime = resolve([FOLDER / "runtime.in"], args.pip_arg)
+    write("runtime", list(runtime.values()), constrained=False)
+  unknown = [layer for layer in args.layers if layer not in ("runtime", *LAYERS)]
+  if unknown:
+    parser.error(f"unknown layer {unknown[0]!r}; the layers are: runtime, {', '.join(LAYERS)}")
+  runtime_lock = FOLDER / "runtime.txt"
+  shared = resolve([runtime_lock], args.pip_arg)
+  # One resolution of every layer together gives the versions, so that any layers installed
+  # into one environment agree; each layer's own resolution says which packages it needs.
+  joint = resolve([runtime_lock, *(FOLDER / f"{layer}.in" for layer in LAYERS)], args.pip_arg)
+  for layer in args.layers:
+    if layer == "runtime":
+      continue
+    names = resolve([runtime_lock, FOLDER / f"{layer}.in"], args.pip_arg)
+    omit = OMIT if layer == "bench" else None
+    extra = [
+      joint.get(name, pin)
+      for name, pin in names.items()
+      if name not in shared and not (omit and omit.match(name))
+    ]
+    write(layer, extra, constrained=True)
+
+
+if __name__ == "__main__":
+  main()
