@@ -9,7 +9,8 @@ installed) for the Python running this script, on this platform:
 * every other layer (``tfds``, ``test``, ``bench``, ``cuda``, ``tpu``): its ``.in`` resolved
   together with ``runtime.txt``; its lock lists only what the runtime does not, and starts
   with ``-c runtime.txt`` so that what the two share keeps the runtime's versions. The
-  versions come from one resolution of all layers together, so layers agree with each other.
+  versions of tfds, test and bench come from one resolution of the three together, so they
+  agree with each other (make test installs them into one environment).
 
 Local version labels (``+cpu``) are dropped, so every pin resolves on the public index, and
 the CUDA libraries the PyPI PyTorch wheel pulls in (``nvidia-*``, ``triton``) are left out of
@@ -30,6 +31,7 @@ import tempfile
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 FOLDER = ROOT / "requirements"
 LAYERS = ("tfds", "test", "bench", "cuda", "tpu")
+TOGETHER = ("tfds", "test", "bench")  # the layers make test installs into one environment
 # Left out of the locks: torch's CUDA build pins these exactly itself.
 OMIT = re.compile(r"^(nvidia-.*|triton|cuda-.*)$")
 
@@ -78,9 +80,10 @@ def main() -> None:
     parser.error(f"unknown layer {unknown[0]!r}; the layers are: runtime, {', '.join(LAYERS)}")
   runtime_lock = FOLDER / "runtime.txt"
   shared = resolve([runtime_lock], args.pip_arg)
-  # One resolution of every layer together gives the versions, so that any layers installed
-  # into one environment agree; each layer's own resolution says which packages it needs.
-  joint = resolve([runtime_lock, *(FOLDER / f"{layer}.in" for layer in LAYERS)], args.pip_arg)
+  # One resolution of the layers make test installs together gives their versions, so that
+  # they agree; each layer's own resolution says which packages it needs. (cuda and tpu are
+  # resolved on their own: torch's CUDA build and jax's pin different CUDA libraries.)
+  joint = resolve([runtime_lock, *(FOLDER / f"{layer}.in" for layer in TOGETHER)], args.pip_arg)
   for layer in args.layers:
     if layer == "runtime":
       continue

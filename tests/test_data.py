@@ -431,6 +431,19 @@ def mnist_tfds(tmp_path_factory) -> data.Datasets:
   )
 
 
+def test_tensorflow_is_kept_off_the_gpus(monkeypatch):
+  """Whichever way the tfds backend comes in (auto's probe or the backend itself), the GPUs
+  are hidden from TensorFlow before it can reserve their memory."""
+  _require_tfds()
+  tf = requires("tensorflow")
+  calls = []
+  monkeypatch.setattr(tf.config, "set_visible_devices", lambda *a: calls.append(a))
+  assert data._tfds_available()
+  assert calls == [([], "GPU")]
+  data._import_tfds()
+  assert calls == [([], "GPU")] * 2
+
+
 def test_tfds_and_idx_identical(mnist_tfds, mnist_idx):
   assert mnist_tfds.backend == "tfds"
   for split in ("train", "validation", "test"):
