@@ -40,8 +40,8 @@ def _canonical(name: str) -> str:
   return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def resolve(requirement_files: list[pathlib.Path], pip_args: list[str]) -> dict[str, str]:
-  """{canonical name: 'Name==version'} of everything pip would install for these files."""
+def resolve(requirement_files: list[pathlib.Path], pip_args: list[str]) -> dict[str, dict]:
+  """{canonical name: pip's report entry} of everything pip would install for these files."""
   with tempfile.TemporaryDirectory() as tmp:
     report = pathlib.Path(tmp) / "report.json"
     command = [sys.executable, "-m", "pip", "install", "--quiet", "--dry-run"]
@@ -50,11 +50,40 @@ def resolve(requirement_files: list[pathlib.Path], pip_args: list[str]) -> dict[
       command += ["-r", str(f)]
     subprocess.run(command, check=True, cwd=FOLDER)
     installs = json.loads(report.read_text())["install"]
-  pins = {}
-  for item in installs:
-    name, version = item["metadata"]["name"], item["metadata"]["version"]
-    pins[_canonical(name)] = f"{name}=={version.split('+')[0]}"
-  return pins
+  return {_canonical(item["metadata"]["name"]): item for item in installs}
+
+
+def pin(item: dict) -> str:
+  meta = item["metadata"]
+  return f"{meta['name']}=={meta['version'].split('+')[0]}"
+
+
+def needed(roots: list[str], resolved: dict[str, dict]) -> set[str]:
+  """The packages of ``resolved`` that ``roots`` (requirement strings) pull in, transitively."""
+  from pip._vendor.packaging.requirements import Requirement  # noqa: PLC0415
+
+  seen: set[str] = set()
+  todo = [(Requirement(r), ("",)) for r in roots]
+  while todo:
+    requirement, extras = todo.pop()
+    if requirement.marker and not any(requirement.marker.evaluate({"extra": e}) for e in extras):
+      continue
+    name = _canonical(requirement.name)
+    if name not in resolved:
+      continue
+    key = (name, tuple(sorted(requirement.extras)))
+    if key in seen:
+      continue
+    seen.add(key)
+    wanted = ("", *requirement.extras)
+    for r in resolved[name]["metadata"].get("requires_dist", []):
+      todo.append((Requirement(r), wanted))
+  return {name for name, _ in seen}
+
+
+def _roots(in_file: pathlib.Path) -> list[str]:
+  lines = [line.split("#")[0].strip() for line in in_file.read_text().splitlines()]
+  return [line for line in lines if line and not line.startswith("-")]
 
 
 def write(layer: str, pins: list[str], constrained: bool) -> None:
@@ -74,24 +103,31 @@ def main() -> None:
   args = parser.parse_args()
   if "runtime" in args.layers:
     runtime = resolve([FOLDER / "runtime.in"], args.pip_arg)
-    write("runtime", list(runtime.values()), constrained=False)
+    write("runtime", [pin(item) for item in runtime.values()], constrained=False)
   unknown = [layer for layer in args.layers if layer not in ("runtime", *LAYERS)]
   if unknown:
     parser.error(f"unknown layer {unknown[0]!r}; the layers are: runtime, {', '.join(LAYERS)}")
   runtime_lock = FOLDER / "runtime.txt"
-  shared = resolve([runtime_lock], args.pip_arg)
+  shared = {_canonical(line.split("==")[0]) for line in _roots(runtime_lock)}
   # One resolution of the layers make test installs together gives their versions, so that
-  # they agree; each layer's own resolution says which packages it needs. (cuda and tpu are
-  # resolved on their own: torch's CUDA build and jax's pin different CUDA libraries.)
-  joint = resolve([runtime_lock, *(FOLDER / f"{layer}.in" for layer in TOGETHER)], args.pip_arg)
+  # they agree; which packages each layer needs is read from that resolution's dependency
+  # graph. (cuda and tpu are resolved on their own: torch's CUDA build and jax's pin
+  # different CUDA libraries.)
+  together = [layer for layer in args.layers if layer in TOGETHER]
+  if together:
+    joint = resolve([runtime_lock, *(FOLDER / f"{layer}.in" for layer in TOGETHER)], args.pip_arg)
   for layer in args.layers:
     if layer == "runtime":
       continue
-    names = resolve([runtime_lock, FOLDER / f"{layer}.in"], args.pip_arg)
+    if layer in TOGETHER:
+      resolved, names = joint, needed(_roots(FOLDER / f"{layer}.in"), joint)
+    else:
+      resolved = resolve([runtime_lock, FOLDER / f"{layer}.in"], args.pip_arg)
+      names = set(resolved)
     omit = OMIT if layer == "bench" else None
     extra = [
-      joint.get(name, pin)
-      for name, pin in names.items()
+      pin(resolved[name])
+      for name in names
       if name not in shared and not (omit and omit.match(name))
     ]
     write(layer, extra, constrained=True)
