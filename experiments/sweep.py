@@ -34,9 +34,10 @@ from digits_jax.analysis import compare
 from digits_jax.config import FIELDS, ConfigError
 from experiments import common
 
-# The quick preset (make sweep): every network above 98% test accuracy on MNIST in at most
-# 5 minutes on a 2-core CPU. QUICK_EPOCHS epochs per run (fewer when the recipe has fewer);
-# the three heavy networks, 4-9x slower per image, train one epoch on the first
+# The quick preset (make sweep) aims at every network above 98% test accuracy on MNIST in at
+# most 5 minutes on a 2-core CPU (docs/install.md has what was measured). QUICK_EPOCHS epochs
+# per run (fewer when the recipe has fewer): one epoch left conv3_dense128_64 at 97.9%;
+# the three heavy networks, 3-6x slower per image, train one epoch on the first
 # QUICK_SUBSET training images instead (the table names them "sub20000"). Flags given on
 # the command line take precedence.
 QUICK_EPOCHS = 2
