@@ -796,8 +796,10 @@ def _load_idx_raw(
 def _tfds_available() -> bool:
   """Whether TensorFlow and tensorflow-datasets import (imports them: several seconds)."""
   try:
-    import tensorflow  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
     import tensorflow_datasets  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+
+    _hide_gpus(tf)
   except Exception as e:  # noqa: BLE001  pylint: disable=broad-except
     # Not only ImportError: a broken TensorFlow install must not stop the idx path.
     _log.info(
@@ -816,12 +818,17 @@ def _import_tfds() -> Any:
       f"backend 'tfds' needs tensorflow and tensorflow-datasets, which failed to import "
       f"({type(e).__name__}: {e}); install them or use backend='idx'"
     ) from e
+  _hide_gpus(tf)
+  return tfds
+
+
+def _hide_gpus(tf: Any) -> None:
+  """Keeps TensorFlow off the GPUs, as soon as it is imported: it would otherwise reserve
+  GPU memory JAX needs."""
   try:
-    # Keep TensorFlow off the accelerators: it would otherwise reserve GPU memory JAX needs.
     tf.config.set_visible_devices([], "GPU")
   except (RuntimeError, ValueError):  # devices already initialised; nothing more to do
     pass
-  return tfds
 
 
 def _load_tfds_raw(

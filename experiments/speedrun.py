@@ -77,7 +77,7 @@ def main(argv):
   if FLAGS.keras and not (
     importlib.util.find_spec("keras") and importlib.util.find_spec("tensorflow")
   ):
-    raise app.UsageError("--keras needs Keras 3 and TensorFlow: pip install -r requirements.txt")
+    raise app.UsageError("--keras needs Keras 3 and TensorFlow: pip install -e .[tfds,bench]")
   common.setup()
   recipe = sr.Recipe(**{f.name: FLAGS[f.name].value for f in dataclasses.fields(sr.Recipe)})
   try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import pathlib
 import shutil
@@ -66,6 +67,45 @@ def real_mnist_dir() -> pathlib.Path:
   if os.environ.get("CI", "").lower() == "true":
     pytest.fail(msg)
   pytest.skip(msg)
+
+
+# The optional layer (requirements/<layer>.txt, pip extra) that brings each optional module.
+LAYER_OF = {
+  "torch": "bench",
+  "keras": "bench",
+  "tensorflow": "tfds",
+  "tensorflow_datasets": "tfds",
+  "selenium": "test",
+  "nbclient": "test",
+  "nbformat": "test",
+  "ipykernel": "test",
+  "optuna": "test",
+  "hypothesis": "test",
+  "sklearn": "test",
+}
+
+
+def in_ci() -> bool:
+  return os.environ.get("CI", "").lower() == "true"
+
+
+def requires(module: str):
+  """Imports an optional module; skips the test without it, but fails under CI=true.
+
+  CI installs every layer (make test), so a missing one there is a broken install, not a
+  reason to skip.
+  """
+  layer = LAYER_OF.get(module, "test")
+  reason = (
+    f"{module} is not installed: it comes with the {layer} layer "
+    f"(pip install -r requirements/{layer}.txt, or make test)"
+  )
+  if in_ci():
+    try:
+      return importlib.import_module(module)
+    except ImportError as e:
+      pytest.fail(f"{reason} ({type(e).__name__}: {e})")
+  return pytest.importorskip(module, reason=reason)
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 
 from digits_jax import data
-from tests.conftest import MNIST_FILES, REPO, real_mnist_dir
+from tests.conftest import MNIST_FILES, REPO, real_mnist_dir, requires
 
 # Class counts of the official MNIST splits.
 MNIST_TRAIN_HIST = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
@@ -417,11 +417,8 @@ def test_real_mnist_checksum_mismatch(tmp_path):
 
 
 def _require_tfds() -> None:
-  try:
-    import tensorflow  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
-    import tensorflow_datasets  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
-  except ImportError as e:
-    pytest.skip(f"tensorflow / tensorflow-datasets not importable ({e}): tfds backend untested")
+  requires("tensorflow")
+  requires("tensorflow_datasets")
 
 
 @pytest.fixture(scope="module")
@@ -432,6 +429,19 @@ def mnist_tfds(tmp_path_factory) -> data.Datasets:
   return data.load_datasets(
     "mnist", manual_dir=manual, backend="tfds", data_dir=tmp_path_factory.mktemp("tfds")
   )
+
+
+def test_tensorflow_is_kept_off_the_gpus(monkeypatch):
+  """Whichever way the tfds backend comes in (auto's probe or the backend itself), the GPUs
+  are hidden from TensorFlow before it can reserve their memory."""
+  _require_tfds()
+  tf = requires("tensorflow")
+  calls = []
+  monkeypatch.setattr(tf.config, "set_visible_devices", lambda *a: calls.append(a))
+  assert data._tfds_available()
+  assert calls == [([], "GPU")]
+  data._import_tfds()
+  assert calls == [([], "GPU")] * 2
 
 
 def test_tfds_and_idx_identical(mnist_tfds, mnist_idx):

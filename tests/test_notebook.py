@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import nbclient
-import nbformat
-
-from tests.conftest import REPO
+from tests.conftest import REPO, requires
 
 NOTEBOOK = REPO / "notebooks" / "explore_run.ipynb"
 
 
 def test_explore_run_notebook_executes(tiny_run, monkeypatch):
+  nbformat = requires("nbformat")
+  nbclient = requires("nbclient")
+  requires("ipykernel")
   workdir, results = tiny_run
   monkeypatch.setenv("DIGITS_WORKDIR", str(workdir))  # the kernel inherits the environment
   nb = nbformat.read(NOTEBOOK, as_version=4)

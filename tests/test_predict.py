@@ -306,10 +306,11 @@ def test_userstyle_set_is_deterministic_and_readable(tmp_path):
 
 
 def test_own_digits_notebook_executes(tiny_run, user_folder, monkeypatch):
-  import nbclient
-  import nbformat
+  from tests.conftest import REPO, requires
 
-  from tests.conftest import REPO
+  nbformat = requires("nbformat")
+  nbclient = requires("nbclient")
+  requires("ipykernel")
 
   notebook = REPO / "notebooks" / "own_digits.ipynb"
   folder, _, _ = user_folder

@@ -29,6 +29,7 @@ from PIL import Image
 from digits_jax.app import predict
 from experiments import serve
 from tests import cli
+from tests.conftest import requires
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -151,15 +152,11 @@ def _browser():
       f"{' and '.join(missing)} not found: apt-get install -y --no-install-recommends "
       "chromium chromium-driver to run the browser test"
     )
-  else:
-    try:
-      import selenium  # noqa: F401
-    except ImportError:
-      message = "selenium is not installed (pip install -r requirements.txt)"
   if message:
     if os.environ.get("CI", "").lower() == "true":
       pytest.fail(message)
     pytest.skip(message)
+  requires("selenium")
   from selenium import webdriver
   from selenium.webdriver.chrome.service import Service
 

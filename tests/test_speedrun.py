@@ -12,6 +12,7 @@ import pytest
 from digits_jax import data, models
 from digits_jax import speedrun as sr
 from tests import cli
+from tests.conftest import requires
 
 
 def test_schedule_is_optax_one_cycle():
@@ -57,7 +58,7 @@ def test_bad_recipe_is_refused(bad):
 @pytest.mark.parametrize("name", ["speedrun", "speedrun_small"])
 def test_torch_network_computes_ours(name):
   """Ours and the PyTorch twin, given the same parameters, give the same logits."""
-  torch = pytest.importorskip("torch")
+  torch = requires("torch")
   from benchmarks import speedrun as side
 
   model = models.create_model(name)
@@ -91,8 +92,8 @@ def test_torch_network_computes_ours(name):
 @pytest.mark.parametrize("name", ["speedrun", "speedrun_small"])
 def test_keras_network_computes_ours(name):
   """Ours and the Keras twin, given the same parameters, give the same logits."""
-  pytest.importorskip("tensorflow")
-  keras = pytest.importorskip("keras")
+  requires("tensorflow")
+  keras = requires("keras")
   from benchmarks import speedrun as side
 
   model = models.create_model(name)
@@ -190,7 +191,7 @@ def test_vmapped_seeds_match_single_seeds(speedrun, small):
 
 
 def test_torch_side_learns(small):
-  pytest.importorskip("torch")
+  requires("torch")
   from benchmarks import speedrun as side
 
   result = side.run_side_by_side(SMALL_RECIPE.replace(epochs=1), small, [0])
@@ -203,8 +204,8 @@ def test_torch_side_learns(small):
 
 
 def test_keras_side_learns(small):
-  pytest.importorskip("tensorflow")
-  pytest.importorskip("keras")
+  requires("tensorflow")
+  requires("keras")
   from benchmarks import speedrun as side
 
   result = side.run_side_by_side(

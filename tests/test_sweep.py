@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from digits_jax import sweep
+from digits_jax import models, sweep
 from tests.conftest import REPO
 
 
@@ -173,3 +173,16 @@ def test_a_bad_grid_value_fails_before_training(tmp_path, flag, message):
   assert out.returncode == 1
   assert message in out.stderr.strip().splitlines()[-1]
   assert not any(tmp_path.iterdir())
+
+
+def test_quick_preset_trains_the_heavy_networks_one_epoch():
+  """make sweep's preset: 2 epochs (fewer if the recipe has fewer), the three heavy networks
+  1 epoch (the table's epochs column says so)."""
+  from experiments import sweep as entry
+
+  assert set(entry.QUICK_HEAVY) <= set(models.MODELS)
+  for name in entry.QUICK_HEAVY:
+    assert entry.quick_settings(name) == {"epochs": [1]}
+  assert entry.quick_settings("conv2_dense64") == {"epochs": [entry.QUICK_EPOCHS]}
+  assert entry.quick_settings("speedrun") == {"epochs": [1]}  # its recipe is one epoch
+  assert entry.quick_settings("no_such_model") == {"epochs": [entry.QUICK_EPOCHS]}

@@ -1,0 +1,274 @@
+"""Run configuration: every setting of a run, its default and its help, in one place.
+
+:class:`Config` is the single list of settings. The command-line flags of the entry
+points are generated from its fields (:mod:`experiments.common`), and each network's
+source recipe (:attr:`digits_jax.models.ModelSpec.recipe`) is a dict of its field
+values. Fields marked as recipe fields default to ``None``, meaning "what the model's
+recipe says, else the recipe default given here", filled in by :func:`resolve`:
+``Config(model="conv3_dense100")`` trains that network the way its source did, and
+``Config(model="conv3_dense100", optimizer="adam")`` changes only the optimizer.
+
+Implementation fields (:data:`IMPLEMENTATION_FIELDS`) choose how the numbers are
+computed, not which numbers: they are not part of a run's identity, so a run may be
+resumed or compared under other values. Every run writes its resolved config as
+``config.json`` next to its results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from digits_jax import data, models
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+# When a run replaces its recipe's optimizer (``--optimizer=sgd`` on an Adam
+# recipe), these take the place of the recipe's optimizer settings unless given.
+OPTIMIZER_DEFAULTS = {
+  "adam": {"learning_rate": 1e-3, "weight_decay": 0.0},
+  "adamw": {"learning_rate": 1e-3, "weight_decay": 1e-4},
+  "sgd": {"learning_rate": 0.01, "weight_decay": 0.0},
+}
+SCHEDULES = ("constant", "cosine", "onecycle")
+LOSSES = ("sparse", "onehot")
+EPOCH_LOOPS = ("auto", "scan", "host")
+# Short names of settings in run directory names and table labels.
+SHORT_NAMES = {
+  "learning_rate": "lr",
+  "batch_size": "bs",
+  "epochs": "ep",
+  "weight_decay": "wd",
+  "label_smoothing": "ls",
+  "momentum": "mom",
+  "validation_size": "val",
+  "train_subset": "sub",
+  "rotation": "rot",
+}
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work; the message names the field and the fix."""
+
+
+def _setting(default: Any, help: str, *, choices: tuple[str, ...] | None = None) -> Any:
+  return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+
+
+def _recipe(default: Any, help: str, *, choices: tuple[str, ...] | None = None) -> Any:
+  return dataclasses.field(
+    default=None, metadata={"help": help, "choices": choices, "recipe_default": default}
+  )
+
+
+def _implementation(default: Any, help: str, *, choices: tuple[str, ...] | None = None) -> Any:
+  return dataclasses.field(
+    default=default, metadata={"help": help, "choices": choices, "implementation": True}
+  )
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """Everything that determines a run's numbers, and how they are computed."""
+
+  model: str = _setting("conv2_dense128_dropout", "Registered model name.")
+  dataset: str = _setting("mnist", "Dataset.", choices=data.DATASETS)
+  seed: int = _setting(0, "Seed for initialisation, shuffling, dropout and augmentation.")
+  validation_size: int = _setting(
+    5000, "Training images held out for validation (model selection)."
+  )
+  train_subset: int = _setting(
+    0,
+    "Train on only the first N training images (0: all). For smoke tests, never for "
+    "reported numbers.",
+  )
+  # Recipe fields: None takes the model's recipe value.
+  optimizer: str | None = _recipe("adam", "Optimizer.", choices=OPTIMIZERS)
+  learning_rate: float | None = _recipe(1e-3, "Peak learning rate.")
+  momentum: float | None = _recipe(0.9, "SGD momentum.")
+  weight_decay: float | None = _recipe(0.0, "Weight decay (adamw and sgd).")
+  schedule: str | None = _recipe("constant", "Learning-rate schedule.", choices=SCHEDULES)
+  batch_size: int | None = _recipe(128, "Batch size.")
+  epochs: int | None = _recipe(10, "Epochs.")
+  loss: str | None = _recipe(
+    "sparse", "Cross-entropy on integer labels (sparse) or one-hot targets.", choices=LOSSES
+  )
+  label_smoothing: float | None = _recipe(0.0, "Label smoothing in [0, 1).")
+  augment: bool | None = _recipe(
+    False, "Random rotations, shifts and zooms of the training images (see the next three)."
+  )
+  rotation: float | None = _recipe(10.0, "With --augment: largest rotation, degrees.")
+  shift: float | None = _recipe(2.0, "With --augment: largest shift per axis, pixels.")
+  zoom: float | None = _recipe(
+    0.0, "With --augment: scale factors are uniform in [1 - zoom, 1 + zoom] (0: none)."
+  )
+  # Implementation fields: how, not what (see IMPLEMENTATION_FIELDS).
+  fast_ops: bool = _implementation(
+    True, "Convolutions and pools through digits_jax.models.ops (same maths, faster)."
+  )
+  epoch_loop: str = _implementation(
+    "auto",
+    "One compiled scan per epoch, or one compiled step per batch (host).",
+    choices=EPOCH_LOOPS,
+  )
+  eval_batch_size: int = _implementation(1000, "Batch size for validation and test.")
+
+  def replace(self, **changes: Any) -> Config:
+    return dataclasses.replace(self, **changes)
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  def identity(self) -> dict[str, Any]:
+    """The fields that make two runs the same run (all but the implementation fields)."""
+    return {k: v for k, v in self.to_dict().items() if k not in IMPLEMENTATION_FIELDS}
+
+  @classmethod
+  def from_dict(cls, d: Mapping[str, Any]) -> Config:
+    """The config a ``config.json`` recorded; fields it lacks take their defaults.
+
+    ``d`` is a resolved config, so a recipe field it lacks was added after it was written:
+    it takes its recipe default, which is what runs did before the field existed (the
+    augmentation's strengths, for one).
+
+    Raises:
+      ConfigError: ``d`` names a field this version does not know.
+    """
+    unknown = set(d) - set(FIELDS)
+    if unknown:
+      raise ConfigError(f"unknown config fields {sorted(unknown)}; known: {sorted(FIELDS)}")
+    added = {n: FIELDS[n].metadata["recipe_default"] for n in RECIPE_FIELDS if n not in d}
+    config = cls(**(added | dict(d)))
+    return config.replace(model=models.canonical_name(config.model))
+
+
+FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(Config)}
+RECIPE_FIELDS = tuple(n for n, f in FIELDS.items() if "recipe_default" in f.metadata)
+IMPLEMENTATION_FIELDS = tuple(n for n, f in FIELDS.items() if f.metadata.get("implementation"))
+
+
+def identity_of(saved: Mapping[str, Any]) -> dict[str, Any]:
+  """The :meth:`Config.identity` of a config dict as a ``config.json`` recorded it.
+
+  Fields added since the file was written take their defaults and former model names
+  their current one, so the runs of earlier versions keep their identity.
+  """
+  return Config.from_dict(saved).identity()
+
+
+def differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+  """``field: value there, value here`` for every field in which two config dicts differ."""
+  return [
+    f"{k}: {saved.get(k)!r} there, {current.get(k)!r} here"
+    for k in sorted(set(saved) | set(current))
+    if saved.get(k) != current.get(k)
+  ]
+
+
+def resolve(config: Config) -> Config:
+  """Fills ``None`` fields from the model's recipe and validates every value.
+
+  Raises:
+    UnknownModelError: the model name is not registered.
+    ConfigError: a value is out of range or not one of the valid names.
+  """
+  spec = models.get_spec(config.model)
+  unknown = set(spec.recipe) - set(RECIPE_FIELDS)
+  if unknown:
+    raise ConfigError(
+      f"the recipe of {spec.name} sets {sorted(unknown)}, which are not "
+      f"recipe fields ({', '.join(RECIPE_FIELDS)})"
+    )
+  recipe = {n: FIELDS[n].metadata["recipe_default"] for n in RECIPE_FIELDS} | dict(spec.recipe)
+  if config.optimizer is not None and config.optimizer != recipe["optimizer"]:
+    _choice("optimizer", config.optimizer, OPTIMIZERS)
+    recipe |= {"optimizer": config.optimizer, **OPTIMIZER_DEFAULTS[config.optimizer]}
+  filled = {n: recipe[n] for n in RECIPE_FIELDS if getattr(config, n) is None}
+  config = config.replace(model=spec.name, **filled)
+  validate(config)
+  return config
+
+
+# Fields every run is named by anyway, or that never name one.
+_NAMED_ALWAYS = ("model", "optimizer", "seed")
+
+
+def own_settings(config: Config) -> dict[str, Any]:
+  """The settings of a resolved ``config`` that differ from its model's recipe and defaults.
+
+  Model, optimizer, seed and the implementation fields are left out: what is left is what
+  sets a run apart from its model's recipe (``{"learning_rate": 0.003}``).
+  """
+  recipe = resolve(Config(model=config.model, optimizer=config.optimizer)).to_dict()
+  return {
+    k: v
+    for k, v in config.to_dict().items()
+    if k not in _NAMED_ALWAYS and k not in IMPLEMENTATION_FIELDS and v != recipe[k]
+  }
+
+
+def varied_settings(configs: list[Config]) -> list[str]:
+  """The settings that differ among ``configs`` away from their recipes.
+
+  Two models whose recipes differ in batch size vary nothing; a grid over learning rates
+  varies ``learning_rate``.
+  """
+  own = [own_settings(c) for c in configs]
+  names = dict.fromkeys(k for o in own for k in o)
+  return [k for k in names if len({repr(o.get(k, "recipe")) for o in own}) > 1]
+
+
+def _choice(name: str, value: str, valid: tuple[str, ...]) -> None:
+  if value not in valid:
+    raise ConfigError(f"unknown {name} {value!r}; valid values are: {', '.join(valid)}")
+
+
+def _positive(name: str, value: float) -> None:
+  if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+    raise ConfigError(f"{name} must be a positive number, got {value!r}")
+
+
+def validate(config: Config) -> None:
+  """Checks a resolved config; cheap, so it runs before any data or compute."""
+  models.get_spec(config.model)
+  for name, field in FIELDS.items():
+    if field.metadata["choices"]:
+      _choice(name, getattr(config, name), field.metadata["choices"])
+  _positive("learning_rate", config.learning_rate)
+  _positive("batch_size", config.batch_size)
+  _positive("epochs", config.epochs)
+  _positive("eval_batch_size", config.eval_batch_size)
+  for name in ("batch_size", "epochs", "eval_batch_size", "validation_size", "train_subset"):
+    if not isinstance(getattr(config, name), int) or isinstance(getattr(config, name), bool):
+      raise ConfigError(f"{name} must be an integer, got {getattr(config, name)!r}")
+  if config.validation_size < 0 or config.train_subset < 0:
+    raise ConfigError("validation_size and train_subset must be >= 0")
+  if not 0 <= config.label_smoothing < 1:
+    raise ConfigError(f"label_smoothing must be in [0, 1), got {config.label_smoothing}")
+  if not 0 <= config.momentum < 1:
+    raise ConfigError(f"momentum must be in [0, 1), got {config.momentum}")
+  if config.weight_decay < 0:
+    raise ConfigError(f"weight_decay must be >= 0, got {config.weight_decay}")
+  if not 0 <= config.rotation <= 180:
+    raise ConfigError(f"rotation must be in [0, 180] degrees, got {config.rotation}")
+  if config.shift < 0:
+    raise ConfigError(f"shift must be >= 0 pixels, got {config.shift}")
+  if not 0 <= config.zoom < 1:
+    raise ConfigError(f"zoom must be in [0, 1), got {config.zoom}")
+  if config.weight_decay and config.optimizer == "adam":
+    raise ConfigError("weight_decay needs --optimizer=adamw or sgd (adam has none)")
+
+
+def check_sizes(config: Config, num_train: int) -> None:
+  """Checks the batch size against the number of training images actually used."""
+  if config.train_subset > num_train:
+    raise ConfigError(
+      f"train_subset {config.train_subset} is larger than the {num_train} training images "
+      "left after the validation split; lower --train_subset (0 uses them all)"
+    )
+  if config.batch_size > num_train:
+    raise ConfigError(
+      f"batch_size {config.batch_size} is larger than the {num_train} training images "
+      "(after the validation split and any train_subset); lower --batch_size"
+    )

@@ -1,0 +1,32 @@
+"""The networks, in a registry by name.
+
+``create_model("conv2_dense64")`` builds one; :data:`MODELS` lists them with their
+recipes and sources. Importing this package registers every network module below.
+"""
+
+from digits_jax.models import cnn, resnet, vgg  # noqa: F401  (register the networks)
+from digits_jax.models.registry import (
+  ALIASES,
+  MODELS,
+  ModelSpec,
+  UnknownModelError,
+  canonical_name,
+  count_params,
+  create_model,
+  get_spec,
+  init_variables,
+  register,
+)
+
+__all__ = [
+  "ALIASES",
+  "MODELS",
+  "ModelSpec",
+  "UnknownModelError",
+  "canonical_name",
+  "count_params",
+  "create_model",
+  "get_spec",
+  "init_variables",
+  "register",
+]

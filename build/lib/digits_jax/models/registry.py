@@ -1,0 +1,97 @@
+"""The model registry: a name for every network, with the recipe and source it comes from.
+
+A network is a Flax Linen module class taking ``num_classes`` and ``fast`` and called
+as ``module(images, train=...)``; :func:`register` files it under a name with the
+training recipe its source used, so a sweep at "source settings" is a list of names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from digits_jax.data import IMAGE_SIZE, NUM_CLASSES
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  """A registered network.
+
+  Attributes:
+    name: the registry name.
+    module: the Linen module class.
+    recipe: the training settings its source used, as :class:`digits_jax.config.Config`
+      field values; fields it leaves out take the config's recipe defaults.
+    source: what the network reproduces, and where it comes from.
+    reported: the test accuracy its source reports (or what it aims at).
+  """
+
+  name: str
+  module: type[nn.Module]
+  recipe: Mapping[str, Any]
+  source: str
+  reported: str
+
+
+MODELS: dict[str, ModelSpec] = {}
+# Former names, still accepted (run directories written under them stay readable).
+ALIASES: dict[str, str] = {}
+
+
+class UnknownModelError(ValueError):
+  """A model name that is not registered; the message lists the registered ones."""
+
+
+def register(
+  name: str, *, recipe: Mapping[str, Any], source: str, reported: str, aliases: tuple[str, ...] = ()
+) -> Callable[[type[nn.Module]], type[nn.Module]]:
+  """Class decorator adding a Linen module to :data:`MODELS` under ``name``."""
+
+  def wrap(cls: type[nn.Module]) -> type[nn.Module]:
+    for key in (name, *aliases):
+      if key in MODELS or key in ALIASES:
+        raise ValueError(f"model {key!r} is registered twice")
+    MODELS[name] = ModelSpec(name, cls, dict(recipe), source, reported)
+    ALIASES.update(dict.fromkeys(aliases, name))
+    return cls
+
+  return wrap
+
+
+def canonical_name(name: str) -> str:
+  """The registered name for ``name`` (a current name or a former one)."""
+  return ALIASES.get(name, name)
+
+
+def get_spec(name: str) -> ModelSpec:
+  """The registry entry for ``name``.
+
+  Raises:
+    UnknownModelError: naming the registered models.
+  """
+  try:
+    return MODELS[canonical_name(name)]
+  except KeyError:
+    raise UnknownModelError(
+      f"unknown model {name!r}; registered models are: {', '.join(MODELS)}"
+    ) from None
+
+
+def create_model(name: str, *, fast: bool = True, num_classes: int = NUM_CLASSES) -> nn.Module:
+  """Instantiates the registered module ``name``."""
+  return get_spec(name).module(num_classes=num_classes, fast=fast)
+
+
+def init_variables(model: nn.Module, rng: jax.Array, image_shape=(IMAGE_SIZE, IMAGE_SIZE, 1)):
+  """A model's initial variables (``params`` and, for BatchNorm models, ``batch_stats``)."""
+  return model.init({"params": rng}, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+
+
+def count_params(params) -> int:
+  """The number of scalars in a parameter tree."""
+  return sum(x.size for x in jax.tree_util.tree_leaves(params))

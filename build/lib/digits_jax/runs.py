@@ -1,0 +1,380 @@
+"""A run from start to finish, and a finished run read back.
+
+:func:`train_and_evaluate` is what ``python -m experiments.train`` does: check the work
+directory, load the data, train (:func:`digits_jax.training.loop.train`, resuming from
+the last checkpoint), then evaluate the best-by-validation checkpoint once on the test
+set and write the reports. ``results.json`` comes last: it marks the run finished.
+
+:func:`load_run` restores a finished run's best model from its directory alone;
+:func:`rebuild` (``python -m experiments.evaluate``) uses it to write the reports again
+without training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from digits_jax import data, files, models
+from digits_jax.analysis import compare, report, visualize
+from digits_jax.config import Config, ConfigError, check_sizes, resolve
+from digits_jax.training import checkpoints, distributed, loop, sharding, workdirs
+from digits_jax.training.step import (
+  TrainState,
+  create_train_state,
+  metrics_from_logits,
+  model_variables,
+  predict,
+)
+
+log = logging.getLogger(__name__)
+
+
+class RunDirError(Exception):
+  """A directory that is not a run's work directory (no readable config.json)."""
+
+
+@dataclasses.dataclass
+class LoadedRun:
+  """A run's config and its best-by-validation model, restored from its directory."""
+
+  workdir: Path
+  config: Config
+  state: TrainState
+  best_epoch: int
+  saved: dict[str, Any]  # the whole config.json
+
+  def predict(self, images: np.ndarray) -> np.ndarray:
+    """Class probabilities (N, classes) for images (N, 28, 28, 1) in [0, 1]."""
+    logits = predict(self.state, jnp.asarray(images, jnp.float32), self.config.eval_batch_size)
+    return np.asarray(jax.nn.softmax(logits, axis=-1))
+
+
+def restore_best(state: TrainState, best: checkpoints.BestCheckpoint) -> TrainState:
+  """``state`` with the model variables of the best checkpoint."""
+  variables = best.restore(model_variables(state))
+  return state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
+
+
+def test_logits(config: Config, state: TrainState, datasets: data.Datasets) -> jax.Array:
+  """The logits of ``state`` on the test split."""
+  return predict(state, jnp.asarray(datasets.test.images), config.eval_batch_size)
+
+
+def write_pictures(
+  workdir: Path,
+  config: Config,
+  state: TrainState,
+  datasets: data.Datasets,
+  probabilities: np.ndarray,
+) -> list[str]:
+  """What the network learned: ``plots/filters.png``, ``activations.png``, ``saliency.png``.
+
+  Returns the paths written, relative to ``workdir``
+  (:func:`digits_jax.analysis.visualize.write_visualizations`).
+  """
+  model = models.create_model(config.model, fast=config.fast_ops, num_classes=datasets.num_classes)
+  variables = {"params": state.params}
+  if state.batch_stats:
+    variables["batch_stats"] = state.batch_stats
+  paths = visualize.write_visualizations(
+    workdir / report.PLOTS_DIR,
+    model,
+    variables,
+    datasets.test.images,
+    datasets.test.labels,
+    probabilities,
+    class_names=report.class_names(config.dataset, datasets.num_classes),
+    title=report.run_title(config.to_dict()),
+  )
+  return [str(Path(p).relative_to(workdir)) for p in paths]
+
+
+def write_evaluation(
+  workdir: Path,
+  config: Config,
+  state: TrainState,
+  logits: jax.Array,
+  datasets: data.Datasets,
+  history: list[dict[str, Any]],
+  best_epoch: int,
+) -> dict[str, Any]:
+  """Writes what a run's test logits give: the stored test outputs, reports and pictures.
+
+  ``test_outputs.npz`` (:func:`digits_jax.analysis.compare.save_test_outputs`) keeps the
+  class probabilities for comparisons between runs.
+
+  Returns:
+    ``test`` (loss and accuracy) and ``report`` (the summary of
+    :func:`digits_jax.analysis.report.write_run_report`).
+  """
+  test = metrics_from_logits(logits, jnp.asarray(datasets.test.labels))
+  probabilities = np.asarray(jax.nn.softmax(logits.astype(jnp.float32), axis=-1))
+  compare.save_test_outputs(workdir, probabilities, datasets.test.labels, datasets.test.images)
+  summary = report.write_run_report(
+    workdir,
+    logits,
+    datasets.test.labels,
+    datasets.test.images,
+    history,
+    best_epoch=best_epoch,
+    test_metrics=test,
+  )
+  summary["files"] += write_pictures(workdir, config, state, datasets, probabilities)
+  return {"test": test, "report": summary}
+
+
+def finish(
+  config: Config, workdir: Path, trained: loop.TrainedRun, datasets: data.Datasets, **extra: Any
+) -> dict[str, Any]:
+  """Evaluates the best-by-validation checkpoint on the test set; writes results.json.
+
+  First writes the reports, plots and TensorBoard scalars from the test logits;
+  ``results.json`` comes last, as it marks the run finished. ``extra`` items are added
+  to the results. With several processes, all of them restore and predict, and process 0
+  writes the files.
+  """
+  best_epoch = trained.best.best_epoch()
+  state = restore_best(trained.state, trained.best)
+  logits = test_logits(config, state, datasets)
+  if distributed.is_writer():
+    evaluation = write_evaluation(
+      workdir, config, sharding.to_local(state), logits, datasets, trained.history, best_epoch
+    )
+    test = evaluation["test"]
+  else:
+    test = metrics_from_logits(logits, jnp.asarray(datasets.test.labels))
+  best_row = trained.history[best_epoch - 1]
+  seconds = [r["epoch_seconds"] for r in trained.history]
+  results = {
+    "model": config.model,
+    "optimizer": config.optimizer,
+    "learning_rate": config.learning_rate,
+    "seed": config.seed,
+    "num_params": trained.num_params,
+    "best_epoch": best_epoch,
+    "val_accuracy": best_row.get("val_accuracy"),
+    "val_loss": best_row.get("val_loss"),
+    "test_accuracy": test["accuracy"],
+    "test_loss": test["loss"],
+    "train_seconds": sum(seconds),
+    # The median leaves out the first epoch's compilation when there are 3 or more.
+    "seconds_per_epoch": float(np.median(seconds)),
+    **extra,
+  }
+  if distributed.is_writer():
+    files.write_json(workdir / "results.json", results)
+  distributed.barrier("finished run")
+  return results
+
+
+def prepare(
+  config: Config, workdir: Path, datasets: data.Datasets, *, overwrite: bool = False
+) -> None:
+  """Makes ``workdir`` this run's, once every check has passed; writes ``config.json``.
+
+  With several processes, process 0 writes and the others wait for it.
+  """
+  split = loop.training_split(config, datasets)
+  check_sizes(config, len(split.labels))
+  sharding.check_batch_size(config.batch_size, jax.device_count())
+  # Every check passed: only now may the previous run's files go.
+  if distributed.is_writer():
+    if overwrite:
+      workdirs.clear(workdir)
+    if workdirs.saved_config(workdir) is None:  # else resuming: keep the original
+      workdirs.write_config(workdir, config, datasets, len(split.labels))
+  distributed.barrier("prepared run directory")
+
+
+def train_and_evaluate(
+  config: Config,
+  workdir: str | os.PathLike,
+  *,
+  datasets: data.Datasets | None = None,
+  manual_dir: str | None = None,
+  data_dir: str | None = None,
+  backend: str = "auto",
+  overwrite: bool = False,
+) -> dict[str, Any]:
+  """Trains ``config`` and writes everything about the run into ``workdir``.
+
+  Started again on the same ``workdir``, a run picks up where it stopped: it returns
+  the results of a finished run without training, and otherwise resumes from the
+  checkpoint of the last finished epoch, ending with the same numbers as a run that
+  was never interrupted. A ``workdir`` holding another config's run is refused unless
+  ``overwrite`` (see :mod:`digits_jax.training.workdirs`).
+
+  Files written: ``config.json`` (resolved config and environment), ``metrics.jsonl``
+  (one line per epoch), ``results.json`` (test metrics of the best-by-validation
+  checkpoint, with timing and parameter count), ``checkpoints/`` (orbax), and the
+  reports, plots and TensorBoard scalars of
+  :func:`digits_jax.analysis.report.write_run_report`.
+
+  The run uses every device of every process (:func:`digits_jax.training.loop.train`);
+  with several processes, each calls this with the same arguments and process 0 writes
+  the files.
+
+  Args:
+    config: what to run; ``None`` fields come from the model's source recipe.
+    workdir: directory for the run's files (created).
+    datasets: already loaded data (a sweep loads once); else loaded here.
+    manual_dir, data_dir, backend: where the data comes from, see
+      :func:`digits_jax.data.load_datasets`.
+    overwrite: delete the files of a previous run in ``workdir`` (any config) and start
+      from scratch.
+
+  Returns:
+    The contents of ``results.json``.
+
+  Raises:
+    ConfigError: a bad config, or ``workdir`` holds another config's run.
+    DataError: the data cannot be loaded.
+    CheckpointError: a checkpoint in ``workdir`` is corrupt or another run's.
+    TrainingDivergedError: the loss became NaN or infinite.
+  """
+  config = resolve(config)
+  workdir = Path(workdir)
+  finished = workdirs.check(config, workdir, overwrite=overwrite)
+  # Every process has read the directory before process 0 changes it.
+  distributed.barrier("checked run directory")
+  if finished is not None:
+    log.info("%s: finished already, not trained again (results.json)", workdir)
+    return finished
+  if datasets is None:
+    datasets = data.load_datasets(
+      config.dataset,
+      manual_dir=manual_dir,
+      data_dir=data_dir,
+      validation_size=config.validation_size,
+      backend=backend,
+    )
+  prepare(config, workdir, datasets, overwrite=overwrite)
+  trained = loop.train(config, workdir, datasets)
+  return finish(config, workdir, trained, datasets)
+
+
+def read_config(workdir: str | os.PathLike) -> tuple[Config, dict[str, Any]]:
+  """A run directory's config (as recorded) and its whole ``config.json``.
+
+  Raises:
+    RunDirError: no ``config.json``, or not a run's.
+  """
+  workdir = Path(workdir)
+  if not (workdir / "config.json").is_file():
+    raise RunDirError(
+      f"{workdir} has no config.json: it is not a run's work directory "
+      "(python -m experiments.train --workdir=... makes one)"
+    )
+  try:
+    saved = files.read_json(workdir / "config.json")
+    config = Config.from_dict(saved["config"])
+  except (ValueError, KeyError, TypeError, ConfigError) as e:
+    raise RunDirError(
+      f"{workdir}/config.json is not a run's config ({type(e).__name__}: {e})"
+    ) from e
+  return config, saved
+
+
+def require_checkpoint(workdir: Path) -> None:
+  """Raises CheckpointError, with the fix, when ``workdir`` has no best checkpoint."""
+  if not (workdir / "checkpoints" / "best").is_dir():
+    raise checkpoints.CheckpointError(
+      f"{workdir} has no checkpoint (checkpoints/best): the run stopped before its first "
+      "epoch ended; train it again"
+    )
+
+
+def load_run(workdir: str | os.PathLike, num_classes: int | None = None) -> LoadedRun:
+  """Restores a run's best-by-validation model from its directory.
+
+  Args:
+    workdir: a run's work directory.
+    num_classes: classes of the model's output; default: as many as the run's dataset has.
+
+  Raises:
+    RunDirError: ``workdir`` has no readable ``config.json``.
+    CheckpointError: no checkpoint, or one that does not fit the config.
+  """
+  workdir = Path(workdir)
+  config, saved = read_config(workdir)
+  require_checkpoint(workdir)
+  if num_classes is None:
+    num_classes = data.NUM_CLASSES
+  state = create_train_state(config, jax.random.PRNGKey(0), 1, num_classes)
+  best = checkpoints.BestCheckpoint(workdir / "checkpoints")
+  return LoadedRun(workdir, config, restore_best(state, best), best.best_epoch(), saved)
+
+
+def rebuild(
+  workdir: str | os.PathLike,
+  *,
+  datasets: data.Datasets | None = None,
+  manual_dir: str | None = None,
+  data_dir: str | None = None,
+  backend: str = "auto",
+) -> dict[str, Any]:
+  """Writes a run's reports and plots again from its best checkpoint, without training.
+
+  Restores the best checkpoint (:func:`load_run`), predicts the test split, writes the
+  files of :func:`write_evaluation`, then compares the test accuracy with the one
+  ``results.json`` saved.
+
+  Returns:
+    ``test_accuracy`` and ``test_loss`` of the checkpoint now, ``best_epoch``,
+    ``saved_test_accuracy`` (``None`` without ``results.json``) and ``reproduced``:
+    whether the two accuracies are equal (``None`` without ``results.json``); plus the
+    report summary under ``report``.
+
+  Raises:
+    RunDirError: ``workdir`` has no ``config.json``.
+    CheckpointError: no checkpoint, or one that does not fit.
+    ConfigError, DataError: a bad config or data.
+  """
+  workdir = Path(workdir)
+  config, saved = read_config(workdir)
+  require_checkpoint(workdir)
+  if datasets is None:
+    datasets = data.load_datasets(
+      config.dataset,
+      manual_dir=manual_dir,
+      data_dir=data_dir,
+      validation_size=config.validation_size,
+      backend=backend,
+    )
+  expected = saved.get("data", {}).get("test")
+  if expected is not None and expected != len(datasets.test):
+    raise data.DataError(
+      f"the run was tested on {expected} images, the {config.dataset} test "
+      f"split loaded now has {len(datasets.test)}"
+    )
+  run = load_run(workdir, datasets.num_classes)
+  logits = test_logits(config, run.state, datasets)
+  evaluation = write_evaluation(
+    workdir,
+    config,
+    run.state,
+    logits,
+    datasets,
+    files.read_jsonl(workdir / "metrics.jsonl"),
+    run.best_epoch,
+  )
+  saved_accuracy = None
+  if (workdir / "results.json").is_file():
+    saved_accuracy = files.read_json(workdir / "results.json").get("test_accuracy")
+  test = evaluation["test"]
+  return {
+    "test_accuracy": test["accuracy"],
+    "test_loss": test["loss"],
+    "best_epoch": run.best_epoch,
+    "saved_test_accuracy": saved_accuracy,
+    "reproduced": None if saved_accuracy is None else saved_accuracy == test["accuracy"],
+    "report": evaluation["report"],
+  }

@@ -1,0 +1,238 @@
+"""Checkpoints through orbax: the best-by-validation model and the state to resume.
+
+Two orbax managers under ``<workdir>/checkpoints``:
+
+* ``best/`` -- :class:`BestCheckpoint`, the variables of the epoch with the best
+  validation accuracy so far; the test metrics come from it.
+* ``latest/`` -- :class:`LatestCheckpoint`, the whole train state (parameters,
+  BatchNorm statistics, optimizer state, step) at the end of the last finished
+  epoch, from which a killed run resumes.
+
+Orbax writes each checkpoint into a temporary directory and renames it when
+complete, so a killed run never leaves a half-written checkpoint under a step's
+name; the temporary directories of an interrupted save are deleted when a manager
+opens. It reads back plain arrays and JSON (no unpickling of arbitrary files).
+Anything orbax cannot read, or a checkpoint of another run, raises
+:class:`CheckpointError`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import orbax.checkpoint as ocp
+from flax import serialization
+
+from digits_jax.config import ConfigError, differences, identity_of
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint directory that cannot be read as this run's checkpoint."""
+
+
+# How a user gets past an unusable checkpoint; ends every CheckpointError message.
+FIX_HINT = (
+  "Move the work directory away, or pass --overwrite to delete its results and start again."
+)
+
+
+def _brief(e: BaseException, limit: int = 300) -> str:
+  """``Type: first line of the message``, cut short: orbax's messages run to pages."""
+  lines = str(e).strip().splitlines()
+  text = lines[0] if lines else ""
+  return f"{type(e).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"
+
+
+# What asyncio logs about the futures of an abandoned read.
+_ABANDONED = (
+  "Task exception was never retrieved",
+  "Future exception was never retrieved",
+  "Task was destroyed but it is pending",
+)
+
+
+def quiet_abandoned_reads() -> None:
+  """Silences what orbax leaves of a restore that failed (a process-wide setting).
+
+  When one array of a checkpoint cannot be read, orbax gives up on the others while
+  they are still being read; their callbacks then find orbax's event loop closed, and
+  Python prints each one as an unraisable ``RuntimeError`` traceback (or asyncio logs
+  "Future exception was never retrieved"), at any moment, often after the program's own
+  error message. This replaces ``sys.unraisablehook`` and filters the ``asyncio``
+  logger so that noise is dropped; every other unraisable exception and log record is
+  reported as before. The entry points call it at start-up (``experiments.common``);
+  a library user opts in by calling it.
+  """
+  if not getattr(sys.unraisablehook, "_drops_closed_loop", False):
+    previous = sys.unraisablehook
+
+    def hook(args):
+      if not (
+        isinstance(args.exc_value, RuntimeError) and "Event loop is closed" in str(args.exc_value)
+      ):
+        previous(args)
+
+    hook._drops_closed_loop = True
+    sys.unraisablehook = hook
+    logging.getLogger("asyncio").addFilter(
+      lambda record: not record.getMessage().startswith(_ABANDONED)
+    )
+
+
+def _open_manager(directory: Path, **options: Any) -> ocp.CheckpointManager:
+  """An orbax manager that has deleted the temporary directories of an interrupted save.
+
+  Orbax starts that clean-up in a background thread; it is awaited here, so that a
+  program that stops right after opening (on a corrupt checkpoint, say) does not print
+  the thread's failure at exit.
+  """
+  try:
+    manager = ocp.CheckpointManager(
+      directory,
+      options=ocp.CheckpointManagerOptions(
+        enable_async_checkpointing=False, cleanup_tmp_directories=True, **options
+      ),
+    )
+    await_cleanup = getattr(manager, "_maybe_await_cleanup_tmp_directory", None)
+    if await_cleanup is not None:
+      await_cleanup()
+    return manager
+  except Exception as e:  # orbax raises many types for unreadable metadata
+    raise CheckpointError(
+      f"the checkpoint directory {directory} cannot be read ({_brief(e)}); it is corrupt "
+      f"or not an orbax checkpoint directory. {FIX_HINT}"
+    ) from e
+
+
+class BestCheckpoint:
+  """Keeps one checkpoint: the epoch with the highest validation accuracy so far.
+
+  Ties keep the earlier epoch, so a plateau does not move the choice.
+  """
+
+  def __init__(self, directory: str | os.PathLike):
+    self.directory = Path(directory).absolute() / "best"
+    self._manager = _open_manager(
+      self.directory, max_to_keep=1, best_fn=lambda m: m["score"], best_mode="max"
+    )
+    self._best_score = self._existing_best_score()
+
+  def _existing_best_score(self) -> float | None:
+    try:
+      step = self._manager.best_step()
+      if step is None:
+        return None
+      score = (self._manager.metrics(step) or {}).get("score")
+      if not isinstance(score, (int, float)):
+        raise ValueError(f"its metrics hold no numeric 'score' (found {score!r})")
+      return float(score)
+    except Exception as e:  # a foreign manager's metrics: best_fn's KeyError, ...
+      raise CheckpointError(
+        f"the best-checkpoint directory {self.directory} cannot be read ({_brief(e)}); it is "
+        f"corrupt or not this program's. {FIX_HINT}"
+      ) from e
+
+  def maybe_save(self, epoch: int, variables: Any, score: float) -> bool:
+    """Saves ``variables`` as epoch ``epoch`` if ``score`` beats the best so far."""
+    if self._best_score is not None and score <= self._best_score:
+      return False
+    self._manager.save(
+      epoch, args=ocp.args.StandardSave(variables), metrics={"score": float(score)}
+    )
+    self._manager.wait_until_finished()
+    self._best_score = score
+    return True
+
+  def best_epoch(self) -> int | None:
+    return self._manager.best_step()
+
+  @staticmethod
+  def discard(directory: str | os.PathLike) -> None:
+    """Deletes the best checkpoint under ``directory`` (before a run starts from scratch)."""
+    shutil.rmtree(Path(directory).absolute() / "best", ignore_errors=True)
+
+  def restore(self, like: Any) -> Any:
+    """Restores the best checkpoint into the structure (shapes, dtypes) of ``like``."""
+    step = self.best_epoch()
+    if step is None:
+      raise CheckpointError(f"no checkpoint in {self.directory}")
+    try:
+      return self._manager.restore(step, args=ocp.args.StandardRestore(like))
+    except Exception as e:  # orbax raises many types for unreadable or foreign trees
+      raise CheckpointError(
+        f"checkpoint {self.directory}/{step} cannot be restored as this model "
+        f"({_brief(e)}); it may be corrupt or from another config. {FIX_HINT}"
+      ) from e
+
+
+class LatestCheckpoint:
+  """The whole train state at the end of the last finished epoch: what a run resumes from.
+
+  One is kept: orbax deletes the previous epoch's only after the new one is complete.
+  Each carries ``identity`` (the run's :meth:`digits_jax.config.Config.identity`), and
+  :meth:`restore` refuses a checkpoint with another identity, e.g. one copied from
+  another run.
+  """
+
+  def __init__(self, directory: str | os.PathLike, identity: dict[str, Any]):
+    self.directory = Path(directory).absolute() / "latest"
+    self._identity = identity
+    self._manager = _open_manager(self.directory, max_to_keep=1)
+
+  def epoch(self) -> int | None:
+    """The epoch of the checkpoint, ``None`` when there is none."""
+    return self._manager.latest_step()
+
+  def save(self, epoch: int, state: Any) -> None:
+    """Saves ``state`` (a Flax-serializable object, e.g. a TrainState) as epoch ``epoch``."""
+    self._manager.save(
+      epoch,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardSave(serialization.to_state_dict(state)),
+        run=ocp.args.JsonSave({"epoch": epoch, "identity": self._identity}),
+      ),
+    )
+    self._manager.wait_until_finished()
+
+  def restore(self, like: Any) -> tuple[int, Any]:
+    """The checkpoint's epoch and state, the state rebuilt in the structure of ``like``.
+
+    Raises:
+      CheckpointError: there is no checkpoint, it is unreadable, or it is another run's
+        (another config, or arrays that do not fit ``like``).
+    """
+    epoch = self.epoch()
+    if epoch is None:
+      raise CheckpointError(f"no checkpoint in {self.directory}")
+    path = self.directory / str(epoch)
+    try:
+      run = self._manager.restore(epoch, args=ocp.args.Composite(run=ocp.args.JsonRestore())).run
+      ours = run["identity"]
+    except Exception as e:  # orbax raises many types for unreadable or foreign trees
+      raise CheckpointError(
+        f"checkpoint {path} cannot be read ({_brief(e)}); it is corrupt or was not written "
+        f"by this program. {FIX_HINT}"
+      ) from e
+    try:
+      theirs = identity_of(ours)
+      diffs = "; ".join(differences(theirs, self._identity))
+    except (ConfigError, TypeError) as e:
+      diffs = f"its identity {ours!r} is not a config ({e})"
+    if diffs:
+      raise CheckpointError(f"checkpoint {path} belongs to another run ({diffs}). {FIX_HINT}")
+    target = serialization.to_state_dict(like)
+    try:
+      saved = self._manager.restore(
+        epoch, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
+      ).state
+      return epoch, serialization.from_state_dict(like, saved)
+    except Exception as e:  # orbax raises many types for unreadable or foreign trees
+      raise CheckpointError(
+        f"checkpoint {path} cannot be restored as this model ({_brief(e)}); it is corrupt "
+        f"or from another config. {FIX_HINT}"
+      ) from e

@@ -1,0 +1,385 @@
+"""The compiled core of training: the train step, one epoch of steps, and prediction.
+
+* :func:`train_step` -- pure ``(state, images, labels, rng) -> (state, metrics)``:
+  augmentation, forward, cross-entropy, gradient, optax update.
+* :func:`make_epoch_fn` -- one epoch over batches drawn by an on-device permutation of
+  the on-device training set: a single compiled ``lax.scan``, or one compiled step per
+  batch where XLA's own convolutions would run inside the loop (``epoch_loop``).
+* :func:`predict` / :func:`evaluate` -- logits in fixed-size batches, then loss and
+  accuracy.
+
+Given a mesh of several devices (:func:`digits_jax.training.sharding.data_mesh`), the
+epoch runs inside ``jax.shard_map``: every device draws the same permutation, gathers its
+own equal slice of every batch and computes its gradient, and ``lax.pmean`` averages the
+gradients and metrics; BatchNorm, dropout and augmentation see the whole batch
+(:func:`digits_jax.models.layers.split_batch`), so the numbers are those of one device up
+to float rounding. Prediction then splits each batch of images over the devices.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import linen as nn
+from flax.training import train_state
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
+
+from digits_jax import augment, models
+from digits_jax.config import Config
+from digits_jax.data import NUM_CLASSES
+from digits_jax.models import layers, native
+from digits_jax.training import sharding
+from digits_jax.training.optim import make_optimizer
+
+
+class TrainState(train_state.TrainState):
+  """Flax's TrainState plus the BatchNorm statistics ({} for models without BN)."""
+
+  batch_stats: Any = None
+
+
+def create_train_state(
+  config: Config,
+  rng: jax.Array,
+  steps_per_epoch: int,
+  num_classes: int = NUM_CLASSES,
+  tx: optax.GradientTransformation | None = None,
+  model: nn.Module | None = None,
+) -> TrainState:
+  """A fresh TrainState.
+
+  ``tx`` and ``model`` default to those ``config`` names; states that are to be
+  stacked (:mod:`digits_jax.training.groups`) must share both objects.
+  """
+  model = model or models.create_model(config.model, fast=config.fast_ops, num_classes=num_classes)
+  variables = models.init_variables(model, rng)
+  return TrainState.create(
+    apply_fn=model.apply,
+    params=variables["params"],
+    batch_stats=variables.get("batch_stats", {}),
+    tx=tx or make_optimizer(config, steps_per_epoch),
+  )
+
+
+def model_variables(state: TrainState) -> dict[str, Any]:
+  """What a checkpoint of the model keeps: ``params`` and ``batch_stats``."""
+  return {"params": state.params, "batch_stats": state.batch_stats}
+
+
+def cross_entropy(
+  logits: jax.Array, labels: jax.Array, *, loss: str = "sparse", label_smoothing: float = 0.0
+) -> jax.Array:
+  """Per-example softmax cross-entropy.
+
+  ``sparse`` takes the integer labels directly, ``onehot`` builds categorical targets
+  first (what Keras' categorical cross-entropy does). Without smoothing the two are the
+  same number; label smoothing always goes through one-hot targets.
+  """
+  if loss == "sparse" and not label_smoothing:
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  targets = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
+  if label_smoothing:
+    targets = optax.smooth_labels(targets, label_smoothing)
+  return optax.softmax_cross_entropy(logits, targets)
+
+
+def _apply_variables(state: TrainState, params=None) -> dict:
+  variables = {"params": state.params if params is None else params}
+  if state.batch_stats:
+    variables["batch_stats"] = state.batch_stats
+  return variables
+
+
+def train_step(
+  state: TrainState,
+  images: jax.Array,
+  labels: jax.Array,
+  rng: jax.Array,
+  *,
+  config: Config,
+  batch_axis: str | None = None,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimizer step on one batch. Pure; ``rng`` drives augmentation and dropout.
+
+  Args:
+    state, images, labels, rng: the state, the batch and the step's key.
+    config: the run's config.
+    batch_axis: inside ``jax.shard_map``, the mesh axis the batch is split over:
+      ``images`` and ``labels`` are then this device's equal part of the batch, and the
+      gradients and metrics are averaged over the axis (the whole batch's).
+  """
+  augment_rng, dropout_rng = jax.random.split(rng)
+  if config.augment:
+    images = augment.random_rotate_shift(
+      augment_rng, images, config.rotation, config.shift, config.zoom, batch_axis=batch_axis
+    )
+
+  def loss_fn(params):
+    with layers.split_batch(batch_axis) if batch_axis else contextlib.nullcontext():
+      logits, updates = state.apply_fn(
+        _apply_variables(state, params),
+        images,
+        train=True,
+        rngs={"dropout": dropout_rng},
+        mutable=["batch_stats"],
+      )
+    loss = cross_entropy(
+      logits, labels, loss=config.loss, label_smoothing=config.label_smoothing
+    ).mean()
+    return loss, (logits, updates)
+
+  (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
+  if batch_axis:
+    grads, loss, accuracy = jax.lax.pmean((grads, loss, accuracy), batch_axis)
+  state = state.apply_gradients(
+    grads=grads, batch_stats=updates.get("batch_stats", state.batch_stats)
+  )
+  return state, {"loss": loss, "accuracy": accuracy}
+
+
+def steps_per_epoch(num_train: int, batch_size: int) -> int:
+  """Full batches per epoch; the remainder (a fresh random one each epoch) is dropped."""
+  return num_train // batch_size
+
+
+def _epoch_plan(rng: jax.Array, num_train: int, batch_size: int) -> tuple[jax.Array, jax.Array]:
+  """The epoch's batches (steps, batch_size) of indices and the key its steps fold in."""
+  steps = steps_per_epoch(num_train, batch_size)
+  perm_rng, step_rng = jax.random.split(rng)
+  batches = jax.random.permutation(perm_rng, num_train)[: steps * batch_size]
+  return batches.reshape(steps, batch_size), step_rng
+
+
+def _indexed_step(
+  state: TrainState,
+  images: jax.Array,
+  labels: jax.Array,
+  batches: jax.Array,
+  step: jax.Array,
+  step_rng: jax.Array,
+  *,
+  config: Config,
+  batch_axis: str | None = None,
+):
+  """Step ``step`` of an epoch: gathers its batch (or this device's part) on the device."""
+  idx = layers.batch_slice(batches[step], batch_axis)
+  return train_step(
+    state,
+    images[idx],
+    labels[idx],
+    jax.random.fold_in(step_rng, step),
+    config=config,
+    batch_axis=batch_axis,
+  )
+
+
+def train_epoch(
+  state: TrainState,
+  rng: jax.Array,
+  images: jax.Array,
+  labels: jax.Array,
+  *,
+  config: Config,
+  batch_axis: str | None = None,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One epoch as a single ``lax.scan`` over a fresh on-device permutation.
+
+  With ``batch_axis`` (inside ``jax.shard_map``) each device trains on its part of every
+  batch (:func:`train_step`). Returns the new state and per-step metrics (arrays of
+  length steps).
+  """
+  batches, step_rng = _epoch_plan(rng, images.shape[0], config.batch_size)
+
+  def body(state, step):
+    return _indexed_step(
+      state, images, labels, batches, step, step_rng, config=config, batch_axis=batch_axis
+    )
+
+  return jax.lax.scan(body, state, jnp.arange(batches.shape[0]))
+
+
+def epoch_loop(config: Config) -> str:
+  """``scan`` or ``host``: what ``config.epoch_loop`` (``auto``, ``scan``, ``host``) means here.
+
+  ``auto`` picks ``scan``, except on a CPU whose convolutions are XLA's own (no C++
+  kernels, or ``fast_ops=False``): XLA:CPU runs those far slower inside a loop body than
+  at top level, so there each step is dispatched from Python (see docs/speed.md).
+  """
+  if config.epoch_loop != "auto":
+    return config.epoch_loop
+  xla_convs = not (config.fast_ops and native.use_native())
+  return "host" if jax.default_backend() == "cpu" and xla_convs else "scan"
+
+
+def make_epoch_fn(config: Config, *, vmapped: bool = False, mesh: Mesh | None = None):
+  """A compiled ``(state, rng, images, labels) -> (state, step_metrics)`` for one epoch.
+
+  ``scan`` compiles the whole epoch into one call (:func:`train_epoch`); ``host``
+  dispatches one compiled step per batch from Python, the data staying on the device.
+  Both compute the same steps with the same keys; :func:`epoch_loop` says which runs.
+
+  Args:
+    config: the resolved config of the run (of every model, when vmapped).
+    vmapped: ``state`` and ``rng`` carry a leading models axis (several models trained
+      together, see :mod:`digits_jax.training.groups`); the data is shared, each model
+      draws its own batches. Step metrics then have shape (models, steps).
+    mesh: a data-parallel mesh (:func:`digits_jax.training.sharding.data_mesh`) of
+      several devices: every batch is split over them. The arguments must then be
+      replicated on it (:func:`digits_jax.training.sharding.replicate`), and so are the
+      results. ``None`` or one device: the single-device computation.
+  """
+  loop = epoch_loop(config)
+  if loop not in ("scan", "host"):
+    raise ValueError(f"epoch_loop must be auto, scan or host, got {config.epoch_loop!r}")
+  if mesh is not None and mesh.size > 1:
+    if vmapped:
+      raise ValueError("a vmapped group of models does not split its batches over devices")
+    return _sharded_epoch_fn(config, loop, mesh)
+  if loop == "scan":
+    epoch = functools.partial(train_epoch, config=config)
+    if vmapped:
+      epoch = jax.vmap(epoch, in_axes=(0, 0, None, None))
+    return jax.jit(epoch, donate_argnums=0)
+
+  step = functools.partial(_indexed_step, config=config)
+  plan = _epoch_plan
+  if vmapped:
+    plan = jax.vmap(plan, in_axes=(0, None, None))
+    step = jax.vmap(step, in_axes=(0, None, None, 0, None, 0))
+  plan = jax.jit(plan, static_argnums=(1, 2))
+  step_fn = jax.jit(step, donate_argnums=0)
+
+  def run(state, rng, images, labels):
+    batches, step_rng = plan(rng, images.shape[0], config.batch_size)
+    per_step = []
+    for i in range(batches.shape[-2]):
+      state, metrics = step_fn(state, images, labels, batches, np.int32(i), step_rng)
+      per_step.append(metrics)
+    stack = functools.partial(jnp.stack, axis=1 if vmapped else 0)
+    return state, jax.tree_util.tree_map(lambda *xs: stack(xs), *per_step)
+
+  return run
+
+
+def _sharded_epoch_fn(config: Config, loop: str, mesh: Mesh):
+  """:func:`make_epoch_fn` for a batch split over the devices of ``mesh``."""
+  sharding.check_batch_size(config.batch_size, mesh.size)
+  axis = sharding.DATA_AXIS
+
+  def split(fn):
+    return jax.shard_map(fn, mesh=mesh, in_specs=P(), out_specs=P(), check_vma=False)
+
+  if loop == "scan":
+    epoch = jax.jit(
+      split(functools.partial(train_epoch, config=config, batch_axis=axis)), donate_argnums=0
+    )
+    return lambda state, rng, images, labels: epoch(
+      state, sharding.replicate(rng, mesh), images, labels
+    )
+
+  plan = jax.jit(_epoch_plan, static_argnums=(1, 2))
+  step_fn = jax.jit(
+    split(functools.partial(_indexed_step, config=config, batch_axis=axis)), donate_argnums=0
+  )
+
+  def run(state, rng, images, labels):
+    batches, step_rng = plan(sharding.replicate(rng, mesh), images.shape[0], config.batch_size)
+    per_step = []
+    for i in range(batches.shape[0]):
+      step = sharding.replicate(np.int32(i), mesh)
+      state, metrics = step_fn(state, images, labels, batches, step, step_rng)
+      per_step.append(metrics)
+    return state, jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *per_step)
+
+  return run
+
+
+@jax.jit
+def forward(state: TrainState, images: jax.Array) -> jax.Array:
+  """Logits of one batch, in inference mode."""
+  return state.apply_fn(_apply_variables(state), images, train=False)
+
+
+_forward_models = jax.jit(jax.vmap(forward, in_axes=(0, None)))
+
+
+@functools.cache
+def _split_forward(mesh: Mesh):
+  """Logits of a batch split over ``mesh``'s devices, gathered whole on every device."""
+
+  def fn(state, images):
+    logits = state.apply_fn(_apply_variables(state), images, train=False)
+    return jax.lax.all_gather(logits, sharding.DATA_AXIS, tiled=True)
+
+  return jax.jit(
+    jax.shard_map(
+      fn, mesh=mesh, in_specs=(P(), P(sharding.DATA_AXIS)), out_specs=P(), check_vma=False
+    )
+  )
+
+
+def _predict_split(state: TrainState, images, batch_size: int, mesh: Mesh) -> jax.Array:
+  """:func:`predict` with each batch split over the devices of ``mesh`` (every process)."""
+  images = np.asarray(images)
+  n, parts = images.shape[0], mesh.size
+  bs = -(-max(1, min(batch_size, n)) // parts) * parts
+  padded = np.pad(images, ((0, (-n) % bs),) + ((0, 0),) * (images.ndim - 1))
+  fn = _split_forward(mesh)
+  chunks = [
+    sharding.to_local(fn(state, sharding.split_rows(padded[i : i + bs], mesh)))
+    for i in range(0, padded.shape[0], bs)
+  ]
+  return jnp.concatenate(chunks)[:n]
+
+
+def predict(
+  state: TrainState, images: jax.Array, batch_size: int = 1000, *, models_axis: bool = False
+) -> jax.Array:
+  """Logits for ``images``, in fixed-size batches (the last one padded).
+
+  A host loop over one compiled forward pass: XLA:CPU's own convolutions (the fallback
+  without the C++ kernels) are much slower inside a ``lax.scan``.
+
+  A state replicated on a data-parallel mesh (:mod:`digits_jax.training.sharding`)
+  splits each batch over the mesh's devices, in every process; the logits then come back
+  whole, on one of this process's devices.
+
+  Args:
+    state: the model's state; with ``models_axis``, K stacked states.
+    images: (N, 28, 28, 1).
+    batch_size: images per forward pass.
+    models_axis: ``state`` has a leading models axis; the logits are then (K, N, classes).
+  """
+  mesh = None if models_axis else sharding.mesh_of(state.params)
+  if mesh is not None:
+    return _predict_split(state, images, batch_size, mesh)
+  n = images.shape[0]
+  bs = max(1, min(batch_size, n))
+  padded = jnp.pad(images, ((0, (-n) % bs),) + ((0, 0),) * (images.ndim - 1))
+  fn = _forward_models if models_axis else forward
+  chunks = [fn(state, padded[i : i + bs]) for i in range(0, padded.shape[0], bs)]
+  logits = jnp.concatenate(chunks, axis=1 if models_axis else 0)
+  return logits[:, :n] if models_axis else logits[:n]
+
+
+def metrics_from_logits(logits: jax.Array, labels: jax.Array) -> dict[str, float]:
+  """Mean cross-entropy and accuracy."""
+  return {
+    "loss": float(cross_entropy(logits, labels).mean()),
+    "accuracy": float(jnp.mean(jnp.argmax(logits, -1) == labels)),
+  }
+
+
+def evaluate(
+  state: TrainState, images: jax.Array, labels: jax.Array, batch_size: int = 1000
+) -> dict[str, float]:
+  """Mean cross-entropy and accuracy over a whole split."""
+  return metrics_from_logits(predict(state, images, batch_size), labels)
