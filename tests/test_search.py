@@ -236,7 +236,9 @@ def test_a_killed_worker_s_trial_is_queued_again_and_the_study_finishes(mnist_di
   assert retry.params == finished.trials[0].params
   assert retry.user_attrs[study.RUN_DIR] == "trial-0000"  # resumed from its checkpoint
   assert cli.epochs_done(first) == 6
-  epochs = [json.loads(line)["epoch"] for line in (first / "metrics.jsonl").read_text().splitlines()]
+  epochs = [
+    json.loads(line)["epoch"] for line in (first / "metrics.jsonl").read_text().splitlines()
+  ]
   assert epochs == [1, 2, 3, 4, 5, 6]
   _check_each_trial_ran_once(finished, study.study_dir(workdir, spec), 2)
   # Started once more, it has nothing left to do.
