@@ -35,7 +35,8 @@ def test_every_field_is_a_flag_of_its_entry_point():
   for path in CONFIGS:
     text = _module_text(path)
     entry = text.split("ENTRY_POINT = ", 1)[1].split("\n", 1)[0].strip().strip("\"'")
-    by_entry[entry].append(str(path))
+    if entry != "experiments.search":  # a search space, checked by the search itself
+      by_entry[entry].append(str(path))
   assert set(by_entry) >= {"experiments.sweep", "experiments.speedrun"}
   for entry, paths in by_entry.items():
     script = (
