@@ -7,6 +7,7 @@ recipes and sources. Importing this package registers every network module below
 from digits_jax.models import cnn, resnet, vgg  # noqa: F401  (register the networks)
 from digits_jax.models.registry import (
   ALIASES,
+  FAST_OPS,
   MODELS,
   ModelSpec,
   UnknownModelError,
@@ -16,10 +17,12 @@ from digits_jax.models.registry import (
   get_spec,
   init_variables,
   register,
+  use_fast_ops,
 )
 
 __all__ = [
   "ALIASES",
+  "FAST_OPS",
   "MODELS",
   "ModelSpec",
   "UnknownModelError",
@@ -29,4 +32,5 @@ __all__ = [
   "get_spec",
   "init_variables",
   "register",
+  "use_fast_ops",
 ]
