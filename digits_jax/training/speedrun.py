@@ -425,6 +425,9 @@ def markdown(result: dict[str, Any]) -> str:
     )
   if "ratio" in result:
     lines.append(f"\nours / PyTorch, training seconds per seed: {result['ratio']:.2f}")
+  for note in ("ratio_note", "keras_ratio_note"):
+    if note in result:
+      lines.append(f"\n{result[note]}")
   if "keras_ratio" in result:
     lines.append(f"ours / Keras, training seconds per seed: {result['keras_ratio']:.2f}")
   return "\n".join(lines) + "\n"
