@@ -154,11 +154,16 @@ def _report_missing(collected: sweep.Collected, total: int, num_workers: int) ->
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  common.setup(multiprocess=True)
+  try:
+    num_workers, worker_index = _worker()
+  except ConfigError as e:
+    common.fail(e)
+  # Split workers are independent processes (srun starts them with SLURM's variables, which
+  # JAX would read as one multi-process run): under --distributed=auto they never join one.
+  common.setup(multiprocess=num_workers == 1 or FLAGS.distributed != "auto")
   workdir = FLAGS.workdir or f"runs/sweep-{FLAGS.preset}"
   start = time.perf_counter()
   try:
-    num_workers, worker_index = _worker()
     grid = {"model": FLAGS.models, "seed": [common.parse_value("seed", s) for s in FLAGS.seeds]}
     grid |= common.grid_from_flags([n for n in FIELDS if n not in ("model", "seed")])
     if "epochs" not in grid and FLAGS.preset == "quick":
