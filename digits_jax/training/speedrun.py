@@ -203,7 +203,7 @@ def batch_array(images: np.ndarray, labels: np.ndarray, batch_size: int):
   )
 
 
-def make_train_fn(recipe: Recipe, num_train: int, *, fast: bool = True) -> Callable:
+def make_train_fn(recipe: Recipe, num_train: int, *, fast: bool | str = "auto") -> Callable:
   """The pure ``(rng, batched_images, batched_labels) -> (params, final_loss)`` of one seed.
 
   Initialisation from ``rng`` and ``recipe.steps(num_train)`` Adam steps over the batches
