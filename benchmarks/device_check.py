@@ -135,6 +135,40 @@ def group(datasets: data.Datasets, k: int, epochs: int, train_subset: int, workd
   }
 
 
+def check(
+  datasets: data.Datasets,
+  workdir: Path,
+  *,
+  epochs: int = 4,
+  train_subset: int = 0,
+  speedrun_seeds: int = 5,
+  speedrun_epochs: float | None = None,
+  group_models: int = 8,
+  group_epochs: int = 1,
+  manual_dir: str | None = None,
+) -> dict[str, Any]:
+  """Every figure of the check (the flags of the same names), printed and returned."""
+  result: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M"), "device": device_info()}
+  result["environment"] = environment()
+  print(f"device: {result['device']}")
+  e = result["epoch"] = epoch_seconds(datasets, epochs, train_subset, workdir / "epoch")
+  print(f"{MODEL}: {e['median_seconds']:.2f} s per epoch of {e['train_images']} images")
+  s = result["speedrun"] = speedrun(speedrun_seeds, speedrun_epochs, manual_dir)
+  print(
+    f"speedrun: {s['train_seconds_median']:.2f} s training "
+    f"(median of {speedrun_seeds} seeds), "
+    f"test accuracy {100 * s['test_accuracy_mean']:.2f}% "
+    f"[{100 * s['test_accuracy_low']:.2f}, {100 * s['test_accuracy_high']:.2f}], "
+    f"{s['at_target']}/{speedrun_seeds} at 99%"
+  )
+  g = result["group"] = group(datasets, group_models, group_epochs, train_subset, workdir / "g")
+  print(
+    f"{group_models} seeds vmapped: {g['vmapped_seconds']:.1f} s; "
+    f"in a row: {g['in_a_row_seconds']:.1f} s; speedup {g['speedup']:.2f}x"
+  )
+  return result
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -143,29 +177,18 @@ def main(argv):
       raise app.UsageError(f"--{name} must be at least 1, got {FLAGS[name].value}")
   if FLAGS.train_subset < 0:
     raise app.UsageError(f"--train_subset must be >= 0, got {FLAGS.train_subset}")
-  result: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M"), "device": device_info()}
-  result["environment"] = environment()
-  print(f"device: {result['device']}")
   datasets = data.load_datasets("mnist", manual_dir=FLAGS.manual_dir, backend="idx")
   with tempfile.TemporaryDirectory() as tmp:
-    result["epoch"] = epoch_seconds(datasets, FLAGS.epochs, FLAGS.train_subset, Path(tmp) / "e")
-    e = result["epoch"]
-    print(f"{MODEL}: {e['median_seconds']:.2f} s per epoch of {e['train_images']} images")
-    result["speedrun"] = speedrun(FLAGS.speedrun_seeds, FLAGS.speedrun_epochs, FLAGS.manual_dir)
-    s = result["speedrun"]
-    print(
-      f"speedrun: {s['train_seconds_median']:.2f} s training "
-      f"(median of {len(s['train_seconds'])} seeds), "
-      f"test accuracy {100 * s['test_accuracy_mean']:.2f}% "
-      f"[{100 * s['test_accuracy_low']:.2f}, {100 * s['test_accuracy_high']:.2f}], "
-      f"{s['at_target']}/{len(s['train_seconds'])} at 99%"
-    )
-    k, epochs = FLAGS.group_models, FLAGS.group_epochs
-    result["group"] = group(datasets, k, epochs, FLAGS.train_subset, Path(tmp) / "g")
-    g = result["group"]
-    print(
-      f"{k} seeds vmapped: {g['vmapped_seconds']:.1f} s; in a row: {g['in_a_row_seconds']:.1f} s;"
-      f" speedup {g['speedup']:.2f}x"
+    result = check(
+      datasets,
+      Path(tmp),
+      epochs=FLAGS.epochs,
+      train_subset=FLAGS.train_subset,
+      speedrun_seeds=FLAGS.speedrun_seeds,
+      speedrun_epochs=FLAGS.speedrun_epochs,
+      group_models=FLAGS.group_models,
+      group_epochs=FLAGS.group_epochs,
+      manual_dir=FLAGS.manual_dir,
     )
   files.write_json(FLAGS.out, result)
   print(f"written to {FLAGS.out}")
