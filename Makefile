@@ -87,3 +87,7 @@ lock:
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+## Device check: device, epoch seconds, speedrun over 5 seeds, vmapped group vs runs in a row (JSON).
+device-check: venv
+	$(PY) -m benchmarks.device_check $(ARGS)

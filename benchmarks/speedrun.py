@@ -32,6 +32,7 @@ import logging
 import time
 from typing import Any
 
+import jax
 import numpy as np
 
 from digits_jax import models
@@ -95,26 +96,57 @@ class _Twin:
     }
 
 
+def torch_device(jax_backend: str, cuda_available: bool) -> tuple[str, str | None]:
+  """Where PyTorch trains so that it runs on the device JAX runs on.
+
+  Args:
+    jax_backend: ``jax.default_backend()``.
+    cuda_available: ``torch.cuda.is_available()``.
+
+  Returns:
+    ``(device, why_no_ratio)``: the torch device, and ``None`` when both sides run on the
+    same kind of device, else why the ratio of their times says nothing (it is then not
+    given).
+  """
+  if jax_backend == "cpu":
+    return "cpu", None
+  if jax_backend in ("gpu", "cuda", "rocm") and cuda_available:
+    return "cuda", None
+  return "cpu", (
+    f"no ratio: JAX runs on {jax_backend} but PyTorch can only use the CPU here"
+    " (torch.cuda.is_available() is False or there is no PyTorch backend for it)"
+  )
+
+
+def _torch_cuda_available() -> bool:
+  import torch
+
+  return torch.cuda.is_available()
+
+
 class TorchSpeedrun(_Twin):
-  """The recipe in PyTorch on the CPU: data as NCHW tensors, batches in order.
+  """The recipe in PyTorch: data as NCHW tensors, batches in order.
 
   Args:
     recipe: the recipe (its model must be a ``Speedrun`` network).
     data: the same normalised arrays ours trains on.
+    device: the torch device (:func:`torch_device`).
   """
 
   label = "PyTorch"
 
-  def __init__(self, recipe: sr.Recipe, data: sr.SpeedrunData):
+  def __init__(self, recipe: sr.Recipe, data: sr.SpeedrunData, device: str = "cpu"):
     import torch
 
     self.torch = torch
+    self.device = device
     self.recipe = recipe
     self.data = data
     self.steps = recipe.steps(len(data.train_labels))
     images, labels = sr.batch_array(data.train_images, data.train_labels, recipe.batch_size)
-    self._images = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 1, 4, 2, 3)))
-    self._labels = torch.from_numpy(labels.astype(np.int64))
+    images = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 1, 4, 2, 3)))
+    self._images = images.to(device)
+    self._labels = torch.from_numpy(labels.astype(np.int64)).to(device)
     self._rates = torch_learning_rates(recipe, self.steps).tolist()
 
   def train(self, seed: int) -> tuple[Any, float]:
@@ -122,7 +154,7 @@ class TorchSpeedrun(_Twin):
     torch = self.torch
     t0 = time.perf_counter()
     torch.manual_seed(seed)
-    net = torch_net(self.recipe.model)
+    net = torch_net(self.recipe.model).to(self.device)
     opt = torch.optim.Adam(
       net.parameters(), lr=self._rates[0], betas=(self.recipe.b1, self.recipe.b2)
     )
@@ -137,6 +169,8 @@ class TorchSpeedrun(_Twin):
       loss = loss_fn(net(self._images[b]), self._labels[b])
       loss.backward()
       opt.step()
+    if self.device == "cuda":
+      torch.cuda.synchronize()
     return net, time.perf_counter() - t0
 
   def test_accuracy(self, net) -> float:
@@ -145,7 +179,7 @@ class TorchSpeedrun(_Twin):
     net.eval()
     with torch.no_grad():
       x = torch.from_numpy(np.ascontiguousarray(self.data.test_images.transpose(0, 3, 1, 2)))
-      predicted = net(x).argmax(1).numpy()
+      predicted = net(x.to(self.device)).argmax(1).cpu().numpy()
     return float(np.mean(predicted == self.data.test_labels))
 
 
@@ -252,8 +286,10 @@ def run_side_by_side(
   """
   torch_recipe = torch_recipe or recipe
   ours = sr.Speedrun(recipe, data)
+  backend = jax.default_backend()
   try:
-    theirs = TorchSpeedrun(torch_recipe, data) if torch else None
+    device, why_no_ratio = torch_device(backend, _torch_cuda_available()) if torch else ("", None)
+    theirs = TorchSpeedrun(torch_recipe, data, device) if torch else None
   except ImportError:
     theirs = None
   keras_side = KerasSpeedrun(torch_recipe, data) if keras else None
@@ -275,14 +311,21 @@ def run_side_by_side(
     result["torch_steps"] = theirs.steps
     result["torch_runs"] = torch_runs
     result["torch_summary"] = sr.summarize(torch_runs)
-    result["ratio"] = (
-      result["summary"]["train_seconds_median"] / result["torch_summary"]["train_seconds_median"]
-    )
+    result["torch_device"] = theirs.device
+    if why_no_ratio:
+      result["ratio_note"] = why_no_ratio
+    else:
+      result["ratio"] = (
+        result["summary"]["train_seconds_median"] / result["torch_summary"]["train_seconds_median"]
+      )
   if keras_runs:
     result["torch_recipe"] = dataclasses.asdict(torch_recipe)
     result["keras_runs"] = keras_runs
     result["keras_summary"] = sr.summarize(keras_runs)
-    result["keras_ratio"] = (
-      result["summary"]["train_seconds_median"] / result["keras_summary"]["train_seconds_median"]
-    )
+    if backend == "cpu":  # the Keras twin is TensorFlow on the CPU
+      result["keras_ratio"] = (
+        result["summary"]["train_seconds_median"] / result["keras_summary"]["train_seconds_median"]
+      )
+    else:
+      result["keras_ratio_note"] = f"no Keras ratio: JAX runs on {backend}, Keras on the CPU"
   return result

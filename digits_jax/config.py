@@ -106,8 +106,10 @@ class Config:
     0.0, "With --augment: scale factors are uniform in [1 - zoom, 1 + zoom] (0: none)."
   )
   # Implementation fields: how, not what (see IMPLEMENTATION_FIELDS).
-  fast_ops: bool = _implementation(
-    True, "Convolutions and pools through digits_jax.models.ops (same maths, faster)."
+  fast_ops: str = _implementation(
+    "auto",
+    "Convolutions and pools through digits_jax.models.ops (same maths, faster on a CPU):"
+    " auto (on the CPU backend only), on or off; true/false mean on/off.",
   )
   epoch_loop: str = _implementation(
     "auto",
@@ -255,6 +257,10 @@ def validate(config: Config) -> None:
   for name, field in FIELDS.items():
     if field.metadata["choices"]:
       _choice(name, getattr(config, name), field.metadata["choices"])
+  try:
+    models.use_fast_ops(config.fast_ops)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
   _positive("learning_rate", config.learning_rate)
   _positive("batch_size", config.batch_size)
   _positive("epochs", config.epochs)

@@ -284,7 +284,7 @@ def run_sweep(
     overwrite: delete what this worker's run directories hold and train them again.
     vmap: train the unfinished runs that differ only in seed and learning rate together,
       in one vmapped step (:func:`digits_jax.training.groups.train_group`). A group that is
-      interrupted starts again from its first epoch.
+      interrupted resumes from its models' latest checkpoints.
     num_workers, worker_index: train only the runs :func:`share` gives this worker. A run
       whose lock another process holds (the same worker started twice) is left to it.
 
@@ -351,8 +351,9 @@ def run_sweep(
         if len(group) < 2:
           continue
         run_dirs = [dirs[c] for c in group]
-        for path in run_dirs:
-          workdirs.clear(path)  # a group restarts from scratch: no stale checkpoints
+        if overwrite:
+          for path in run_dirs:
+            workdirs.clear(path)
         log.info("training %s together (vmapped)", ", ".join(d.name for d in run_dirs))
         trained = groups.train_group(group, run_dirs, datasets=datasets(group[0]))
         group_seconds = sum(r["epoch_seconds"] for r in trained[0].history) * len(group)

@@ -180,13 +180,15 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   try:
     common.apply_config_file()
+    num_workers, worker_index = _worker()
   except ConfigError as e:
     common.fail(e)
-  common.setup(multiprocess=True)
+  # Split workers are independent processes (srun starts them with SLURM's variables, which
+  # JAX would read as one multi-process run): under --distributed=auto they never join one.
+  common.setup(multiprocess=num_workers == 1 or FLAGS.distributed != "auto")
   workdir = FLAGS.workdir or f"runs/sweep-{FLAGS.preset}"
   start = time.perf_counter()
   try:
-    num_workers, worker_index = _worker()
     grid = {"model": FLAGS.models, "seed": common.parse_seeds(FLAGS.seeds)}
     grid |= common.grid_from_flags([n for n in FIELDS if n not in ("model", "seed")])
     base = common.config_from_flags(skip=FIELDS)

@@ -94,3 +94,41 @@ def test_several_devices_match_one(mnist_dir, tmp_path):
     assert two["single"][key] == pytest.approx(one["single"][key], rel=1e-4, abs=1e-6), key
     for a, b in zip(two["group"], one["group"], strict=True):
       assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+
+
+class _Stop(Exception):
+  pass
+
+
+def test_interrupted_group_resumes_with_the_numbers_of_an_uninterrupted_one(
+  mnist, tmp_path, monkeypatch
+):
+  """Stopped after epoch 1 and started again, a vmapped group continues from epoch 2."""
+  tiny = _tiny(mnist, n_train=512, n_val=256)
+  configs = [
+    resolve(Config(model="conv2_dense64", epochs=2, batch_size=64, seed=s, epoch_loop="host"))
+    for s in (0, 1)
+  ]
+  whole = sweep.run_sweep(configs, tmp_path / "whole", load=lambda c: tiny, vmap=True)
+
+  check_finite = groups.history.check_finite
+
+  def stop_at_epoch_2(loss, epoch):
+    if epoch == 2:
+      raise _Stop
+    check_finite(loss, epoch)
+
+  monkeypatch.setattr(groups.history, "check_finite", stop_at_epoch_2)
+  with pytest.raises(_Stop):
+    sweep.run_sweep(configs, tmp_path / "cut", load=lambda c: tiny, vmap=True)
+  monkeypatch.setattr(groups.history, "check_finite", check_finite)
+  name = whole[0]["run"]
+  (first,) = files.read_jsonl(tmp_path / "cut" / name / "metrics.jsonl")
+  resumed = sweep.run_sweep(configs, tmp_path / "cut", load=lambda c: tiny, vmap=True)
+  rows = files.read_jsonl(tmp_path / "cut" / name / "metrics.jsonl")
+  assert rows[0] == first  # epoch 1 kept, not trained again (its timing is unchanged)
+  assert [r["epoch"] for r in rows] == [1, 2]
+  for a, b in zip(whole, resumed):
+    assert b["group_size"] == 2
+    for key in COMPARED:
+      assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), key

@@ -203,6 +203,40 @@ def test_torch_side_learns(small):
   assert "PyTorch" in sr.markdown(result)
 
 
+@pytest.mark.parametrize(
+  "backend, cuda, device, ratio",
+  [
+    ("cpu", False, "cpu", True),
+    ("cpu", True, "cpu", True),
+    ("gpu", True, "cuda", True),
+    ("gpu", False, "cpu", False),
+    ("tpu", False, "cpu", False),
+    ("tpu", True, "cpu", False),
+  ],
+)
+def test_torch_runs_where_jax_runs_or_no_ratio(backend, cuda, device, ratio):
+  from benchmarks import speedrun as side
+
+  got, why = side.torch_device(backend, cuda)
+  assert got == device
+  assert (why is None) == ratio
+  if why:
+    assert backend in why
+
+
+def test_no_ratio_printed_across_devices(small, monkeypatch):
+  """JAX on a GPU, PyTorch without CUDA: both train, the ratio is left out and why is said."""
+  pytest.importorskip("torch")
+  from benchmarks import speedrun as side
+
+  monkeypatch.setattr(side, "_torch_cuda_available", lambda: False)
+  monkeypatch.setattr(side.jax, "default_backend", lambda: "gpu")
+  result = side.run_side_by_side(SMALL_RECIPE.replace(epochs=0.2), small, [0])
+  assert result["torch_device"] == "cpu" and "ratio" not in result
+  table = sr.markdown(result)
+  assert "ours / PyTorch" not in table and "no ratio: JAX runs on gpu" in table
+
+
 def test_keras_side_learns(small):
   requires("tensorflow")
   requires("keras")

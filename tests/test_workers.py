@@ -183,6 +183,28 @@ def test_a_slurm_array_not_numbered_from_zero_fails_at_once(tmp_path):
   assert not any(tmp_path.iterdir())
 
 
+def test_srun_workers_under_distributed_auto_do_not_join_a_runtime(tmp_path):
+  """docs/workers.md's srun recipe: SLURM's step variables do not make the workers one run."""
+  sweep.record_grid(tmp_path, [_config(0), _config(1)])
+  srun = {
+    "SLURM_JOB_ID": "7",
+    "SLURM_STEP_NODELIST": "node1",
+    "SLURM_NTASKS": "2",
+    "SLURM_PROCID": "1",
+    "SLURM_LOCALID": "1",
+  }
+  flags = (*GRID, f"--workdir={tmp_path}", "--collect_only", "--distributed_timeout=5")
+  out = _fast(*flags, "--num_workers=2", "--worker_index=1", env=cli.env() | srun)
+  # It got past start-up to the sweep itself: nothing is finished yet to collect.
+  assert out.returncode == 1
+  assert "none of the 2 runs" in cli.error_line(out)
+  # One process alone in the same environment takes it for a cluster and tries to join
+  # (and fails: there is no process 0 here), which is what the workers are spared.
+  out = _fast(*flags, "--num_workers=1", env=cli.env() | srun)
+  assert out.returncode != 0
+  assert "none of the 2 runs" not in out.stderr
+
+
 def test_a_worker_with_another_grid_fails_at_once_naming_both(tmp_path):
   sweep.record_grid(tmp_path, [_config(0), _config(1)])
   before = cli.snapshot(tmp_path)

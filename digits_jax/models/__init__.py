@@ -6,6 +6,7 @@ recipes and sources. Importing this package registers every network module below
 
 from digits_jax.models import cnn, resnet, vgg  # noqa: F401  (register the networks)
 from digits_jax.models.registry import (
+  FAST_OPS,
   MODELS,
   ModelSpec,
   UnknownModelError,
@@ -14,9 +15,11 @@ from digits_jax.models.registry import (
   get_spec,
   init_variables,
   register,
+  use_fast_ops,
 )
 
 __all__ = [
+  "FAST_OPS",
   "MODELS",
   "ModelSpec",
   "UnknownModelError",
@@ -25,4 +28,5 @@ __all__ = [
   "get_spec",
   "init_variables",
   "register",
+  "use_fast_ops",
 ]

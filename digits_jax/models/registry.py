@@ -73,9 +73,37 @@ def get_spec(name: str) -> ModelSpec:
     ) from None
 
 
-def create_model(name: str, *, fast: bool = True, num_classes: int = NUM_CLASSES) -> nn.Module:
-  """Instantiates the registered module ``name``."""
-  return get_spec(name).module(num_classes=num_classes, fast=fast)
+FAST_OPS = ("auto", "on", "off")
+
+
+def use_fast_ops(value: bool | str = "auto") -> bool:
+  """Whether the CPU-tuned ops of :mod:`digits_jax.models.ops` are used.
+
+  ``auto`` (the default) means on the CPU backend only: their custom gradients, the C++
+  kernels and the per-model loops of a vmapped group suit XLA:CPU, while on a GPU or TPU
+  plain XLA convolutions and pools are faster, and a vmapped group is one grouped
+  convolution. ``on`` / ``off`` force either path; ``True`` / ``False`` (and the strings
+  ``true`` / ``false``, what older ``config.json`` files hold) mean ``on`` / ``off``.
+
+  Raises:
+    ValueError: for any other value, naming the valid ones.
+  """
+  text = str(value).strip().lower()
+  text = {"true": "on", "1": "on", "false": "off", "0": "off"}.get(text, text)
+  if text not in FAST_OPS:
+    raise ValueError(
+      f"unknown fast_ops {value!r}; valid values are: auto, on, off (or true, false)"
+    )
+  if text == "auto":
+    return jax.default_backend() == "cpu"
+  return text == "on"
+
+
+def create_model(
+  name: str, *, fast: bool | str = "auto", num_classes: int = NUM_CLASSES
+) -> nn.Module:
+  """Instantiates the registered module ``name``; ``fast`` as in :func:`use_fast_ops`."""
+  return get_spec(name).module(num_classes=num_classes, fast=use_fast_ops(fast))
 
 
 def init_variables(model: nn.Module, rng: jax.Array, image_shape=(IMAGE_SIZE, IMAGE_SIZE, 1)):

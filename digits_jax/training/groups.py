@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from digits_jax import data, files, models
 from digits_jax.config import Config
 from digits_jax.training import checkpoints, history, sharding, workdirs
-from digits_jax.training.loop import TrainedRun, run_keys, training_split
+from digits_jax.training.loop import TrainedRun, resume, run_keys, training_split
 from digits_jax.training.optim import make_optimizer
 from digits_jax.training.step import (
   create_train_state,
@@ -59,12 +59,15 @@ def _model(tree: Any, i: int) -> Any:
 def train_group(
   configs: Sequence[Config], run_dirs: Sequence[str | Path], *, datasets: data.Datasets
 ) -> list[TrainedRun]:
-  """Trains K configs that share a :func:`group_key` in one vmapped step, from scratch.
+  """Trains K configs that share a :func:`group_key` in one vmapped step, resuming.
 
-  Each model writes ``config.json`` (with the group's run names), ``metrics.jsonl`` and
-  its best checkpoint into its own run directory, as a single run does; a group keeps no
-  latest checkpoint, so an interrupted group starts again from its first epoch. Each
-  model's ``epoch_seconds`` is the group's wall time divided by K.
+  Each model writes ``config.json`` (with the group's run names), ``metrics.jsonl``, its
+  latest and its best checkpoint into its own run directory, as a single run does. Started
+  again on the same directories, an interrupted group resumes from the epoch its models'
+  latest checkpoints share, and ends with the numbers of a group that was never
+  interrupted; when they share none (some model has no checkpoint, or one of another
+  epoch), the group clears them and starts again. Each model's ``epoch_seconds`` is the
+  group's wall time divided by K.
 
   Args:
     configs: resolved configs differing only in :data:`PER_MODEL_FIELDS`.
@@ -82,10 +85,24 @@ def train_group(
   base = configs[0]
   split = training_split(base, datasets)
   run_dirs = [Path(d) for d in run_dirs]
+
+  def latest_checkpoints():
+    return [
+      checkpoints.LatestCheckpoint(d / "checkpoints", identity=c.identity())
+      for c, d in zip(configs, run_dirs)
+    ]
+
+  latests = latest_checkpoints()
+  start = {latest.epoch() for latest in latests}
+  if len(start) != 1 or None in start:
+    for run_dir in run_dirs:  # nothing shared to resume from: start again
+      workdirs.clear(run_dir)
+    latests = latest_checkpoints()
   for config, run_dir in zip(configs, run_dirs):
-    workdirs.write_config(
-      run_dir, config, datasets, len(split.labels), group=[d.name for d in run_dirs]
-    )
+    if workdirs.saved_config(run_dir) is None:  # else resuming: keep the original
+      workdirs.write_config(
+        run_dir, config, datasets, len(split.labels), group=[d.name for d in run_dirs]
+      )
 
   steps = steps_per_epoch(len(split.labels), base.batch_size)
   # One optimizer and one module for all: the peak learning rate lives in the state.
@@ -100,6 +117,11 @@ def train_group(
     )
     states.append(state.replace(opt_state=state.opt_state._replace(hyperparams=hyperparams)))
     train_rngs.append(train_rng)
+  bests = [checkpoints.BestCheckpoint(d / "checkpoints") for d in run_dirs]
+  histories: list[list[dict[str, Any]]] = []
+  for i, run_dir in enumerate(run_dirs):
+    states[i], rows = resume(run_dir, states[i], latests[i], bests[i])
+    histories.append(rows)
   state = sharding.stack_models(states)
   train_rngs = jnp.stack(train_rngs)
   num_params = models.count_params(states[0].params)
@@ -109,9 +131,7 @@ def train_group(
   y_val = jnp.asarray(datasets.validation.labels)
   epoch_fn = make_epoch_fn(base, vmapped=True)
 
-  bests = [checkpoints.BestCheckpoint(d / "checkpoints") for d in run_dirs]
-  histories: list[list[dict[str, Any]]] = [[] for _ in configs]
-  for epoch in range(1, base.epochs + 1):
+  for epoch in range(len(histories[0]) + 1, base.epochs + 1):
     t0 = time.perf_counter()
     epoch_rngs = jax.vmap(jax.random.fold_in, in_axes=(0, None))(train_rngs, epoch)
     state, step_metrics = epoch_fn(state, epoch_rngs, x_train, y_train)
@@ -126,6 +146,8 @@ def train_group(
       row = history.epoch_row(epoch, seconds / k, _model(step_metrics, i), val)
       histories[i].append(row)
       files.write_jsonl(run_dir / "metrics.jsonl", histories[i])
+      # This order (metrics.jsonl, latest, best) is what resume() relies on after a kill.
+      latests[i].save(epoch, _model(state, i))
       bests[i].maybe_save(epoch, model_variables(_model(state, i)), history.score(row))
     log.info(
       "%s group of %d, epoch %d: %.1f s, val accuracy %s",

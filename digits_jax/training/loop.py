@@ -163,7 +163,7 @@ def train(
   latest = checkpoints.LatestCheckpoint(workdir / "checkpoints", identity=config.identity())
   if latest.epoch() is None:
     # Nothing to resume from, so the run starts at epoch 1: a best checkpoint is then left
-    # by an interrupted run that saved no latest one (groups save none).
+    # by an interrupted run that saved no latest one.
     if distributed.is_writer():
       checkpoints.BestCheckpoint.discard(workdir / "checkpoints")
     distributed.barrier("discarded best checkpoint")

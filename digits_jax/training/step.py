@@ -258,7 +258,7 @@ def epoch_loop(config: Config) -> str:
   """
   if config.epoch_loop != "auto":
     return config.epoch_loop
-  xla_convs = not (config.fast_ops and native.use_native())
+  xla_convs = not (models.use_fast_ops(config.fast_ops) and native.use_native())
   return "host" if jax.default_backend() == "cpu" and xla_convs else "scan"
 
 
