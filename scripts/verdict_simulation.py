@@ -1,7 +1,7 @@
 """How often each pairwise test says "better": a simulation from real run outputs.
 
     python scripts/verdict_simulation.py --workdir=docs/source-sweep-2026-11-23 \
-        --output_dir=docs/verdict-simulation
+        --output_dir=results/verdict_simulation-2026-12-03
 
 For each recipe of the committed sweep, a network is simulated from its real test outputs:
 image ``i`` is misclassified with probability ``q_i`` (the share of the recipe's seeds that
@@ -122,7 +122,7 @@ def rate(signed: np.ndarray, level: float) -> float:
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--workdir", default="docs/source-sweep-2026-11-23")
-  parser.add_argument("--output_dir", default="docs/verdict-simulation")
+  parser.add_argument("--output_dir", default="results/verdict_simulation-2026-12-03")
   parser.add_argument("--reps", type=int, default=1000)
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args(argv)
