@@ -1,6 +1,6 @@
 """How often each pairwise test says "better": a simulation from real run outputs.
 
-    python scripts/verdict_simulation.py --workdir=docs/source-sweep-2026-11-23 \
+    python scripts/verdict_simulation.py --workdir=results/sweep_source-2026-11-23 \
         --output_dir=results/verdict_simulation-2026-12-03
 
 For each recipe of the committed sweep, a network is simulated from its real test outputs:
@@ -121,7 +121,7 @@ def rate(signed: np.ndarray, level: float) -> float:
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--workdir", default="docs/source-sweep-2026-11-23")
+  parser.add_argument("--workdir", default="results/sweep_source-2026-11-23")
   parser.add_argument("--output_dir", default="results/verdict_simulation-2026-12-03")
   parser.add_argument("--reps", type=int, default=1000)
   parser.add_argument("--seed", type=int, default=0)
