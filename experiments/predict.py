@@ -4,7 +4,8 @@
 
 PATH is an image file (PNG, JPEG, BMP, GIF, TIFF, WebP; any size and mode), a folder
 (searched recursively) or a glob. Each image is preprocessed the way MNIST was made
-(:mod:`digits_jax.app.preprocess`; ``--skip`` and ``--polarity`` change the steps) and
+(:mod:`digits_jax.app.preprocess`; ``--skip``, ``--polarity``, ``--center`` and
+``--stroke_width`` change the steps, as in ``experiments.serve``) and
 predicted by every run and, with several, by their ensemble (mean probability). One line
 per image on stdout; ``--output_dir`` (default ``./predictions``) gets ``predictions.csv``
 and ``contact_sheet.png`` (more pages as ``contact_sheet_2.png``, ...).
@@ -27,10 +28,11 @@ from pathlib import Path
 
 from absl import app, flags
 
-from digits_jax.app import predict, preprocess
+from digits_jax.app import predict
 from digits_jax.runs import RunDirError
 from digits_jax.training import checkpoints
-from experiments import logs
+from experiments import logs, preprocessing_flags
+from experiments.preprocessing_flags import steps_from_flags
 
 flags.DEFINE_multi_string(
   "workdir", None, "A trained run's work directory; repeat the flag for an ensemble."
@@ -49,47 +51,12 @@ flags.DEFINE_bool(
   False,
   "Take each image's true digit from the first character of its file name (7_photo.jpg is a 7).",
 )
-flags.DEFINE_enum(
-  "polarity",
-  "auto",
-  list(preprocess.POLARITIES),
-  "auto: invert dark ink on light paper (decided from the image's border); "
-  "invert: always; keep: never.",
-)
-flags.DEFINE_list(
-  "skip",
-  [],
-  "Preprocessing steps to switch off, from: "
-  f"{', '.join(preprocess.STEP_NAMES)}; or 'all' for none at all (grayscale, "
-  "resized to 28x28).",
-)
-flags.DEFINE_enum(
-  "center",
-  "mass",
-  list(preprocess.CENTERS),
-  "Centre the digit by its centre of mass (as MNIST) or by its bounding box.",
-)
-flags.DEFINE_float(
-  "stroke_width",
-  None,
-  "Thicken strokes thinner than this many pixels of "
-  "the 28x28 input (off by default; MNIST's are about 2-3).",
-)
 flags.DEFINE_integer(
   "max_pixels", predict.MAX_PIXELS, "Refuse larger images (decompression bombs)."
 )
+flags.adopt_module_key_flags(preprocessing_flags)  # --help lists them too
 flags.mark_flag_as_required("workdir")
 FLAGS = flags.FLAGS
-
-
-def steps_from_flags() -> preprocess.Steps:
-  """The :class:`digits_jax.app.preprocess.Steps` that the flags describe."""
-  if "all" in FLAGS.skip:
-    return preprocess.Steps.none()
-  steps = preprocess.Steps(
-    polarity=FLAGS.polarity, center=FLAGS.center, stroke_width=FLAGS.stroke_width
-  )
-  return steps.without(*FLAGS.skip)
 
 
 def _labels(images: list[predict.ImageFile], paths: list[str]) -> list[int | None] | None:

@@ -9,10 +9,12 @@ networks got (:func:`digits_jax.app.preprocess.preprocess`), and every model's a
 ensemble's ten probabilities. ``GET /api/models`` lists the loaded runs.
 
 Requests larger than ``--max_bytes`` get 413 and a body that is not an image 400, each with
-``{"error": message}``. An image without ink (an empty canvas) is no error of the person
-drawing: it gets 422 with ``{"empty": true, "hint": EMPTY_HINT, "error": message}``, and the
-page shows the hint in grey where the answer would be. The standard library's
-:mod:`http.server` serves it: one process, no dependencies beyond the project's.
+``{"error": message}``. ``--skip``, ``--polarity``, ``--center`` and ``--stroke_width``
+change the preprocessing as in ``experiments.predict``. An image without ink (an empty
+canvas) is no error of the person drawing: it gets 422 with ``{"empty": true, "hint":
+EMPTY_HINT, "error": message}``, and the page shows the hint in grey where the answer would
+be. The standard library's :mod:`http.server` serves it: one process, no dependencies beyond
+the project's.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ from absl import app, flags
 from digits_jax.app import predict, preprocess
 from digits_jax.runs import RunDirError
 from digits_jax.training import checkpoints
-from experiments import logs
+from experiments import logs, preprocessing_flags
+from experiments.preprocessing_flags import steps_from_flags
 
 flags.DEFINE_multi_string(
   "workdir", None, "A trained run's work directory; repeat the flag for an ensemble."
@@ -42,6 +45,7 @@ flags.DEFINE_string(
 )
 flags.DEFINE_integer("port", 8000, "Port to listen on (0: any free port, printed at start).")
 flags.DEFINE_integer("max_bytes", 5_000_000, "Largest request body accepted.")
+flags.adopt_module_key_flags(preprocessing_flags)  # --help lists them too
 flags.mark_flag_as_required("workdir")
 FLAGS = flags.FLAGS
 
@@ -135,10 +139,15 @@ def make_handler(
 
 
 def make_server(
-  runs: list[predict.Run], host: str = "127.0.0.1", port: int = 8000, *, max_bytes: int = 5_000_000
+  runs: list[predict.Run],
+  host: str = "127.0.0.1",
+  port: int = 8000,
+  *,
+  max_bytes: int = 5_000_000,
+  steps: preprocess.Steps | None = None,
 ) -> ThreadingHTTPServer:
   """A threading HTTP server for ``runs``, bound but not yet serving."""
-  return ThreadingHTTPServer((host, port), make_handler(runs, max_bytes=max_bytes))
+  return ThreadingHTTPServer((host, port), make_handler(runs, max_bytes=max_bytes, steps=steps))
 
 
 def main(argv):
@@ -146,13 +155,14 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logs.setup(level=logging.WARNING)
   try:
+    steps = steps_from_flags()
     runs = predict.load_runs(FLAGS.workdir)
-  except (RunDirError, checkpoints.CheckpointError) as e:
+  except (ValueError, RunDirError, checkpoints.CheckpointError) as e:
     sys.exit(f"error: {e}")
   for run in runs:  # compile the forward pass before the first person draws
     run.probabilities(np.zeros((1, 28, 28, 1), np.float32))
   try:
-    server = make_server(runs, FLAGS.host, FLAGS.port, max_bytes=FLAGS.max_bytes)
+    server = make_server(runs, FLAGS.host, FLAGS.port, max_bytes=FLAGS.max_bytes, steps=steps)
   except OSError as e:
     sys.exit(f"error: cannot listen on {FLAGS.host}:{FLAGS.port} ({e}); choose another --port")
   host, port = server.server_address[:2]

@@ -433,6 +433,8 @@ def test_unreadable_checkpoint_metadata_is_refused(cli_run, mnist_dir, tmp_path)
     ("experiments.sweep", ("--seeds", "--models", "--config", "--workdir"), ()),
     ("experiments.evaluate", ("--workdir", "--manual_dir"), ("--distributed", "--seeds")),
     ("experiments.speedrun", ("--seeds", "--workdir", "--config"), ("--distributed",)),
+    ("experiments.predict", ("--workdir", "--skip", "--polarity", "--max_pixels"), ()),
+    ("experiments.serve", ("--workdir", "--skip", "--polarity", "--center", "--port"), ()),
   ],
 )
 def test_help_lists_the_entry_points_own_flags(module, listed, unlisted):
