@@ -1,0 +1,203 @@
+"""A sweep's grid: its configs, the names of their runs, each worker's share, and the record
+in ``sweep.json`` that keeps every worker on the same grid."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import itertools
+import json
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+
+from digits_jax import files
+from digits_jax.config import SHORT_NAMES, Config, ConfigError, own_settings, resolve
+
+log = logging.getLogger(__name__)
+
+# What a sweep keeps next to its run directories: the grid its workers share, and the
+# lock files of its runs, its grid record and its table.
+SWEEP_FILE = "sweep.json"
+LOCKS_DIR = ".locks"
+# How long a worker waits for another to finish writing sweep.json.
+GRID_WAIT_S = 30.0
+
+
+class WorkerError(ConfigError):
+  """A sweep worker that cannot go on: a bad worker index, another grid, no file locks."""
+
+
+def expand(base: Config, grid: Mapping[str, Sequence[Any]]) -> list[Config]:
+  """The resolved configs of the product of ``grid``'s lists, validated before anything runs.
+
+  Args:
+    base: the settings every run shares.
+    grid: Config field name to the values it takes (``{"model": [...], "seed": [0, 1]}``).
+
+  A value listed twice gives its runs once.
+
+  Raises:
+    ConfigError, UnknownModelError: a field or value that cannot work.
+  """
+  names = list(grid)
+  configs = [
+    resolve(base.replace(**dict(zip(names, values, strict=True))))
+    for values in itertools.product(*grid.values())
+  ]
+  return list(dict.fromkeys(configs))
+
+
+def _value(v: Any) -> str:
+  return f"{v:g}" if isinstance(v, float) else str(v).lower() if isinstance(v, bool) else str(v)
+
+
+def run_name(config: Config) -> str:
+  """``model-optimizer[-setting...]-seedN``: the settings that differ from the recipe."""
+  settings = "".join(
+    f"-{SHORT_NAMES.get(k, k)}{_value(v)}" for k, v in own_settings(config).items()
+  )
+  return f"{config.model}-{config.optimizer}{settings}-seed{config.seed}"
+
+
+def run_dir(workdir: Path, config: Config) -> Path:
+  """The directory of ``config``'s run: ``workdir/``:func:`run_name`."""
+  return workdir / run_name(config)
+
+
+def run_dirs(workdir: str | Path, configs: Sequence[Config]) -> list[Path]:
+  """The directories of ``configs``' runs under the sweep's ``workdir``."""
+  return [run_dir(Path(workdir), c) for c in dict.fromkeys(configs)]
+
+
+def variant(config: Config, varied: Sequence[str]) -> str:
+  """The model's name with the values of the ``varied`` settings (``conv2_dense64 lr=0.003``)."""
+  return " ".join(
+    [config.model] + [f"{SHORT_NAMES.get(k, k)}={_value(getattr(config, k))}" for k in varied]
+  )
+
+
+def share(configs: Sequence[Config], num_workers: int, worker_index: int) -> list[Config]:
+  """The runs worker ``worker_index`` of ``num_workers`` trains: run ``i`` goes to worker ``i % N``.
+
+  A fixed split of the ordered grid: every run belongs to exactly one worker, whoever
+  starts first or is started again.
+
+  Raises:
+    WorkerError: ``num_workers`` below 1, or ``worker_index`` outside ``0..num_workers - 1``.
+  """
+  if num_workers < 1:
+    raise WorkerError(f"--num_workers must be at least 1, got {num_workers}")
+  if not 0 <= worker_index < num_workers:
+    raise WorkerError(
+      f"--worker_index={worker_index} is out of range for --num_workers={num_workers}: "
+      f"workers are numbered 0 to {num_workers - 1}"
+    )
+  return list(dict.fromkeys(configs))[worker_index::num_workers]
+
+
+def grid_digest(configs: Sequence[Config]) -> str:
+  """SHA-256 of the grid's ordered run identities: equal exactly when the split is equal."""
+  identities = [c.identity() for c in dict.fromkeys(configs)]
+  return hashlib.sha256(json.dumps(identities, sort_keys=True).encode()).hexdigest()
+
+
+def _lock(workdir: Path, name: str, *, wait_s: float = 0.0):
+  if jax.process_count() > 1:
+    # The processes of one multi-process run train every run together: a lock taken by one
+    # would turn the others away and leave them waiting in a collective. Such a sweep is a
+    # single worker (run_sweep refuses a split), so there is no one to lock out.
+    return contextlib.nullcontext()
+  return files.exclusive_lock(workdir / LOCKS_DIR / f"{name}.lock", wait_s=wait_s)
+
+
+def _read_record(path: Path) -> dict[str, Any] | None:
+  if not path.exists():
+    return None
+  try:
+    record = files.read_json(path)
+    if not isinstance(record.get("runs"), list) or not isinstance(record.get("digest"), str):
+      raise ValueError("no 'runs' list and 'digest'")
+  except (OSError, ValueError, AttributeError) as e:
+    raise WorkerError(
+      f"{path} cannot be read as a sweep's grid ({type(e).__name__}: {e}); delete it (the "
+      "runs are kept) and start the workers again"
+    ) from e
+  return record
+
+
+def _differences(recorded: Sequence[str], ours: Sequence[str]) -> str:
+  def listing(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+  only_recorded = [n for n in recorded if n not in set(ours)]
+  only_ours = [n for n in ours if n not in set(recorded)]
+  if not only_recorded and not only_ours:
+    return "the same run names, in another order or with other settings"
+  parts = []
+  if only_recorded:
+    parts.append(f"only in the recorded grid: {listing(only_recorded)}")
+  if only_ours:
+    parts.append(f"only in this command's: {listing(only_ours)}")
+  return "; ".join(parts)
+
+
+def record_grid(
+  workdir: str | Path, configs: Sequence[Config], *, replace: bool = False, write: bool = True
+) -> None:
+  """Records the grid in ``workdir/sweep.json``, or checks it against the one recorded.
+
+  Every worker of a sweep must split the same ordered grid, else runs would be left out or
+  mixed with another sweep's. The grid recorded there may be replaced only once all its
+  runs have finished (a finished sweep may be extended), or with ``replace``.
+
+  Args:
+    workdir: the sweep's directory.
+    configs: the grid, in order (as :func:`expand` gives it).
+    replace: replace a recorded grid even if some of its runs have not finished.
+    write: record the grid if none is; false only checks (for collecting).
+
+  Raises:
+    WorkerError: another grid with unfinished runs is recorded (naming how the two
+      differ), or file locks do not work in ``workdir``.
+  """
+  workdir = Path(workdir)
+  configs = list(dict.fromkeys(configs))
+  ours = {"digest": grid_digest(configs), "runs": [run_dir(workdir, c).name for c in configs]}
+  path = workdir / SWEEP_FILE
+  with _guard(workdir, "sweep", wait_s=GRID_WAIT_S):
+    recorded = _read_record(path)
+    if recorded is not None and recorded["digest"] == ours["digest"]:
+      return
+    if recorded is not None:
+      unfinished = [n for n in recorded["runs"] if not (workdir / n / "results.json").exists()]
+      if (unfinished and not replace) or not write:
+        raise WorkerError(
+          f"{workdir} belongs to another sweep: {path} records a grid of "
+          f"{len(recorded['runs'])} runs ({len(unfinished)} not finished), this command's "
+          f"has {len(configs)} ({_differences(recorded['runs'], ours['runs'])}). Start "
+          "every worker of a sweep with the same flags; for a new sweep choose another "
+          f"--workdir, or, if the one recorded is abandoned, delete {path} (finished runs the "
+          "new grid shares are reused)"
+        )
+      log.info("%s: replacing the grid recorded there (%d runs)", path, len(recorded["runs"]))
+    if write and jax.process_index() == 0:
+      files.write_json(path, ours)
+
+
+@contextlib.contextmanager
+def _guard(workdir: Path, name: str, *, wait_s: float) -> Iterator[None]:
+  """A lock that waits, turning lock trouble into a :class:`WorkerError`."""
+  try:
+    with _lock(workdir, name, wait_s=wait_s):
+      yield
+  except files.LockBusyError as e:
+    raise WorkerError(
+      f"{e.path} has been held by {e.holder} for over {wait_s:.0f} s; if that process is "
+      "hung, stop it and start this command again"
+    ) from e
+  except files.LockError as e:
+    raise WorkerError(str(e)) from e
