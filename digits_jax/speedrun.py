@@ -423,6 +423,8 @@ def markdown(result: dict[str, Any]) -> str:
     )
   if "ratio" in result:
     lines.append(f"\nours / PyTorch, training seconds per seed: {result['ratio']:.2f}")
+  elif "ratio_note" in result:
+    lines.append(f"\n{result['ratio_note']}")
   if "keras_ratio" in result:
     lines.append(f"ours / Keras, training seconds per seed: {result['keras_ratio']:.2f}")
   return "\n".join(lines) + "\n"

@@ -111,15 +111,15 @@ def test_finished_run_started_again_is_not_trained_again(cli_run, mnist_dir, tmp
 def test_sweep_skips_finished_runs_resumes_the_killed_one_and_counts_each_once(
   cli_run, mnist_dir, tmp_path
 ):
-  # The uninterrupted run is this sweep's seed 0, finished (in a directory named as earlier
-  # versions named it: still found); seed 1 is killed mid-run.
-  shutil.copytree(cli_run, tmp_path / "conv2_dense64-adam-seed0")
-  seed0 = cli.snapshot(tmp_path / "conv2_dense64-adam-seed0")
+  # The uninterrupted run is this sweep's seed 0, finished; seed 1 is killed mid-run.
   tiny = resolve(
     Config(
       model="conv2_dense64", epochs=4, batch_size=32, train_subset=1024, validation_size=256, seed=1
     )
   )
+  seed0_name = sweep.run_name(tiny.replace(seed=0))
+  shutil.copytree(cli_run, tmp_path / seed0_name)
+  seed0 = cli.snapshot(tmp_path / seed0_name)
   seed1 = tmp_path / sweep.run_name(tiny)
   flags = [f for f in cli.TINY if not f.startswith("--model=")]
   flags += [
@@ -136,15 +136,15 @@ def test_sweep_skips_finished_runs_resumes_the_killed_one_and_counts_each_once(
 
   out = cli.run("experiments.sweep", *flags)
   assert out.returncode == 0, out.stderr[-3000:]
-  assert "conv2_dense64-adam-seed0: already finished, skipped" in out.stderr
+  assert f"{seed0_name}: already finished, skipped" in out.stderr
   assert f"{seed1}: resuming after epoch" in out.stderr
-  assert cli.snapshot(tmp_path / "conv2_dense64-adam-seed0") == seed0
+  assert cli.snapshot(tmp_path / seed0_name) == seed0
   _no_leftovers(seed1)
   with open(tmp_path / "results.csv") as f:
     rows = list(csv.DictReader(f))
   assert [(r["model"], r["seeds"]) for r in rows] == [("conv2_dense64", "2")]
   assert "have not finished" not in (tmp_path / "results.md").read_text()
   assert sorted(p.parent.name for p in tmp_path.glob("*/results.json")) == [
-    "conv2_dense64-adam-seed0",
+    seed0_name,
     seed1.name,
   ]

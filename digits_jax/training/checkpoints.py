@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,19 @@ def quiet_abandoned_reads() -> None:
   logger = logging.getLogger("asyncio")
   if not any(getattr(f, "_drops_abandoned_reads", False) for f in logger.filters):
     logger.addFilter(_AbandonedReads())
+  # Their callbacks also find orbax's event loop closed and Python reports each as an
+  # unraisable RuntimeError; orbax has no public switch for it, so only that one is dropped.
+  if not getattr(sys.unraisablehook, "_drops_closed_loop", False):
+    previous = sys.unraisablehook
+
+    def hook(args):
+      if not (
+        isinstance(args.exc_value, RuntimeError) and "Event loop is closed" in str(args.exc_value)
+      ):
+        previous(args)
+
+    hook._drops_closed_loop = True
+    sys.unraisablehook = hook
 
 
 class _AbandonedReads(logging.Filter):
