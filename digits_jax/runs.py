@@ -43,18 +43,34 @@ __all__ = ["RunDirError", "load_run", "rebuild", "train_and_evaluate"]  # RunDir
 
 @dataclasses.dataclass
 class LoadedRun:
-  """A run's config and its best-by-validation model, restored from its directory."""
+  """A run's config and its best-by-validation model, restored from its directory.
+
+  What evaluation, prediction and the drawing page share: :func:`probabilities` is the
+  model as a function of images; ``name`` is how predictions and the page label it (the
+  directory's name, or its whole path where two loaded runs share a name).
+  """
 
   workdir: Path
   config: Config
   state: TrainState
   best_epoch: int
   saved: dict[str, Any]  # the whole config.json
+  num_classes: int
+  name: str
 
-  def predict(self, images: np.ndarray) -> np.ndarray:
-    """Class probabilities (N, classes) for images (N, 28, 28, 1) in [0, 1]."""
-    logits = predict(self.state, jnp.asarray(images, jnp.float32), self.config.eval_batch_size)
-    return np.asarray(jax.nn.softmax(logits, axis=-1))
+  def probabilities(self, images: np.ndarray) -> np.ndarray:
+    """Class probabilities (N, classes), float64, for images (N, 28, 28, 1) or (N, 28, 28)
+    in [0, 1]; a ValueError names any other shape."""
+    images = np.asarray(images, np.float32)
+    if images.ndim == 3:
+      images = images[..., None]
+    if images.ndim != 4 or images.shape[1:] != (data.IMAGE_SIZE, data.IMAGE_SIZE, 1):
+      size = data.IMAGE_SIZE
+      raise ValueError(f"expected (N, {size}, {size}, 1) images, got {images.shape}")
+    if len(images) == 0:
+      return np.zeros((0, self.num_classes))
+    logits = predict(self.state, jnp.asarray(images), self.config.eval_batch_size)
+    return np.asarray(jax.nn.softmax(logits, axis=-1)).astype(np.float64)
 
 
 def restore_best(state: TrainState, best: checkpoints.BestCheckpoint) -> TrainState:
@@ -105,11 +121,15 @@ def write_evaluation(
   datasets: data.Datasets,
   history: list[dict[str, Any]],
   best_epoch: int,
+  *,
+  plots: bool = True,
 ) -> dict[str, Any]:
   """Writes what a run's test logits give: the stored test outputs, reports and pictures.
 
   ``test_outputs.npz`` (:func:`digits_jax.rundir.save_test_outputs`) keeps the
-  class probabilities for comparisons between runs.
+  class probabilities for comparisons between runs. ``plots=False`` writes the text reports
+  only, without the figures (the report's and :func:`write_pictures`), the slowest part:
+  :func:`rebuild` draws them later.
 
   Returns:
     ``test`` (loss and accuracy) and ``report`` (the summary of
@@ -126,27 +146,42 @@ def write_evaluation(
     history,
     best_epoch=best_epoch,
     test_metrics=test,
+    plots=plots,
   )
-  summary["files"] += write_pictures(workdir, config, state, datasets, probabilities)
+  if plots:
+    summary["files"] += write_pictures(workdir, config, state, datasets, probabilities)
   return {"test": test, "report": summary}
 
 
 def finish(
-  config: Config, workdir: Path, trained: loop.TrainedRun, datasets: data.Datasets, **extra: Any
+  config: Config,
+  workdir: Path,
+  trained: loop.TrainedRun,
+  datasets: data.Datasets,
+  *,
+  plots: bool = True,
+  **extra: Any,
 ) -> dict[str, Any]:
   """Evaluates the best-by-validation checkpoint on the test set; writes results.json.
 
   First writes the reports, plots and TensorBoard scalars from the test logits;
-  ``results.json`` comes last, as it marks the run finished. ``extra`` items are added
-  to the results. With several processes, all of them restore and predict, and process 0
-  writes the files.
+  ``results.json`` comes last, as it marks the run finished. ``plots`` as in
+  :func:`write_evaluation`; ``extra`` items are added to the results. With several
+  processes, all of them restore and predict, and process 0 writes the files.
   """
   best_epoch = trained.best.best_epoch()
   state = restore_best(trained.state, trained.best)
   logits = test_logits(config, state, datasets)
   if distributed.is_writer():
     evaluation = write_evaluation(
-      workdir, config, sharding.to_local(state), logits, datasets, trained.history, best_epoch
+      workdir,
+      config,
+      sharding.to_local(state),
+      logits,
+      datasets,
+      trained.history,
+      best_epoch,
+      plots=plots,
     )
     test = evaluation["test"]
   else:
@@ -203,6 +238,7 @@ def train_and_evaluate(
   data_dir: str | None = None,
   backend: str = "auto",
   overwrite: bool = False,
+  plots: bool = True,
 ) -> dict[str, Any]:
   """Trains ``config`` and writes everything about the run into ``workdir``.
 
@@ -230,6 +266,8 @@ def train_and_evaluate(
       :func:`digits_jax.data.load_datasets`.
     overwrite: delete the files of a previous run in ``workdir`` (any config) and start
       from scratch.
+    plots: draw the run's figures (:func:`write_evaluation`); ``python -m
+      experiments.evaluate`` draws them later.
 
   Returns:
     The contents of ``results.json``.
@@ -258,7 +296,7 @@ def train_and_evaluate(
     )
   prepare(config, workdir, datasets, overwrite=overwrite)
   trained = loop.train(config, workdir, datasets)
-  return finish(config, workdir, trained, datasets)
+  return finish(config, workdir, trained, datasets, plots=plots)
 
 
 FINAL_FIT_SUFFIX = "-final"
@@ -311,7 +349,15 @@ def load_run(workdir: str | os.PathLike, num_classes: int | None = None) -> Load
     num_classes = data.NUM_CLASSES
   state = create_train_state(config, jax.random.PRNGKey(0), 1, num_classes)
   best = checkpoints.BestCheckpoint(workdir / "checkpoints")
-  return LoadedRun(workdir, config, restore_best(state, best), best.best_epoch(), saved)
+  return LoadedRun(
+    workdir,
+    config,
+    restore_best(state, best),
+    best.best_epoch(),
+    saved,
+    num_classes=num_classes,
+    name=workdir.name or str(workdir),
+  )
 
 
 def rebuild(

@@ -58,6 +58,13 @@ flags.DEFINE_bool(
   "scratch. Without it, a --workdir holding another config's run is refused.",
 )
 flags.DEFINE_bool(
+  "plots",
+  True,
+  "Draw each run's figures into <run>/plots/ (curves, confusion matrix, image grids, "
+  "filters, activations, saliency), the slowest of its reports; without them a run writes "
+  "its text reports only, and python -m experiments.evaluate --workdir=RUN draws them later.",
+)
+flags.DEFINE_bool(
   "tune_malloc",
   True,
   "On CPU, keep freed memory mapped between training steps (glibc mallopt; "

@@ -1,6 +1,6 @@
 """Rebuilds a run's reports and plots from its checkpoint, without training.
 
-    python -m experiments.evaluate --workdir=runs/sweep-quick/conv2_dense64-adam-seed0
+    python -m experiments.evaluate --workdir=runs/sweep-quick/conv2_dense64-adam-ep1-seed0
 
 Reads the run's config.json, restores its best-by-validation checkpoint, predicts the
 test split and writes the classification report, confusion matrix, calibration, plots

@@ -32,7 +32,7 @@ import numpy as np
 from absl import app, flags
 
 from digits_jax.app import predict, preprocess
-from digits_jax.runs import RunDirError
+from digits_jax.runs import LoadedRun, RunDirError
 from digits_jax.training import checkpoints
 from experiments import logs, preprocessing_flags
 from experiments.preprocessing_flags import steps_from_flags
@@ -60,7 +60,7 @@ def page() -> bytes:
 
 
 def make_handler(
-  runs: list[predict.Run], *, max_bytes: int, steps: preprocess.Steps | None = None
+  runs: list[LoadedRun], *, max_bytes: int, steps: preprocess.Steps | None = None
 ) -> type[BaseHTTPRequestHandler]:
   """A request handler class serving the page and the prediction endpoint for ``runs``."""
   html = page()
@@ -139,7 +139,7 @@ def make_handler(
 
 
 def make_server(
-  runs: list[predict.Run],
+  runs: list[LoadedRun],
   host: str = "127.0.0.1",
   port: int = 8000,
   *,

@@ -49,7 +49,11 @@ def main(argv):
       )
     else:
       results = runs.train_and_evaluate(
-        config, FLAGS.workdir, datasets=common.load_data(config), overwrite=FLAGS.overwrite
+        config,
+        FLAGS.workdir,
+        datasets=common.load_data(config),
+        overwrite=FLAGS.overwrite,
+        plots=FLAGS.plots,
       )
     print(
       f"{config.model}: test accuracy {100 * results['test_accuracy']:.2f}% "
@@ -59,7 +63,11 @@ def main(argv):
       final = runs.final_fit_config(config, results)
       final_dir = str(FLAGS.workdir).rstrip("/") + runs.FINAL_FIT_SUFFIX
       final_results = runs.train_and_evaluate(
-        final, final_dir, datasets=common.load_data(final), overwrite=FLAGS.overwrite
+        final,
+        final_dir,
+        datasets=common.load_data(final),
+        overwrite=FLAGS.overwrite,
+        plots=FLAGS.plots,
       )
       print(
         f"{config.model} final fit on all training images, {final.epochs} epochs: test "

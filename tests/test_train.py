@@ -121,6 +121,20 @@ def test_run_writes_its_files(mnist, tmp_path):
   assert files.read_json(tmp_path / "results.json") == results
 
 
+def test_a_run_without_plots_draws_them_later(mnist, tmp_path):
+  """--plots=false (the quick sweep): text reports only; evaluate draws the figures."""
+  tiny = _tiny(mnist)
+  config = Config(model="conv2_dense64", epochs=1, batch_size=64)
+  results = runs.train_and_evaluate(config, tmp_path, datasets=tiny, plots=False)
+  assert (tmp_path / "classification_report.txt").is_file()
+  assert (tmp_path / "test_outputs.npz").is_file()
+  assert not (tmp_path / "plots").exists()
+  rebuilt = runs.rebuild(tmp_path, datasets=tiny)
+  assert rebuilt["reproduced"] and rebuilt["test_accuracy"] == results["test_accuracy"]
+  for name in ("confusion_matrix.png", "misclassified.png", "saliency.png"):
+    assert (tmp_path / "plots" / name).is_file()
+
+
 def test_batch_larger_than_the_training_set(mnist, tmp_path):
   with pytest.raises(ConfigError, match="larger than the 100 training images"):
     runs.train_and_evaluate(

@@ -106,6 +106,7 @@ def write_run_report(
   *,
   best_epoch: int | None = None,
   test_metrics: Mapping[str, float] | None = None,
+  plots: bool = True,
 ) -> dict[str, Any]:
   """Writes every report, plot and TensorBoard scalar of a run into ``workdir``.
 
@@ -120,6 +121,8 @@ def write_run_report(
     test_metrics: ``loss`` and ``accuracy`` on the test set, logged to TensorBoard at
       ``best_epoch`` (:func:`digits_jax.training.step.metrics_from_logits` of the same
       logits).
+    plots: draw the figures (``plots/``); without them, the text reports and TensorBoard
+      scalars only.
 
   Returns:
     A summary: ``accuracy``, ``macro_f1``, ``ece``, ``num_test`` and ``files`` (the paths
@@ -162,6 +165,50 @@ def write_run_report(
   files.write_text(workdir / written[2], _confusion_csv(cm, names))
   files.write_json(workdir / written[3], calibration)
 
+  if plots:
+    written += _write_plots(
+      workdir,
+      history,
+      cm,
+      images,
+      labels,
+      probs,
+      confidences,
+      correct,
+      calibration,
+      best_epoch=best_epoch,
+      names=names,
+      title=title,
+    )
+  if write_tensorboard(
+    workdir / TENSORBOARD_DIR, history, best_epoch=best_epoch, test_metrics=test_metrics
+  ):
+    written.append(f"{TENSORBOARD_DIR}/")
+  return {
+    "accuracy": report["accuracy"],
+    "macro_f1": report["macro avg"]["f1-score"],
+    "ece": calibration["ece"],
+    "num_test": len(labels),
+    "files": written,
+  }
+
+
+def _write_plots(
+  workdir,
+  history,
+  cm,
+  images,
+  labels,
+  probs,
+  confidences,
+  correct,
+  calibration,
+  *,
+  best_epoch,
+  names,
+  title,
+) -> list[str]:
+  """The figures of :func:`write_run_report`; returns their paths relative to ``workdir``."""
   plot_dir = workdir / PLOTS_DIR
   plots.training_curves(
     history, plot_dir / PLOT_FILES["training_curves"], best_epoch=best_epoch, title=title
@@ -189,18 +236,7 @@ def write_run_report(
     plot_dir / PLOT_FILES["reliability_diagram"],
     title=title,
   )
-  written += [f"{PLOTS_DIR}/{name}" for name in PLOT_FILES.values()]
-  if write_tensorboard(
-    workdir / TENSORBOARD_DIR, history, best_epoch=best_epoch, test_metrics=test_metrics
-  ):
-    written.append(f"{TENSORBOARD_DIR}/")
-  return {
-    "accuracy": report["accuracy"],
-    "macro_f1": report["macro avg"]["f1-score"],
-    "ece": calibration["ece"],
-    "num_test": len(labels),
-    "files": written,
-  }
+  return [f"{PLOTS_DIR}/{name}" for name in PLOT_FILES.values()]
 
 
 def write_tensorboard(

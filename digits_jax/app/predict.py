@@ -23,7 +23,7 @@ import io
 import math
 import os
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -35,6 +35,7 @@ from digits_jax.analysis import metrics, report
 from digits_jax.app import preprocess
 from digits_jax.config import Config
 from digits_jax.data import NUM_CLASSES
+from digits_jax.runs import LoadedRun
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 # Larger images are refused as decompression bombs: Pillow's own limit (about 89 MP).
@@ -172,17 +173,6 @@ def load_image(
   return image
 
 
-@dataclasses.dataclass(frozen=True)
-class Run:
-  """A trained run, ready to predict."""
-
-  workdir: Path
-  name: str
-  config: Config
-  # (N, 28, 28, 1) float32 images in [0, 1] -> (N, 10) float64 class probabilities.
-  probabilities: Callable[[np.ndarray], np.ndarray]
-
-
 def check_run(workdir: str | os.PathLike) -> Config:
   """The config of a run that :func:`load_run` can load; cheap (reads ``config.json``).
 
@@ -203,40 +193,25 @@ def check_run(workdir: str | os.PathLike) -> Config:
   return config
 
 
-def load_run(workdir: str | os.PathLike) -> Run:
-  """Restores a run's best-by-validation checkpoint as a probability function.
+def load_run(workdir: str | os.PathLike) -> LoadedRun:
+  """Restores a run of a digits model: its best-by-validation checkpoint, ready to predict.
 
   Args:
     workdir: a run's work directory (``config.json`` and ``checkpoints/best``).
 
   Returns:
-    A :class:`Run` named after the directory.
+    The run (:class:`digits_jax.runs.LoadedRun`), named after its directory.
 
   Raises:
     digits_jax.rundir.RunDirError: no readable ``config.json``.
     WrongDatasetError: the model was trained on another data set than MNIST's digits.
     digits_jax.training.checkpoints.CheckpointError: no checkpoint, or one that does not fit.
   """
-  workdir = Path(workdir)
-  config = check_run(workdir)
-  loaded = runs.load_run(workdir, NUM_CLASSES)
-
-  def probabilities(images: np.ndarray) -> np.ndarray:
-    images = np.asarray(images, np.float32)
-    if images.ndim == 3:
-      images = images[..., None]
-    if images.ndim != 4 or images.shape[1:] != (28, 28, 1):
-      raise ValueError(f"expected (N, 28, 28, 1) images, got {images.shape}")
-    if len(images) == 0:
-      return np.zeros((0, NUM_CLASSES))
-    return loaded.predict(images).astype(np.float64)
-
-  return Run(
-    workdir=workdir, name=workdir.name or str(workdir), config=config, probabilities=probabilities
-  )
+  check_run(workdir)
+  return runs.load_run(workdir, NUM_CLASSES)
 
 
-def load_runs(workdirs: Sequence[str | os.PathLike]) -> list[Run]:
+def load_runs(workdirs: Sequence[str | os.PathLike]) -> list[LoadedRun]:
   """:func:`load_run` of each (all checked first); runs whose directories share a name get
   their full path."""
   for workdir in workdirs:
@@ -248,7 +223,7 @@ def load_runs(workdirs: Sequence[str | os.PathLike]) -> list[Run]:
   ]
 
 
-def ensemble_probabilities(runs: Sequence[Run], images: np.ndarray) -> dict[str, np.ndarray]:
+def ensemble_probabilities(runs: Sequence[LoadedRun], images: np.ndarray) -> dict[str, np.ndarray]:
   """Each run's probabilities for ``images``, and with several runs their mean.
 
   Args:
@@ -343,7 +318,7 @@ def _thumbnail(image: Image.Image, size: int = 128) -> Image.Image:
 
 
 def predict_files(
-  runs: Sequence[Run],
+  runs: Sequence[LoadedRun],
   images: Sequence[ImageFile],
   steps: preprocess.Steps | None = None,
   *,
@@ -558,7 +533,7 @@ def format_confusion(cm: np.ndarray) -> str:
 
 
 def predict_bytes(
-  runs: Sequence[Run],
+  runs: Sequence[LoadedRun],
   data: bytes,
   steps: preprocess.Steps | None = None,
   *,

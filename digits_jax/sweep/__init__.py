@@ -94,6 +94,7 @@ def run_sweep(
   vmap: bool = False,
   num_workers: int = 1,
   worker_index: int = 0,
+  plots: bool = True,
 ) -> list[dict[str, Any]]:
   """Trains this worker's share of the configs (skipping finished ones, resuming interrupted ones).
 
@@ -107,6 +108,7 @@ def run_sweep(
       interrupted resumes from its models' latest checkpoints.
     num_workers, worker_index: train only the runs :func:`share` gives this worker. A run
       whose lock another process holds (the same worker started twice) is left to it.
+    plots: draw each run's figures (:func:`digits_jax.runs.write_evaluation`).
 
   Returns:
     The results of this worker's finished runs, in the order of ``configs``, each with
@@ -179,7 +181,13 @@ def run_sweep(
         group_seconds = sum(r["epoch_seconds"] for r in trained[0].history) * len(group)
         for config, path, one in zip(group, run_dirs, trained, strict=True):
           finished[config] = runs.finish(
-            config, path, one, datasets(config), group_size=len(group), group_seconds=group_seconds
+            config,
+            path,
+            one,
+            datasets(config),
+            plots=plots,
+            group_size=len(group),
+            group_seconds=group_seconds,
           )
 
   varied = varied_settings(configs)
@@ -195,7 +203,7 @@ def run_sweep(
           if still_unfinished(config):
             log.info("%s: training", path.name)
             results = runs.train_and_evaluate(
-              config, path, datasets=datasets(config), overwrite=overwrite
+              config, path, datasets=datasets(config), overwrite=overwrite, plots=plots
             )
             log.info("%s: test accuracy %.4f", path.name, results["test_accuracy"])
           else:
