@@ -39,16 +39,24 @@ from digits_jax.environment import environment
 
 MODEL = "conv2_dense128_dropout"
 
-flags.DEFINE_string("out", "device_check.json", "Where the JSON is written.")
-flags.DEFINE_string(
-  "manual_dir", None, "Folder of the four MNIST files (default: $DIGITS_MANUAL_DIR)."
-)
-flags.DEFINE_integer("epochs", 4, "Epochs timed for the per-epoch figure (the first compiles).")
-flags.DEFINE_integer("train_subset", 0, "Training images for the epoch and group figures (0: all).")
-flags.DEFINE_integer("speedrun_seeds", 5, "Seeds of the speedrun.")
-flags.DEFINE_float("speedrun_epochs", None, "Speedrun epochs (default: the recipe's).")
-flags.DEFINE_integer("group_models", 8, "Seeds trained as one vmapped group and in a row.")
-flags.DEFINE_integer("group_epochs", 1, "Epochs of each model of the group.")
+
+def define_flags() -> None:
+  """This script's flags; defined when it runs, so that importing it (the tests do, next to
+  the entry points) defines none."""
+  flags.DEFINE_string("out", "device_check.json", "Where the JSON is written.")
+  flags.DEFINE_string(
+    "manual_dir", None, "Folder of the four MNIST files (default: $DIGITS_MANUAL_DIR)."
+  )
+  flags.DEFINE_integer("epochs", 4, "Epochs timed for the per-epoch figure (the first compiles).")
+  flags.DEFINE_integer(
+    "train_subset", 0, "Training images for the epoch and group figures (0: all)."
+  )
+  flags.DEFINE_integer("speedrun_seeds", 5, "Seeds of the speedrun.")
+  flags.DEFINE_float("speedrun_epochs", None, "Speedrun epochs (default: the recipe's).")
+  flags.DEFINE_integer("group_models", 8, "Seeds trained as one vmapped group and in a row.")
+  flags.DEFINE_integer("group_epochs", 1, "Epochs of each model of the group.")
+
+
 FLAGS = flags.FLAGS
 
 
@@ -195,4 +203,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -2,7 +2,7 @@
 
 Command: ``python -m experiments.sweep --config=configs/sweep_quick.py``
 Settings: the quick preset's, one epoch per run, the three heavy networks on part of the
-training split (``QUICK_SETTINGS`` in ``experiments/sweep.py``); ``--epochs=N`` gives every
+training split (``QUICK_SETTINGS`` in ``digits_jax/sweep/grid.py``); ``--epochs=N`` gives every
 run N. Each run writes its text reports, not its figures (``plots = False``).
 Cost: 3 to 5.5 minutes on the reference machine (2-core x86 VM, no GPU), depending on its
 load; docs/install.md has the per-network figures.

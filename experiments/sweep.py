@@ -40,28 +40,6 @@ from digits_jax.analysis import compare_report
 from digits_jax.config import FIELDS, ConfigError
 from experiments import common
 
-# The quick preset (make sweep): every network above 98% test accuracy on MNIST in at most 5
-# minutes on a 2-core CPU (docs/install.md has what was measured). One epoch per run; after
-# one epoch at its recipe's batch of 128, conv3_dense128_64 stayed at 97.9%, so it takes the
-# more steps of batch 64. The three heavy networks, 3-6x slower per image, train their one
-# epoch (their one-cycle schedule over that epoch) on the first images of the training split
-# only; resnet8 with batch 64 too (97.3% at 128). The light networks keep every image
-# (conv3_dense100 on 40,000: 97.8%). The table's columns and the run names show these
-# settings. Flags given on the command line take precedence.
-QUICK_EPOCHS = 1
-QUICK_SETTINGS = {
-  "conv3_dense128_64": {"batch_size": 64},
-  "bn_conv3_wide": {"train_subset": 20_000},
-  "resnet8": {"train_subset": 20_000, "batch_size": 64},
-  "vgg_small": {"train_subset": 15_000},
-}
-
-
-def quick_settings(model: str) -> dict[str, list]:
-  """The quick preset's settings for one model: {field: [value]}."""
-  return {"epochs": [QUICK_EPOCHS]} | {k: [v] for k, v in QUICK_SETTINGS.get(model, {}).items()}
-
-
 common.define_config_file()
 common.define_config_flags(lists=True, skip=("model", "seed"))
 flags.adopt_module_key_flags(common)
@@ -79,7 +57,7 @@ flags.DEFINE_enum(
   "quick",
   ["quick", "source"],
   "quick: one epoch per run (the heavy networks on part of the training split; see "
-  "QUICK_SETTINGS) unless --epochs is given; "
+  "digits_jax.sweep.QUICK_SETTINGS) unless --epochs is given; "
   "source: each model's source recipe (the full table).",
 )
 flags.DEFINE_integer(
@@ -198,7 +176,7 @@ def main(argv):
     if FLAGS.preset == "quick":
       configs = []
       for model in grid["model"]:
-        quick = {k: v for k, v in quick_settings(model).items() if k not in grid}
+        quick = {k: v for k, v in sweep.quick_settings(model).items() if k not in grid}
         configs += sweep.expand(base, {**grid, "model": [model], **quick})
     else:
       configs = sweep.expand(base, grid)

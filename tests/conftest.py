@@ -10,23 +10,6 @@ import sys
 import tempfile
 
 import pytest
-from absl import flags as absl_flags
-
-# Several entry points define flags of the same name (--workdir in train and serve, ...);
-# each runs in a process of its own, but the tests import several of them into one process.
-# There the first definition of a name stays and a later one is ignored (tests that parse
-# an entry point's flags start it as a subprocess, see tests/cli.py).
-_setitem = absl_flags.FlagValues.__setitem__
-
-
-def _first_definition_stays(self, name, flag):
-  try:
-    _setitem(self, name, flag)
-  except absl_flags.DuplicateFlagError:
-    pass
-
-
-absl_flags.FlagValues.__setitem__ = _first_definition_stays
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # The folder of the four MNIST files: $DIGITS_MANUAL_DIR (the Makefile sets it).

@@ -27,7 +27,7 @@ import pytest
 from PIL import Image
 
 from digits_jax.app import predict
-from experiments import serve
+from digits_jax.app import server as serve
 from tests import cli
 from tests.conftest import requires
 

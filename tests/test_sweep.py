@@ -178,16 +178,14 @@ def test_a_bad_grid_value_fails_before_training(tmp_path, flag, message):
 def test_quick_preset_settings():
   """make sweep's preset: one epoch each, the three heavy networks on a subset, two batch
   sizes changed (the table's columns and the run names say so)."""
-  from experiments import sweep as entry
-
-  assert set(entry.QUICK_SETTINGS) <= set(models.MODELS)
+  assert set(sweep.QUICK_SETTINGS) <= set(models.MODELS)
   for name in ("bn_conv3_wide", "resnet8", "vgg_small"):
-    assert entry.quick_settings(name)["train_subset"][0] >= 15_000
-  assert entry.quick_settings("resnet8") == {
+    assert sweep.quick_settings(name)["train_subset"][0] >= 15_000
+  assert sweep.quick_settings("resnet8") == {
     "epochs": [1],
     "train_subset": [20_000],
     "batch_size": [64],
   }
-  assert entry.quick_settings("conv3_dense128_64") == {"epochs": [1], "batch_size": [64]}
-  assert entry.quick_settings("conv2_dense64") == {"epochs": [1]}
-  assert entry.quick_settings("no_such_model") == {"epochs": [1]}
+  assert sweep.quick_settings("conv3_dense128_64") == {"epochs": [1], "batch_size": [64]}
+  assert sweep.quick_settings("conv2_dense64") == {"epochs": [1]}
+  assert sweep.quick_settings("no_such_model") == {"epochs": [1]}

@@ -37,6 +37,8 @@ from digits_jax.config import Config, varied_settings
 from digits_jax.sweep.grid import (  # noqa: F401
   GRID_WAIT_S,
   LOCKS_DIR,
+  QUICK_EPOCHS,
+  QUICK_SETTINGS,
   SWEEP_FILE,
   WorkerError,
   _differences,
@@ -46,6 +48,7 @@ from digits_jax.sweep.grid import (  # noqa: F401
   _value,
   expand,
   grid_digest,
+  quick_settings,
   record_grid,
   run_dir,
   run_dirs,
