@@ -18,10 +18,11 @@ Anything orbax cannot read, or a checkpoint of another run, raises
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -61,27 +62,15 @@ def quiet_abandoned_reads() -> None:
   """Drops asyncio's log records about the reads orbax abandons when a restore fails.
 
   When one array of a checkpoint cannot be read, orbax gives up on the others while they
-  are still being read, and asyncio logs "Future exception was never retrieved" for each,
-  often after the program's own error message. A filter on the ``asyncio`` logger drops
-  those records; every other record is logged as before. The entry points call it at
-  start-up (``experiments.common``); a library user opts in by calling it.
+  are still being read, and asyncio logs "Future exception was never retrieved" for each.
+  A filter on the ``asyncio`` logger drops those records; every other record is logged as
+  before. The entry points call it at start-up (``experiments.common``); a library user
+  opts in by calling it. A damaged checkpoint of this program does not get that far: its
+  manifest (:func:`write_manifest`) refuses it before orbax reads an array.
   """
   logger = logging.getLogger("asyncio")
   if not any(getattr(f, "_drops_abandoned_reads", False) for f in logger.filters):
     logger.addFilter(_AbandonedReads())
-  # Their callbacks also find orbax's event loop closed and Python reports each as an
-  # unraisable RuntimeError; orbax has no public switch for it, so only that one is dropped.
-  if not getattr(sys.unraisablehook, "_drops_closed_loop", False):
-    previous = sys.unraisablehook
-
-    def hook(args):
-      if not (
-        isinstance(args.exc_value, RuntimeError) and "Event loop is closed" in str(args.exc_value)
-      ):
-        previous(args)
-
-    hook._drops_closed_loop = True
-    sys.unraisablehook = hook
 
 
 class _AbandonedReads(logging.Filter):
@@ -89,6 +78,72 @@ class _AbandonedReads(logging.Filter):
 
   def filter(self, record: logging.LogRecord) -> bool:
     return not record.getMessage().startswith(_ABANDONED)
+
+
+# Beside the files orbax writes in a step's directory: each file's size and SHA-256.
+MANIFEST = "digits_jax_manifest.json"
+
+
+def _digest(path: Path) -> str:
+  h = hashlib.sha256()
+  with path.open("rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      h.update(block)
+  return h.hexdigest()
+
+
+def write_manifest(step_dir: Path) -> None:
+  """Records the size and SHA-256 of every file of a finished checkpoint.
+
+  Orbax keeps no checksums, and a restore that meets a damaged array file fails while it
+  is still reading the others (their late callbacks then find its event loop closed, and
+  Python prints each as an ignored exception). :func:`verify_manifest` reads this file
+  first, so a damaged checkpoint is refused by name before any array is read. Written
+  after orbax has renamed the step's directory into place, by the first process only; a
+  run killed in between leaves a checkpoint without a manifest, which restores unchecked.
+  """
+  if jax.process_index() != 0:
+    return
+  files = {
+    str(p.relative_to(step_dir)): {"bytes": p.stat().st_size, "sha256": _digest(p)}
+    for p in sorted(step_dir.rglob("*"))
+    if p.is_file() and p.name != MANIFEST
+  }
+  tmp = step_dir / f".{MANIFEST}.tmp"
+  tmp.write_text(json.dumps({"files": files}, indent=1))
+  os.replace(tmp, step_dir / MANIFEST)
+
+
+def verify_manifest(step_dir: Path) -> None:
+  """Raises :class:`CheckpointError` naming the first file that differs from the manifest.
+
+  A checkpoint without a manifest (its run was killed right after the save, or it was
+  written before manifests existed) passes unchecked.
+  """
+  path = step_dir / MANIFEST
+  if not path.exists():
+    return
+  try:
+    files = json.loads(path.read_text())["files"]
+    expected = {str(name): (int(f["bytes"]), str(f["sha256"])) for name, f in files.items()}
+  except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
+    raise CheckpointError(
+      f"checkpoint {step_dir} cannot be read: its manifest {MANIFEST} is not valid "
+      f"({type(e).__name__}); it is corrupt. {FIX_HINT}"
+    ) from e
+  for name, (size, sha256) in expected.items():
+    file = step_dir / name
+    if not file.is_file():
+      problem = "is missing"
+    elif file.stat().st_size != size:
+      problem = f"has {file.stat().st_size} bytes, {size} when written"
+    elif _digest(file) != sha256:
+      problem = "differs from its checksum when written"
+    else:
+      continue
+    raise CheckpointError(
+      f"checkpoint {step_dir} cannot be read: its file {name} {problem}; it is corrupt. {FIX_HINT}"
+    )
 
 
 def _open_manager(directory: Path, **options: Any) -> ocp.CheckpointManager:
@@ -151,6 +206,7 @@ class BestCheckpoint:
       epoch, args=ocp.args.StandardSave(variables), metrics={"score": float(score)}
     )
     self._manager.wait_until_finished()
+    write_manifest(self.directory / str(epoch))
     self._best_score = score
     return True
 
@@ -167,6 +223,7 @@ class BestCheckpoint:
     step = self.best_epoch()
     if step is None:
       raise CheckpointError(f"no checkpoint in {self.directory}")
+    verify_manifest(self.directory / str(step))
     try:
       return self._manager.restore(step, args=ocp.args.StandardRestore(like))
     except Exception as e:  # orbax raises many types for unreadable or foreign trees
@@ -204,6 +261,7 @@ class LatestCheckpoint:
       ),
     )
     self._manager.wait_until_finished()
+    write_manifest(self.directory / str(epoch))
 
   def _restore_state(self, epoch: int, target: Any) -> Any:
     return self._manager.restore(
@@ -221,6 +279,7 @@ class LatestCheckpoint:
     if epoch is None:
       raise CheckpointError(f"no checkpoint in {self.directory}")
     path = self.directory / str(epoch)
+    verify_manifest(path)
     try:
       run = self._manager.restore(epoch, args=ocp.args.Composite(run=ocp.args.JsonRestore())).run
       ours = run["identity"]
