@@ -30,6 +30,7 @@ import jax
 import orbax.checkpoint as ocp
 from flax import serialization
 
+from digits_jax import files
 from digits_jax.config import ConfigError, differences, identity_of
 
 
@@ -104,14 +105,12 @@ def write_manifest(step_dir: Path) -> None:
   """
   if jax.process_index() != 0:
     return
-  files = {
+  listed = {
     str(p.relative_to(step_dir)): {"bytes": p.stat().st_size, "sha256": _digest(p)}
     for p in sorted(step_dir.rglob("*"))
     if p.is_file() and p.name != MANIFEST
   }
-  tmp = step_dir / f".{MANIFEST}.tmp"
-  tmp.write_text(json.dumps({"files": files}, indent=1))
-  os.replace(tmp, step_dir / MANIFEST)
+  files.write_json(step_dir / MANIFEST, {"files": listed})
 
 
 def verify_manifest(step_dir: Path) -> None:
