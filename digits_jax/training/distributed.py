@@ -378,6 +378,13 @@ class PeerWatchdog:
       except Exception:  # a closed or broken stream must not keep this process alive
         pass
     try:
-      os.write(2, (message + "\n").encode())
+      # JAX's coordination agent notices the same loss on its own threads and logs it
+      # (UNAVAILABLE, "Polled an error ..."); those lines, written between this message
+      # and the exit, would bury it. Standard error goes to /dev/null for every other
+      # thread first, so the message is the last line a user reads.
+      saved = os.dup(2)
+      null = os.open(os.devnull, os.O_WRONLY)
+      os.dup2(null, 2)
+      os.write(saved, (message + "\n").encode())
     finally:
       os._exit(LOST_PEER_EXIT)
