@@ -10,6 +10,9 @@ With --final_fit, once the run is finished, the same recipe is trained again on 
 training images (validation split included) for the epoch count validation chose, in
 <workdir>-final, and tested once there (docs/accuracy.md).
 
+An experiment's settings may come from a config file (``--config=configs/final_fit.py``,
+each field a flag of this script; flags given on the command line win).
+
 On several hosts, the same command runs on each, with --coordinator_address,
 --num_processes and --process_id (or under SLURM or on a Cloud TPU slice, without them):
 one run then uses every device of every host (docs/scaling.md).
@@ -22,6 +25,7 @@ from digits_jax.config import resolve
 from digits_jax.training import workdirs
 from experiments import common
 
+common.define_config_file()
 common.define_config_flags()
 flags.adopt_module_key_flags(common)
 flags.mark_flag_as_required("workdir")
@@ -37,6 +41,10 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  try:
+    common.apply_config_file()
+  except common.USER_ERRORS as e:
+    common.fail(e)
   common.setup(multiprocess=True)
   try:
     config = resolve(common.config_from_flags())

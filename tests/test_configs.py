@@ -43,7 +43,7 @@ def test_every_field_is_a_flag_of_its_entry_point():
       "import importlib, sys\n"
       "from absl import flags\n"
       f"importlib.import_module({entry!r})\n"
-      "flags.FLAGS(['x'])\n"
+      "flags.FLAGS.mark_as_parsed()\n"
       "from experiments import common\n"
       f"for p in {paths!r}:\n"
       "  common.config_file_values(common.load_config_file(p), p)\n"
@@ -89,3 +89,43 @@ def test_unknown_config_override_fails_clearly():
   )
   assert done.returncode != 0
   assert "learning_rat" in done.stderr
+
+
+def test_train_takes_a_config_file_and_the_final_fit_trains_on_all_images(mnist_dir, tmp_path):
+  """configs/final_fit.py through experiments.train: the file's recipe, its fields
+  overridden by --config.FIELD, then by flags; the final fit in <workdir>-final."""
+  import json
+
+  run = tmp_path / "run"
+  done = cli.run(
+    "experiments.train",
+    "--config=configs/final_fit.py",
+    "--config.model=conv2_dense64",
+    "--config.epochs=2",
+    "--epochs=3",  # a flag on the command line beats the file and --config.epochs
+    "--train_subset=384",
+    "--validation_size=256",
+    "--batch_size=64",
+    "--plots=false",
+    "--data_backend=idx",
+    f"--manual_dir={mnist_dir}",
+    f"--workdir={run}",
+  )
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "final fit on all training images" in done.stdout
+  config = json.loads((run / "config.json").read_text())["config"]
+  assert (config["model"], config["epochs"], config["rotation"], config["zoom"]) == (
+    "conv2_dense64",
+    3,
+    15.0,
+    0.15,
+  )
+  best = json.loads((run / "results.json").read_text())["best_epoch"]
+  final = pathlib.Path(f"{run}-final")
+  final_config = json.loads((final / "config.json").read_text())
+  assert final_config["config"]["validation_size"] == 0
+  assert final_config["config"]["epochs"] == best
+  assert final_config["data"]["validation"] == 0
+  results, rows = cli.read_results(final)
+  assert [r["epoch"] for r in rows] == list(range(1, best + 1))
+  assert results["val_accuracy"] is None and results["test_accuracy"] > 0.5
