@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 OUTPUTS_FILE = "test_outputs.npz"
 OUTPUTS_FORMAT = 1
 EVALUATE_COMMAND = "python -m experiments.evaluate --workdir={}"
+# config.json's entry of a final fit (digits_jax.runs.final_fit_record): its validation run,
+# the recipe's epoch count and validation split, and the validation accuracy that chose.
+FINAL_FIT = "final_fit"
 
 
 class RunDirError(Exception):
@@ -254,6 +257,7 @@ class Run:
   config: Mapping[str, Any]
   results: Mapping[str, Any]
   outputs: TestOutputs
+  final_fit: Mapping[str, Any] | None = None  # config.json's FINAL_FIT entry, if any
 
   @property
   def seed(self) -> Any:
@@ -265,11 +269,26 @@ class Run:
 
     (:meth:`digits_jax.config.Config.identity`: implementation fields are left out, and a
     config.json of an earlier version reads as it would be written now.)
+    A final fit's configuration is its recipe's (the validation run's epoch count and
+    split) plus a ``FINAL_FIT`` field: the final fits of several seeds, whose epoch counts
+    validation chose one by one, are seeds of one configuration.
     """
     identity = identity_of(self.config)
+    if self.final_fit is not None:
+      identity |= {k: self.final_fit[k] for k in ("epochs", "validation_size")}
+      identity[FINAL_FIT] = True
     return tuple(
       sorted((k, json.dumps(v, sort_keys=True)) for k, v in identity.items() if k != "seed")
     )
+
+  @property
+  def val_accuracy(self) -> float | None:
+    """The run's validation accuracy; a final fit's is its validation run's, the figure
+    that chose its epoch count."""
+    value = self.results.get("val_accuracy")
+    if value is None and self.final_fit is not None:
+      value = self.final_fit.get("val_accuracy")
+    return value
 
 
 def find_runs(paths: Iterable[str | os.PathLike]) -> list[Path]:
@@ -335,7 +354,15 @@ def read_run(run_dir: str | os.PathLike) -> Run:
     raise RunDirError(
       f"{run_dir / 'config.json'} holds no config this version can read ({e})"
     ) from e
-  return Run(run_dir, saved["config"], results, load_test_outputs(run_dir))
+  final_fit = saved.get(FINAL_FIT)
+  if final_fit is not None and not (
+    isinstance(final_fit, dict) and {"epochs", "validation_size"} <= final_fit.keys()
+  ):
+    raise RunDirError(
+      f"{run_dir / 'config.json'}: its {FINAL_FIT!r} entry lacks the recipe's epochs and "
+      "validation_size"
+    )
+  return Run(run_dir, saved["config"], results, load_test_outputs(run_dir), final_fit)
 
 
 # --------------------------------------------------------------------------------------------

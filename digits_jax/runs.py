@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -211,9 +212,15 @@ def finish(
 
 
 def prepare(
-  config: Config, workdir: Path, datasets: data.Datasets, *, overwrite: bool = False
+  config: Config,
+  workdir: Path,
+  datasets: data.Datasets,
+  *,
+  overwrite: bool = False,
+  final_fit: Mapping[str, Any] | None = None,
 ) -> None:
-  """Makes ``workdir`` this run's, once every check has passed; writes ``config.json``.
+  """Makes ``workdir`` this run's, once every check has passed; writes ``config.json``
+  (with ``final_fit``, a final fit's record, as its ``final_fit`` entry).
 
   With several processes, process 0 writes and the others wait for it.
   """
@@ -225,7 +232,8 @@ def prepare(
     if overwrite:
       workdirs.clear(workdir)
     if workdirs.saved_config(workdir) is None:  # else resuming: keep the original
-      workdirs.write_config(workdir, config, datasets, len(split.labels))
+      extra = {} if final_fit is None else {rundir.FINAL_FIT: dict(final_fit)}
+      workdirs.write_config(workdir, config, datasets, len(split.labels), **extra)
   distributed.barrier("prepared run directory")
 
 
@@ -239,6 +247,7 @@ def train_and_evaluate(
   backend: str = "auto",
   overwrite: bool = False,
   plots: bool = True,
+  final_fit: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
   """Trains ``config`` and writes everything about the run into ``workdir``.
 
@@ -268,6 +277,8 @@ def train_and_evaluate(
       from scratch.
     plots: draw the run's figures (:func:`write_evaluation`); ``python -m
       experiments.evaluate`` draws them later.
+    final_fit: for a final fit, :func:`final_fit_record` of its validation run, kept in
+      ``config.json`` so that comparisons group final fits by recipe.
 
   Returns:
     The contents of ``results.json``.
@@ -294,7 +305,7 @@ def train_and_evaluate(
       validation_size=config.validation_size,
       backend=backend,
     )
-  prepare(config, workdir, datasets, overwrite=overwrite)
+  prepare(config, workdir, datasets, overwrite=overwrite, final_fit=final_fit)
   trained = loop.train(config, workdir, datasets)
   return finish(config, workdir, trained, datasets, plots=plots)
 
@@ -320,6 +331,22 @@ def final_fit_config(config: Config, results: dict[str, Any]) -> Config:
       "train with --validation_size > 0 (the default, 5000)"
     )
   return config.replace(validation_size=0, epochs=int(results["best_epoch"]))
+
+
+def final_fit_record(
+  config: Config, results: Mapping[str, Any], workdir: str | os.PathLike
+) -> dict[str, Any]:
+  """What a final fit's ``config.json`` says of the validation run it repeats: its folder's
+  name, the recipe's epoch count and validation split, and the validation accuracy of the
+  chosen epoch (:attr:`digits_jax.rundir.Run.key` and ``val_accuracy`` read them)."""
+  config = resolve(config)
+  return {
+    "of": Path(workdir).name,
+    "epochs": config.epochs,
+    "validation_size": config.validation_size,
+    "best_epoch": int(results["best_epoch"]),
+    "val_accuracy": results.get("val_accuracy"),
+  }
 
 
 def require_checkpoint(workdir: Path) -> None:

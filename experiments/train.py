@@ -76,6 +76,7 @@ def main(argv):
         datasets=common.load_data(final),
         overwrite=FLAGS.overwrite,
         plots=FLAGS.plots,
+        final_fit=runs.final_fit_record(config, results, FLAGS.workdir),
       )
       print(
         f"{config.model} final fit on all training images, {final.epochs} epochs: test "

@@ -3,6 +3,7 @@ truth is known, the files and plots, the entry point, and every refusal."""
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import math
@@ -328,6 +329,37 @@ def test_labels_name_only_what_varies_and_seeds_group():
   single = next(c for c in result.configurations if len(c.seeds) == 1)
   assert single.interval.method == "binomial over 500 test images"
   assert math.isnan(single.std)
+
+
+def test_final_fits_group_by_recipe_and_rank_by_their_validation_runs():
+  """Final fits of three seeds (epoch counts 18, 19, 20 chosen one by one) are one
+  configuration, "final fit" beside their recipe's, with their validation runs' accuracy."""
+  rng = np.random.default_rng(5)
+  labels, difficulty, images = synthetic_test_set(rng, 500)
+  recipe = {"epochs": 20, "validation_size": 5000}
+  runs = []
+  for s, best in zip((0, 1, 2), (18, 19, 20), strict=True):
+    validation_run = run(
+      BASE_CONFIG | recipe | {"seed": s},
+      probabilities(rng, labels, difficulty, 3.0),
+      labels,
+      images,
+      f"v{s}",
+    )
+    validation_run.results["val_accuracy"] = 0.99 + s / 1000
+    final_config = BASE_CONFIG | {"epochs": best, "validation_size": 0, "seed": s}
+    final = run(final_config, probabilities(rng, labels, difficulty, 3.0), labels, images)
+    record = recipe | {"of": f"v{s}", "best_epoch": best, "val_accuracy": 0.99 + s / 1000}
+    runs += [validation_run, dataclasses.replace(final, path=Path(f"v{s}-final"), final_fit=record)]
+  result = comparison.compare(runs, ensemble_top=2)
+  by_label = {c.label: c for c in result.configurations}
+  assert sorted(by_label) == ["conv2_dense64 adam", "conv2_dense64 adam final fit"]
+  final = by_label["conv2_dense64 adam final fit"]
+  assert final.seeds == (0, 1, 2) and final.val_accuracy == pytest.approx(0.991)
+  assert len(result.pairs) == 1 and result.ensemble is not None
+  # A run without the record, trained with validation_size=0 for 18 epochs, is no final fit.
+  plain = dataclasses.replace(runs[1], final_fit=None)
+  assert plain.key != runs[1].key and plain.val_accuracy is None
 
 
 def test_one_configuration_and_one_seed_are_tables_without_tests(tmp_path):

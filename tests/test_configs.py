@@ -126,6 +126,13 @@ def test_train_takes_a_config_file_and_the_final_fit_trains_on_all_images(mnist_
   assert final_config["config"]["validation_size"] == 0
   assert final_config["config"]["epochs"] == best
   assert final_config["data"]["validation"] == 0
+  assert final_config["final_fit"] == {
+    "of": "run",
+    "epochs": 3,
+    "validation_size": 256,
+    "best_epoch": best,
+    "val_accuracy": json.loads((run / "results.json").read_text())["val_accuracy"],
+  }
   results, rows = cli.read_results(final)
   assert [r["epoch"] for r in rows] == list(range(1, best + 1))
   assert results["val_accuracy"] is None and results["test_accuracy"] > 0.5

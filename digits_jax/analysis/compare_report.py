@@ -298,6 +298,9 @@ def to_markdown(comparison: Comparison) -> str:
     "- **Ensemble of configurations.** The configurations with the best mean validation "
     "accuracy, averaged: per seed (their networks of that seed), with the t interval over "
     "seeds, and all their runs together, with the binomial interval over the test images.",
+    "- **Final fit.** The recipe trained again on every training image (no validation "
+    "split) for the epoch count its validation run chose, seed by seed, and tested at its "
+    "last epoch; its validation accuracy is its validation runs', the figure that chose.",
     "- **Per-seed McNemar.** Exact McNemar test of each seed's two networks on the same "
     "images (uncorrected): do the seeds agree?",
     "- **Verdict (per trained network).** Does training A instead of B, each with its "

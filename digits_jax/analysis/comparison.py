@@ -45,7 +45,14 @@ from digits_jax.analysis.stats import (
   stratified_mcnemar,
 )
 from digits_jax.config import SHORT_NAMES, Config, ConfigError, varied_settings
-from digits_jax.rundir import EVALUATE_COMMAND, OUTPUTS_FILE, Run, RunDirError, read_run
+from digits_jax.rundir import (
+  EVALUATE_COMMAND,
+  FINAL_FIT,
+  OUTPUTS_FILE,
+  Run,
+  RunDirError,
+  read_run,
+)
 
 log = logging.getLogger(__name__)
 
@@ -303,7 +310,8 @@ def _format_value(value: Any) -> str:
 
 def _labels(keys: Sequence[tuple[tuple[str, str], ...]]) -> list[str]:
   """Model and optimizer, plus the fields whose values differ among the configurations."""
-  dicts = [{k: json.loads(v) for k, v in key} for key in keys]
+  finals = [any(k == FINAL_FIT for k, _ in key) for key in keys]
+  dicts = [{k: json.loads(v) for k, v in key if k != FINAL_FIT} for key in keys]
   try:  # settings varied away from the models' recipes (a grid), not the recipes themselves
     varying = varied_settings([Config.from_dict(d) for d in dicts])
   except (ConfigError, TypeError, ValueError):  # a model this version does not register
@@ -327,7 +335,8 @@ def _labels(keys: Sequence[tuple[tuple[str, str], ...]]) -> list[str]:
       )
       for d in dicts
     ]
-  return labels
+  suffixes = [" final fit" if final else "" for final in finals]
+  return [label + suffix for label, suffix in zip(labels, suffixes, strict=True)]
 
 
 def _seed_sort_key(seed: Any) -> tuple[int, Any]:
@@ -359,6 +368,15 @@ def _spread(n_correct: Sequence[int], num_test: int) -> tuple[Interval, float]:
 def _mean_of(members: Sequence[Run], field: str) -> float | None:
   """The mean of a results.json number over runs, or ``None`` where a run lacks it."""
   values = [r.results.get(field) for r in members]
+  if any(not isinstance(v, (int, float)) for v in values):
+    return None
+  return float(np.mean(values))
+
+
+def _mean_validation(members: Sequence[Run]) -> float | None:
+  """The mean validation accuracy over runs (a final fit: its validation run's), or
+  ``None`` where a run has none."""
+  values = [r.val_accuracy for r in members]
   if any(not isinstance(v, (int, float)) for v in values):
     return None
   return float(np.mean(values))
@@ -416,7 +434,7 @@ def compare(
         ensemble_accuracy=float(ensemble.mean()),
         ensemble_interval=binomial_interval(int(ensemble.sum()), num_test),
         num_params=None if params is None else int(params),
-        val_accuracy=_mean_of(members, "val_accuracy"),
+        val_accuracy=_mean_validation(members),
         seconds_per_epoch=_mean_of(members, "seconds_per_epoch"),
         train_seconds=_mean_of(members, "train_seconds"),
       )
