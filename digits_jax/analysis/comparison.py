@@ -86,8 +86,8 @@ class Configuration:
     ensemble_accuracy: accuracy of the mean of the seeds' probabilities.
     ensemble_interval: binomial over test images.
     num_params: from results.json, when there.
-    val_accuracy: mean validation accuracy over seeds (results.json), when there: what an
-      ensemble of configurations is chosen by (never the test accuracy).
+    val_accuracy: mean validation accuracy over seeds (results.json; a final fit's validation
+      runs'), when there: what an ensemble of configurations is chosen by (never the test).
     seconds_per_epoch: mean training seconds per epoch over seeds, when there.
     train_seconds: mean training seconds of one run over seeds, when there.
   """
@@ -365,18 +365,8 @@ def _spread(n_correct: Sequence[int], num_test: int) -> tuple[Interval, float]:
   return binomial_interval(n_correct[0], num_test), math.nan
 
 
-def _mean_of(members: Sequence[Run], field: str) -> float | None:
-  """The mean of a results.json number over runs, or ``None`` where a run lacks it."""
-  values = [r.results.get(field) for r in members]
-  if any(not isinstance(v, (int, float)) for v in values):
-    return None
-  return float(np.mean(values))
-
-
-def _mean_validation(members: Sequence[Run]) -> float | None:
-  """The mean validation accuracy over runs (a final fit: its validation run's), or
-  ``None`` where a run has none."""
-  values = [r.val_accuracy for r in members]
+def _mean_of(values: Sequence[Any]) -> float | None:
+  """The mean of numbers over runs, or ``None`` where a run lacks its number."""
   if any(not isinstance(v, (int, float)) for v in values):
     return None
   return float(np.mean(values))
@@ -434,9 +424,9 @@ def compare(
         ensemble_accuracy=float(ensemble.mean()),
         ensemble_interval=binomial_interval(int(ensemble.sum()), num_test),
         num_params=None if params is None else int(params),
-        val_accuracy=_mean_validation(members),
-        seconds_per_epoch=_mean_of(members, "seconds_per_epoch"),
-        train_seconds=_mean_of(members, "train_seconds"),
+        val_accuracy=_mean_of([r.val_accuracy for r in members]),
+        seconds_per_epoch=_mean_of([r.results.get("seconds_per_epoch") for r in members]),
+        train_seconds=_mean_of([r.results.get("train_seconds") for r in members]),
       )
     )
     by_label[label] = members
