@@ -9,9 +9,9 @@ epoch. ``--config.model`` takes another network at its recipe (``resnet8``,
 
 Command: ``python -m experiments.train --config=configs/final_fit.py --config.seed=0
 --workdir=runs/final-fit/vgg_small-seed0``
-Cost: on the reference machine (2-core x86 VM, no GPU), about 15 minutes for each of the two
-trainings of vgg_small or resnet8 (40-55 s per epoch), so half an hour per seed; about 15
-minutes for the final fit alone.
+Cost: on the reference machine (2-core x86 VM, no GPU), 15-20 minutes for each of the two
+trainings of vgg_small or resnet8 (44-60 s per epoch), so about half an hour per seed;
+bn_conv3_wide about 30 s per epoch. The final fit alone: 7-23 minutes (measured 2026-12-04).
 Results: results/final_fit-2026-12-04/ (the final fits' small files; docs/accuracy.md).
 """
 
