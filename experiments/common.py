@@ -28,23 +28,10 @@ from digits_jax.models import UnknownModelError, native
 from digits_jax.runs import RunDirError
 from digits_jax.training import checkpoints, distributed
 from digits_jax.training.history import TrainingDivergedError
-from experiments import logs
+from experiments import data_flags, logs
+from experiments.data_flags import load_data  # noqa: F401  (the entry points' data loader)
 
-flags.DEFINE_string(
-  "manual_dir",
-  None,
-  "Folder with the four original MNIST IDX files (gzipped or not); nothing "
-  f"then touches the network. Default: the environment variable "
-  f"{data.MANUAL_DIR_ENV}.",
-)
-flags.DEFINE_string("data_dir", None, "tensorflow-datasets data_dir (default: tfds' own).")
-flags.DEFINE_enum(
-  "data_backend",
-  "auto",
-  list(data.BACKENDS),
-  "tfds, idx (reads the IDX files directly; no TensorFlow needed), or auto: "
-  "tfds when TensorFlow is installed.",
-)
+flags.adopt_module_key_flags(data_flags)  # listed by --help of every entry point using common
 flags.DEFINE_string(
   "workdir",
   None,
@@ -63,6 +50,13 @@ flags.DEFINE_bool(
   "Draw each run's figures into <run>/plots/ (curves, confusion matrix, image grids, "
   "filters, activations, saliency), the slowest of its reports; without them a run writes "
   "its text reports only, and python -m experiments.evaluate --workdir=RUN draws them later.",
+)
+flags.DEFINE_bool(
+  "robustness",
+  False,
+  "After each run's test evaluation, evaluate it under corruptions and attacks, its "
+  "calibration and cost with the default settings (<run>/robustness/); python -m "
+  "experiments.robustness does the same for finished runs, with every setting a flag.",
 )
 flags.DEFINE_bool(
   "tune_malloc",
@@ -180,14 +174,19 @@ def grid_from_flags(names: Sequence[str]) -> dict[str, list[Any]]:
   }
 
 
-def load_data(config: Config) -> data.Datasets:
-  return data.load_datasets(
-    config.dataset,
-    manual_dir=FLAGS.manual_dir,
-    data_dir=FLAGS.data_dir,
-    validation_size=config.validation_size,
-    backend=FLAGS.data_backend,
+def evaluate_robustness(config: Config, workdir, datasets: data.Datasets) -> None:
+  """``--robustness``: the robustness evaluation of a finished run, default settings, one
+  line per part (a no-op for a run already evaluated; only process 0 of several)."""
+  from digits_jax.robustness import evaluation
+
+  if jax.process_index() != 0:
+    return
+  name = pathlib.Path(workdir).name
+  summary = evaluation.evaluate_run(
+    workdir, datasets=datasets, progress=lambda line: print(f"{name}: {line}", flush=True)
   )
+  folder = pathlib.Path(workdir) / "robustness"
+  print(f"{name}: robustness in {folder} ({summary['total_seconds']:.0f} s)")
 
 
 def setup(*, multiprocess: bool = False) -> None:

@@ -17,6 +17,9 @@ from absl import flags
 def setup(level: int = logging.INFO, fmt: str = "%(asctime)s %(message)s") -> None:
   """Sends progress to stderr; honours absl's ``--verbosity`` and ``--log_dir``."""
   logging.basicConfig(level=level, format=fmt, datefmt="%H:%M:%S", stream=sys.stderr, force=True)
+  # JAX reports at INFO each backend it could not start ("Unable to initialize backend 'tpu'
+  # ... libtpu.so"): normal on a machine without that hardware, alarming as a first line.
+  logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
   given = flags.FLAGS
   if not given["verbosity"].present:
     absl.logging.set_verbosity(absl.logging.WARNING)

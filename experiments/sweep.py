@@ -194,6 +194,7 @@ def main(argv):
         num_workers=num_workers,
         worker_index=worker_index,
         plots=FLAGS.plots,
+        after_run=common.evaluate_robustness if FLAGS.robustness else None,
       )
     if jax.process_index() != 0:  # process 0 writes the tables of a multi-process sweep
       return

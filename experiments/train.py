@@ -67,6 +67,8 @@ def main(argv):
       f"{config.model}: test accuracy {100 * results['test_accuracy']:.2f}% "
       f"(best epoch {results['best_epoch']} by validation), results in {FLAGS.workdir}"
     )
+    if FLAGS.robustness:
+      common.evaluate_robustness(config, FLAGS.workdir, common.load_data(config))
     if FLAGS.final_fit:
       final = runs.final_fit_config(config, results)
       final_dir = str(FLAGS.workdir).rstrip("/") + runs.FINAL_FIT_SUFFIX

@@ -435,6 +435,11 @@ def test_unreadable_checkpoint_metadata_is_refused(cli_run, mnist_dir, tmp_path)
     ("experiments.speedrun", ("--seeds", "--workdir", "--config"), ("--distributed",)),
     ("experiments.predict", ("--workdir", "--skip", "--polarity", "--max_pixels"), ()),
     ("experiments.serve", ("--workdir", "--skip", "--polarity", "--center", "--port"), ()),
+    (
+      "experiments.robustness",
+      ("--workdir", "--corruptions", "--mnist_c_dir", "--eps", "--steps", "--restarts"),
+      ("--distributed", "--seeds"),
+    ),
   ],
 )
 def test_help_lists_the_entry_points_own_flags(module, listed, unlisted):

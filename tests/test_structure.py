@@ -30,6 +30,10 @@ LAYERS = {
   "digits_jax.sweep": 7,
   "digits_jax.speedrun": 4,
   "digits_jax.search": 8,
+  "digits_jax.robustness": 0,
+  "digits_jax.robustness.store": 2,
+  "digits_jax.robustness.cost": 3,
+  "digits_jax.robustness.evaluation": 6,
 }
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from digits_jax import files
-from digits_jax.analysis import figures
+from digits_jax.analysis import figures, robustness_report
 from digits_jax.analysis.comparison import NO_DIFFERENCE, Comparison, Ensemble, Pair
 from digits_jax.analysis.stats import ALPHA, CONFIDENCE, Interval
 
@@ -360,5 +360,11 @@ def write_comparison(comparison: Comparison, output_dir: str | os.PathLike) -> s
   files.write_json(output_dir / "compare.json", to_json(comparison))
   figures.plot_forest(comparison, output_dir / "compare_forest.png")
   figures.plot_pairs(comparison, output_dir / "compare_pairs.png")
+  if robustness_report.write_robustness(comparison, output_dir) is not None:
+    markdown += (
+      "\n## Robustness and learning curves\n\nCorruptions, attacks, calibration, cost and "
+      f"learning curves, with verdicts per axis: [{robustness_report.MARKDOWN}]"
+      f"({robustness_report.MARKDOWN}).\n"
+    )
   files.write_text(output_dir / "compare.md", markdown)
   return markdown

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,7 @@ def run_sweep(
   num_workers: int = 1,
   worker_index: int = 0,
   plots: bool = True,
+  after_run: Callable[[Config, Path, data.Datasets], None] | None = None,
 ) -> list[dict[str, Any]]:
   """Trains this worker's share of the configs (skipping finished ones, resuming interrupted ones).
 
@@ -112,6 +114,8 @@ def run_sweep(
     num_workers, worker_index: train only the runs :func:`share` gives this worker. A run
       whose lock another process holds (the same worker started twice) is left to it.
     plots: draw each run's figures (:func:`digits_jax.runs.write_evaluation`).
+    after_run: called with each of this worker's finished runs (config, directory, data),
+      right after its test evaluation (a robustness evaluation, for one).
 
   Returns:
     The results of this worker's finished runs, in the order of ``configs``, each with
@@ -195,19 +199,21 @@ def run_sweep(
 
   varied = varied_settings(configs)
   all_results = []
-  for config in mine:
+  progress = Progress(sum(r is None for r in finished.values()))
+  for i, config in enumerate(mine):
     path = dirs[config]
     results = finished[config]
     if results is not None:
-      log.info("%s: already finished, skipped", path.name)
+      log.info("[%d/%d] %s: already finished, skipped", i + 1, len(mine), path.name)
     else:
       try:
         with _guard_run(workdir, config):
           if still_unfinished(config):
-            log.info("%s: training", path.name)
+            log.info("[%d/%d] %s: training; %s", i + 1, len(mine), path.name, progress.status())
             results = runs.train_and_evaluate(
               config, path, datasets=datasets(config), overwrite=overwrite, plots=plots
             )
+            progress.done()
             log.info("%s: test accuracy %.4f", path.name, results["test_accuracy"])
           else:
             results = workdirs.finished_results(config, path)
@@ -215,8 +221,39 @@ def run_sweep(
       except files.LockBusyError as e:
         log.warning("%s: being trained by %s; left to it", path.name, e.holder)
         continue
+    if after_run is not None:
+      after_run(config, path, datasets(config))
     all_results.append(_row(config, path, results, varied))
   return all_results
+
+
+class Progress:
+  """Elapsed time and an estimate of the time left, for ``total`` pieces of work done one
+  after another: the mean time of the pieces done so far times the pieces left."""
+
+  def __init__(self, total: int):
+    self.total, self.finished, self.start = total, 0, time.monotonic()
+
+  def done(self) -> None:
+    self.finished += 1
+
+  def status(self) -> str:
+    elapsed = time.monotonic() - self.start
+    text = f"{format_seconds(elapsed)} elapsed"
+    if self.finished:
+      left = elapsed / self.finished * max(0, self.total - self.finished)
+      text += f", about {format_seconds(left)} left"
+    return text
+
+
+def format_seconds(seconds: float) -> str:
+  """``42 s``, ``7 min 5 s``, ``2 h 03 min``."""
+  seconds = int(round(seconds))
+  if seconds < 60:
+    return f"{seconds} s"
+  if seconds < 3600:
+    return f"{seconds // 60} min {seconds % 60} s"
+  return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
 @contextlib.contextmanager
