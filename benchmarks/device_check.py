@@ -1,8 +1,8 @@
 """Device check: what this machine does with digits_jax, in one command.
 
-    python -m benchmarks.device_check --out=device_check.json     # make device-check
+    python -m benchmarks.device_check --output_dir=.     # make device-check
 
-Prints and writes as JSON (``--out``):
+Prints and writes as JSON (``--output_dir``/device_check.json):
 
 * the device: ``jax.devices()``, the backend, the device kind, and whether the CPU-tuned
   ops are on (``fast_ops=auto``: on the CPU only);
@@ -43,7 +43,7 @@ MODEL = "conv2_dense128_dropout"
 def define_flags() -> None:
   """This script's flags; defined when it runs, so that importing it (the tests do, next to
   the entry points) defines none."""
-  flags.DEFINE_string("out", "device_check.json", "Where the JSON is written.")
+  flags.DEFINE_string("output_dir", ".", "Where device_check.json is written.")
   flags.DEFINE_string(
     "manual_dir", None, "Folder of the four MNIST files (default: $DIGITS_MANUAL_DIR)."
   )
@@ -198,8 +198,9 @@ def main(argv):
       group_epochs=FLAGS.group_epochs,
       manual_dir=FLAGS.manual_dir,
     )
-  files.write_json(FLAGS.out, result)
-  print(f"written to {FLAGS.out}")
+  path = Path(FLAGS.output_dir) / "device_check.json"
+  files.write_json(path, result)
+  print(f"written to {path}")
 
 
 if __name__ == "__main__":

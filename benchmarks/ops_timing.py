@@ -1,4 +1,4 @@
-"""Times the plain and fast ops of :mod:`digits_jax.ops` on this machine's CPU.
+"""Times the plain and fast ops of :mod:`digits_jax.models.ops` on this machine's CPU.
 
 Prints the median milliseconds of forward+backward for each op at the layer shapes of
 the project's CNNs (batch 128), then of a full Adam train step of the source-5 network

@@ -11,12 +11,13 @@ has no ``labels.csv``) with
 
 and MNIST's validation split (the runs' own, chosen with seed 0) as it is and after the
 full recipe: preprocessing must not hurt digits that are already MNIST's. The test split is
-not read. Prints a Markdown table and writes it to ``--output`` when given.
+not read. Prints a Markdown table and writes it to ``--output_dir``/userstyle_accuracy.md when
+given.
 
 Run from the repository root::
 
     python benchmarks/userstyle_accuracy.py --workdir=RUN [--workdir=RUN2 ...] \\
-        --images=/tmp/userstyle --output=results/userstyle_accuracy-DATE/userstyle_accuracy.md
+        --images=/tmp/userstyle --output_dir=results/userstyle_accuracy-DATE
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ def main() -> None:
   parser.add_argument("--count", type=int, default=userstyle.DEFAULT_COUNT)
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--manual_dir", default=None)
-  parser.add_argument("--output", default=None)
+  parser.add_argument("--output_dir", default=None)
   args = parser.parse_args()
 
   folder = Path(args.images)
@@ -164,8 +165,8 @@ def main() -> None:
   )
   text = "\n".join(lines) + "\n"
   print("\n" + text)
-  if args.output:
-    files.write_text(args.output, text)
+  if args.output_dir:
+    files.write_text(os.path.join(args.output_dir, "userstyle_accuracy.md"), text)
 
 
 if __name__ == "__main__":

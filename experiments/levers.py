@@ -1,6 +1,6 @@
 """What each lever of a finished run gives, on its validation split only.
 
-    python -m experiments.levers --workdir=RUN_DIR [--output=levers.json]
+    python -m experiments.levers --workdir=RUN_DIR [--output_dir=DIR]
 
 For a run trained with ``--ema`` (and any ``--tta`` setting), compares on the run's
 validation images, with the weights of its last epoch (latest checkpoint): the trained
@@ -12,6 +12,7 @@ the numbers a choice of levers may rest on.
 """
 
 import json
+import os
 
 import jax.numpy as jnp
 import numpy as np
@@ -22,7 +23,7 @@ from digits_jax.analysis import stats
 from digits_jax.training import checkpoints, loop, step
 from experiments import common
 
-flags.DEFINE_string("output", None, "Also write the figures to this JSON file.")
+flags.DEFINE_string("output_dir", None, "Also write the figures to DIR/levers.json.")
 flags.mark_flag_as_required("workdir")
 FLAGS = flags.FLAGS
 
@@ -95,8 +96,10 @@ def main(argv):
       f"{p['a']} - {p['b']}: {100 * p['difference']:+.2f} pp "
       f"[{100 * p['low']:+.2f}, {100 * p['high']:+.2f}], McNemar p = {p['mcnemar_p']:.3g}"
     )
-  if FLAGS.output:
-    with open(FLAGS.output, "w") as f:
+  if FLAGS.output_dir:
+    path = os.path.join(FLAGS.output_dir, "levers.json")
+    os.makedirs(FLAGS.output_dir, exist_ok=True)
+    with open(path, "w") as f:
       json.dump(result, f, indent=2)
 
 

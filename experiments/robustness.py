@@ -52,12 +52,23 @@ flags.DEFINE_list(
 flags.DEFINE_integer("steps", 40, "PGD steps (100 for a final table).")
 flags.DEFINE_float("step_size", None, "PGD step size (default: 2.5 * eps / steps).")
 flags.DEFINE_integer("restarts", 1, "PGD random restarts (several for a final table).")
+flags.DEFINE_bool(
+  "targeted",
+  False,
+  "PGD also runs one targeted attack per class (each raising that class's logit over the "
+  "true one), keeping whichever breaks an image: stronger, and 10 times the cost.",
+)
 flags.DEFINE_integer(
   "attack_subset", 1000, "Test images attacked: a fixed class-stratified subset."
 )
 flags.DEFINE_integer("attack_seed", 0, "Seed of the subset, random starts and restarts.")
 flags.DEFINE_integer("attack_batch_size", 500, "Images per attacked batch (memory, not results).")
 flags.DEFINE_bool("cost", True, "Measure FLOPs and latency on this machine.")
+flags.DEFINE_string(
+  "contact_sheet",
+  None,
+  "Also draw one test digit of each class under every corruption into this PNG file.",
+)
 flags.DEFINE_bool(
   "overwrite", False, "Delete each run's earlier robustness evaluation (any settings) first."
 )
@@ -84,6 +95,7 @@ def settings_from_flags() -> evaluation.Settings:
     steps=FLAGS.steps,
     step_size=FLAGS.step_size,
     restarts=FLAGS.restarts,
+    targeted=FLAGS.targeted,
     subset=FLAGS.attack_subset,
     attack_seed=FLAGS.attack_seed,
     batch_size=FLAGS.attack_batch_size,
@@ -102,6 +114,16 @@ def main(argv):
   try:
     settings = settings_from_flags().check()
     paths = rundir.find_runs(FLAGS.workdir)
+    if FLAGS.contact_sheet:
+      test = data_flags.load_data(rundir.read_config(paths[0])[0]).test
+      corruptions.contact_sheet(
+        test.images,
+        test.labels,
+        FLAGS.contact_sheet,
+        settings.corruption_seed,
+        settings.corruptions,
+      )
+      print(f"wrote {FLAGS.contact_sheet}")
     summaries = evaluation.evaluate_runs(
       paths,
       settings,

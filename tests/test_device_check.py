@@ -49,6 +49,6 @@ def test_tiny_check_writes_sane_json(mnist, mnist_dir, tmp_path):
 
 
 def test_bad_flag_fails_at_once(tmp_path):
-  out = cli.run("benchmarks.device_check", "--group_models=0", f"--out={tmp_path}/x.json")
+  out = cli.run("benchmarks.device_check", "--group_models=0", f"--output_dir={tmp_path}")
   assert out.returncode != 0
   assert "--group_models must be at least 1" in out.stderr

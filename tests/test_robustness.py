@@ -227,3 +227,36 @@ def test_no_evaluation_no_robustness_section(tmp_path):
   compared = comparison.compare(runs)
   assert robustness.compare_robustness(compared) is None
   assert robustness_report.write_robustness(compared, tmp_path) is None
+
+
+def test_published_arrays_are_read_in_place_of_generated_corruptions(evaluated, mnist, tmp_path):
+  # A folder in MNIST-C's layout: <dir>/<corruption>/test_images.npy and test_labels.npy.
+  published = tmp_path / "mnist_c"
+  images = (mnist.test.images[:40, ..., 0] * 255).round().astype(np.uint8)[..., None]
+  for name in ("stripe", "fog"):
+    (published / name).mkdir(parents=True)
+    np.save(published / name / "test_images.npy", images)
+    np.save(published / name / "test_labels.npy", mnist.test.labels[:40].astype(np.uint8))
+  copy = tmp_path / "run"
+  shutil.copytree(evaluated[0], copy, ignore=shutil.ignore_patterns("robustness"))
+  settings = evaluation.Settings(
+    corruptions=("stripe", "fog"), mnist_c_dir=str(published), attacks=(), cost=False
+  )
+  summary = evaluation.evaluate_run(copy, settings, datasets=_datasets_of_tiny_run(mnist))
+  assert summary["corruptions"]["source"] == "published"
+  arrays = store.load_arrays(store.corruption_path(copy, "fog"))
+  assert len(arrays["predictions"]) == 40
+  # The published "fog" here is the clean images: its accuracy is the clean accuracy on them.
+  clean = np.argmax(evaluated_logits(copy, mnist.test.images[:40]), axis=-1)
+  assert summary["corruptions"]["accuracy"]["fog"] == pytest.approx(
+    np.mean(clean == mnist.test.labels[:40])
+  )
+  (published / "fog" / "test_labels.npy").unlink()
+  with pytest.raises(evaluation.RobustnessError, match="test_labels.npy"):
+    settings.check()
+
+
+def evaluated_logits(run_dir: Path, images: np.ndarray) -> np.ndarray:
+  from digits_jax import runs
+
+  return runs.load_run(run_dir).probabilities(images)

@@ -9,8 +9,9 @@
   top-class probability, binned as scikit-learn's ``calibration_curve`` with
   ``strategy="uniform"`` bins it.
 
-Predictions are the argmax of the logits (as in :func:`digits_jax.train.metrics_from_logits`),
-so every number here describes the same predictions as the run's test accuracy.
+Predictions are the argmax of the logits (as in
+:func:`digits_jax.training.step.metrics_from_logits`), so every number here describes the same
+predictions as the run's test accuracy.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Each function draws one figure of a fixed size (:data:`SIZES`, in pixels) with matplotlib's
 object API (helpers in :mod:`digits_jax.analysis.figures`).
 
-Run figures (:func:`digits_jax.report.write_run_report` calls them):
+Run figures (:func:`digits_jax.analysis.report.write_run_report` calls them):
   :func:`training_curves`, :func:`confusion_matrices`, :func:`misclassified_grid`,
   :func:`predictions_grid`, :func:`reliability_diagram`.
 Sweep figures (:func:`digits_jax.sweep.write_plots`):
@@ -293,8 +293,8 @@ def reliability_diagram(
   """Accuracy against confidence per bin (left), and how many predictions fall in each bin.
 
   Args:
-    bins: :func:`digits_jax.metrics.reliability_bins` of the top-class probabilities.
-    ece: :func:`digits_jax.metrics.expected_calibration_error` of the same bins.
+    bins: :func:`digits_jax.analysis.metrics.reliability_bins` of the top-class probabilities.
+    ece: :func:`digits_jax.analysis.metrics.expected_calibration_error` of the same bins.
     path: the PNG to write.
     title: prefix of the figure's title.
   """

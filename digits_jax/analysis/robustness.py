@@ -153,14 +153,14 @@ def compare_robustness(comparison: Comparison) -> RobustnessComparison | None:
       skipped.append(cf.label)
       continue
     if not settings:
-      settings = summaries[0]["settings"]
+      settings = store.settings_of(summaries[0]["settings"])
       m = summaries[0].get("machine") or {}
       machine = f"{m.get('cpu', '?')}, {m.get('cpu_count', '?')} cores, {m.get('backend', '?')}"
       if summaries[0].get("corruptions"):
         corruptions = tuple(summaries[0]["corruptions"]["accuracy"])
       for attack, by_eps in ((summaries[0].get("attacks") or {}).get("accuracy") or {}).items():
         eps[attack] = tuple(by_eps)
-    elif any(s["settings"] != settings for s in summaries):
+    elif any(store.settings_of(s["settings"]) != settings for s in summaries):
       skipped.append(f"{cf.label} (evaluated with other settings)")
       continue
     flat = [_flat(s) for s in summaries]

@@ -1,6 +1,6 @@
 """What a trained network learned: first-layer filters, feature maps and saliency maps.
 
-Three figures, drawn like those of :mod:`digits_jax.plots` (matplotlib's object API on the
+Three figures, drawn like those of :mod:`digits_jax.analysis.plots` (matplotlib's object API on the
 Agg canvas, PNGs written atomically):
 
 * ``filters.png`` (:func:`plot_filters`): the first convolution's kernels, one panel per

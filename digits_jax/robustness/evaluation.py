@@ -65,6 +65,7 @@ class Settings:
   steps: int = 40
   step_size: float | None = None
   restarts: int = 1
+  targeted: bool = False
   subset: int = 1000
   attack_seed: int = 0
   batch_size: int = 500
@@ -92,7 +93,12 @@ class Settings:
     return dataclasses.replace(self, corruptions=names, eps=tuple(sorted(set(eps))))
 
   def pgd(self) -> attacks.PGDSettings:
-    return attacks.PGDSettings(steps=self.steps, step_size=self.step_size, restarts=self.restarts)
+    return attacks.PGDSettings(
+      steps=self.steps,
+      step_size=self.step_size,
+      restarts=self.restarts,
+      targeted_classes=self.targeted,
+    )
 
   def identity(self) -> dict[str, Any]:
     """The fields that make stored parts reusable (the batch size only splits the work)."""
@@ -113,7 +119,7 @@ def _prepare_folder(run_dir: Path, settings: Settings, overwrite: bool) -> dict 
   if overwrite and root.exists():
     shutil.rmtree(root)
   if saved_path.is_file():
-    saved = store.read_json(saved_path)
+    saved = store.settings_of(store.read_json(saved_path))
     if saved != settings.identity():
       differ = [
         f"{k}: {saved.get(k)!r} there, {v!r} here"
@@ -237,6 +243,7 @@ def _attacks(run, datasets, settings: Settings, progress) -> dict[str, Any]:
       "steps": settings.steps,
       "step_size": settings.step_size,
       "restarts": settings.restarts,
+      "targeted": settings.targeted,
       "subset": settings.subset,
       "seed": settings.attack_seed,
     },

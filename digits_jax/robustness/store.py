@@ -37,6 +37,15 @@ CALIBRATION = "calibration.json"
 COST = "cost.json"
 
 
+# Settings added after evaluations were first written, with the value those evaluations used.
+ADDED_SETTINGS = {"targeted": False}
+
+
+def settings_of(saved: Mapping[str, Any]) -> dict[str, Any]:
+  """Recorded evaluation settings as they would be written now (later-added ones filled in)."""
+  return ADDED_SETTINGS | dict(saved)
+
+
 class RobustnessFilesError(RunDirError):
   """A robustness folder that cannot be read; the message names the file and the fix."""
 
