@@ -33,7 +33,6 @@ from digits_jax.training.step import (
   create_train_state,
   metrics_from_logits,
   model_variables,
-  predict,
   predict_config,
 )
 
@@ -61,7 +60,9 @@ class LoadedRun:
 
   def probabilities(self, images: np.ndarray) -> np.ndarray:
     """Class probabilities (N, classes), float64, for images (N, 28, 28, 1) or (N, 28, 28)
-    in [0, 1]; a ValueError names any other shape."""
+    in [0, 1], computed as the run's test was (test-time augmentation included when the run
+    used it, :func:`digits_jax.training.step.predict_config`); a ValueError names any other
+    shape."""
     images = np.asarray(images, np.float32)
     if images.ndim == 3:
       images = images[..., None]
@@ -70,7 +71,9 @@ class LoadedRun:
       raise ValueError(f"expected (N, {size}, {size}, 1) images, got {images.shape}")
     if len(images) == 0:
       return np.zeros((0, self.num_classes))
-    logits = predict(self.state, jnp.asarray(images), self.config.eval_batch_size)
+    logits = predict_config(
+      self.config, self.state, jnp.asarray(images), self.config.eval_batch_size
+    )
     return np.asarray(jax.nn.softmax(logits, axis=-1)).astype(np.float64)
 
 

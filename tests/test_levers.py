@@ -174,3 +174,34 @@ def test_a_checkpoint_from_before_the_ema_field_still_resumes(tmp_path):
   assert epoch == 1 and restored.ema == {}
   for a, b in zip(_leaves(restored.params), _leaves(state.params), strict=True):
     np.testing.assert_array_equal(a, b)
+
+
+def test_a_tta_run_serves_what_its_test_measured(mnist, tmp_path):
+  """predict and the drawing page go through LoadedRun.probabilities: for a run trained with
+  test-time augmentation they give the test's probabilities, TTA included."""
+  from digits_jax import data, rundir, runs
+
+  datasets = data.Datasets(
+    train=mnist.train,
+    validation=data.Split(mnist.validation.images[:500], mnist.validation.labels[:500]),
+    test=data.Split(mnist.test.images[:2000], mnist.test.labels[:2000]),
+    name=mnist.name,
+    backend=mnist.backend,
+  )
+  results = runs.train_and_evaluate(
+    Config(model="conv2_dense64", epochs=1, train_subset=512, tta=True),
+    tmp_path,
+    datasets=datasets,
+    plots=False,
+  )
+  loaded = runs.load_run(tmp_path)
+  served = loaded.probabilities(datasets.test.images)
+  tested = rundir.load_test_outputs(tmp_path).probabilities
+  np.testing.assert_allclose(served, tested, atol=1e-3)  # stored as float16
+  accuracy = np.mean(np.argmax(served, -1) == datasets.test.labels)
+  assert accuracy == pytest.approx(results["test_accuracy"], abs=1e-6)  # float32 there
+  # Without TTA the same weights give other probabilities: the test above can fail.
+  plain = loaded.state.apply_fn(
+    {"params": loaded.state.params}, jax.numpy.asarray(datasets.test.images[:200]), train=False
+  )
+  assert not np.allclose(np.asarray(jax.nn.softmax(plain, -1)), served[:200], atol=1e-5)
