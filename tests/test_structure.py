@@ -14,6 +14,7 @@ PACKAGE = REPO / "digits_jax"
 # Each module's layer; an import may only go to the same layer or a lower one.
 LAYERS = {
   "digits_jax.files": 0,
+  "digits_jax.progress": 0,
   "digits_jax.environment": 0,
   "digits_jax.data": 0,
   "digits_jax.augment": 0,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 import subprocess
 import sys
 
@@ -132,6 +133,9 @@ def test_a_learning_rate_grid_gives_rows_that_differ_in_that_value_only(mnist_di
   with open(tmp_path / "results.csv") as f:
     rows = list(csv.DictReader(f))
   assert [float(r["learning_rate"]) for r in rows] == [0.001, 0.003]
+  # Progress: each run's place in the sweep, elapsed time and, after the first, the time left.
+  assert "[1/2] conv2_dense64-adam-val256-sub256-ep1-seed0: training; 0 s elapsed" in out.stderr
+  assert re.search(r"\[2/2\] \S+: training; [\w ]+ elapsed, about [\w ]+ left", out.stderr)
   fixed = [
     {
       k: v

@@ -30,6 +30,8 @@ from digits_jax.analysis.robustness import (
 from digits_jax.robustness import calibration, store
 
 MARKDOWN = "robustness.md"
+# Significant verdicts listed per axis in robustness.md (robustness_pairs.csv has them all).
+MAX_LISTED = 12
 FIGURES = {
   "heatmap": "robustness_corruptions.png",
   "eps": "robustness_eps.png",
@@ -78,8 +80,11 @@ def to_markdown(r: RobustnessComparison, curves: Mapping[str, list[dict]] | None
     f"{r.machine}. Means over seeds with 95% intervals (Student t over seeds); accuracies in "
     "percent, differences in percentage points.",
     "",
-    *(f"Left out (no robustness evaluation for every run): {x}." for x in r.skipped),
-    "",
+    *(
+      [f"Left out (not every run has a robustness evaluation): {'; '.join(r.skipped)}.", ""]
+      if r.skipped
+      else []
+    ),
     "## Per configuration",
     "",
     "| configuration | clean | mean corruption | worst corruption | "
@@ -200,13 +205,16 @@ def _verdicts(r: RobustnessComparison) -> list[str]:
       f"{len(pairs)}):"
     )
     lines.append("")
-    for p in sorted(significant, key=lambda p: p.pvalue_holm):
+    shown = sorted(significant, key=lambda p: (p.pvalue_holm, -abs(p.difference)))
+    for p in shown[:MAX_LISTED]:
       item = f" [{p.item.split('/', 1)[1]}]" if axis == "each corruption" else ""
       lines.append(
         f"- {p.a} better than {p.b}{item}: {100 * p.difference:+.2f} pp "
         f"[{100 * p.interval.low:+.2f}, {100 * p.interval.high:+.2f}], Holm p = "
         f"{_p(p.pvalue_holm)} ({p.seed_pairs} seed pair{'s' * (p.seed_pairs != 1)})"
       )
+    if len(shown) > MAX_LISTED:
+      lines.append(f"- and {len(shown) - MAX_LISTED} more (robustness_pairs.csv lists every test)")
     if not significant:
       lines.append("- no pair differs significantly")
     lines.append("")

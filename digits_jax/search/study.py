@@ -32,6 +32,7 @@ import optuna
 
 from digits_jax import data, files, runs
 from digits_jax.config import Config, ConfigError
+from digits_jax.progress import Progress
 from digits_jax.search.space import SearchError, SearchSpec, config_of, suggest
 from digits_jax.training import loop, workdirs
 from digits_jax.training.history import TrainingDivergedError
@@ -292,6 +293,7 @@ def run_worker(
     return cache[key]
 
   done = 0
+  progress = Progress(max(0, spec.trials - counts(study)))
   while max_trials is None or done < max_trials:
     with contextlib.ExitStack() as held:
       with _lock(directory, "study", wait_s=STUDY_WAIT_S):
@@ -301,9 +303,17 @@ def run_worker(
           break
         trial = study.ask()
         held.enter_context(_lock(directory, trial_name(trial.number)))
-      log.info("worker %d: trial %d", worker_index, trial.number)
+      log.info(
+        "worker %d: trial %d [%d/%d]; %s",
+        worker_index,
+        trial.number,
+        min(counts(study), spec.trials),
+        spec.trials,
+        progress.status(),
+      )
       run_trial(study, trial, spec, directory, datasets)
       done += 1
+      progress.done()
   log.info(
     "worker %d: %d trials here; the study holds %d finished of %d",
     worker_index,

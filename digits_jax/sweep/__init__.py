@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ import jax
 from digits_jax import data, files, rundir, runs
 from digits_jax.analysis import compare_report, comparison
 from digits_jax.config import Config, varied_settings
+from digits_jax.progress import Progress
 
 # The pieces, re-exported: ``digits_jax.sweep`` stays the one public entry.
 from digits_jax.sweep.grid import (  # noqa: F401
@@ -225,35 +225,6 @@ def run_sweep(
       after_run(config, path, datasets(config))
     all_results.append(_row(config, path, results, varied))
   return all_results
-
-
-class Progress:
-  """Elapsed time and an estimate of the time left, for ``total`` pieces of work done one
-  after another: the mean time of the pieces done so far times the pieces left."""
-
-  def __init__(self, total: int):
-    self.total, self.finished, self.start = total, 0, time.monotonic()
-
-  def done(self) -> None:
-    self.finished += 1
-
-  def status(self) -> str:
-    elapsed = time.monotonic() - self.start
-    text = f"{format_seconds(elapsed)} elapsed"
-    if self.finished:
-      left = elapsed / self.finished * max(0, self.total - self.finished)
-      text += f", about {format_seconds(left)} left"
-    return text
-
-
-def format_seconds(seconds: float) -> str:
-  """``42 s``, ``7 min 5 s``, ``2 h 03 min``."""
-  seconds = int(round(seconds))
-  if seconds < 60:
-    return f"{seconds} s"
-  if seconds < 3600:
-    return f"{seconds // 60} min {seconds % 60} s"
-  return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
 @contextlib.contextmanager
