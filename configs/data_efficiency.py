@@ -19,8 +19,8 @@ ENTRY_POINT = "experiments.sweep"
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.preset = "source"
-  config.seeds = [0, 1, 2]
-  config.train_subset = [1000, 5000, 15000]
+  config.seeds = "0,1,2"
+  config.train_subset = "1000,5000,15000"
   config.plots = False
   config.workdir = "runs/data-efficiency"
   return config

@@ -21,7 +21,7 @@ ENTRY_POINT = "experiments.sweep"
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.preset = "source"
-  config.seeds = [0, 1, 2]
+  config.seeds = "0,1,2"
   config.robustness = True
   config.plots = False  # each run's figures: python -m experiments.evaluate --workdir=RUN
   config.workdir = "runs/robustness-source"

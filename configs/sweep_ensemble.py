@@ -19,11 +19,11 @@ ENTRY_POINT = "experiments.sweep"
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.preset = "source"
-  config.models = ["bn_conv3_wide", "vgg_small", "resnet8"]
+  config.models = "bn_conv3_wide,vgg_small,resnet8"
   config.epochs = 20
   config.rotation = 15.0
   config.shift = 2.8
   config.zoom = 0.15
-  config.seeds = [0, 1, 2]
+  config.seeds = "0,1,2"
   config.workdir = "runs/sweep-ensemble"
   return config

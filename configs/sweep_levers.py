@@ -22,7 +22,7 @@ ENTRY_POINT = "experiments.sweep"
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.preset = "source"
-  config.models = ["vgg_small"]
+  config.models = "vgg_small"
   config.epochs = 20
   config.rotation = 15.0
   config.shift = 2.8
@@ -30,6 +30,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.elastic_alpha = 34.0
   config.elastic_sigma = 4.0
   config.ema = 0.999
-  config.seeds = [0, 1, 2]
+  config.seeds = "0,1,2"
   config.workdir = "runs/sweep-levers"
   return config

@@ -18,8 +18,8 @@ ENTRY_POINT = "experiments.sweep"
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.preset = "source"
-  config.models = ["bn_conv3_wide"]
+  config.models = "bn_conv3_wide"
   config.epochs = 30
-  config.seeds = [0]
+  config.seeds = "0"
   config.workdir = "runs/sweep-longer"
   return config

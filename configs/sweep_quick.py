@@ -18,7 +18,7 @@ ENTRY_POINT = "experiments.sweep"
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.preset = "quick"
-  config.seeds = [0]
+  config.seeds = "0"
   config.workdir = "runs/sweep-quick"
   config.plots = False  # each run's figures: python -m experiments.evaluate --workdir=RUN
   return config

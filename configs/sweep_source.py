@@ -15,6 +15,6 @@ ENTRY_POINT = "experiments.sweep"
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.preset = "source"
-  config.seeds = [0, 1, 2]
+  config.seeds = "0,1,2"
   config.workdir = "runs/sweep-source"
   return config

@@ -83,6 +83,22 @@ def test_override_precedence_flag_then_config_field_then_file(tmp_path):
   assert f"--workdir {tmp_path}/b does not exist" in done.stderr
 
 
+def test_list_fields_of_a_config_file_take_overrides(tmp_path):
+  """--config.seeds=1 (as the README's command) overrides a file's list of seeds: the grid
+  names exactly the overridden runs."""
+  done = cli.run(
+    "experiments.sweep",
+    "--config=configs/sweep_source.py",
+    "--config.seeds=1",
+    f"--workdir={tmp_path}",
+    "--collect_only",
+  )
+  assert "10 of 10 runs have not finished: conv3_dense128_64-adam-seed1, " in done.stdout, (
+    done.stderr[-2000:]
+  )
+  assert "seed0" not in done.stdout and "seed2" not in done.stdout
+
+
 def test_unknown_config_override_fails_clearly():
   done = cli.run(
     "experiments.sweep", "--config=configs/sweep_quick.py", "--config.learning_rat=0.1"
