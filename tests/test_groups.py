@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 
 import pytest
 
+import digits_jax
 from digits_jax import files, runs, sweep
 from digits_jax.config import Config, resolve
 from digits_jax.training import groups
 from tests import cli
-from tests.conftest import tiny_datasets
+from tests.conftest import REPO, tiny_datasets
 
 COMPARED = ("test_accuracy", "test_loss", "val_accuracy", "val_loss", "best_epoch")
 
@@ -84,8 +86,8 @@ def _sharded(mnist_dir, tmp_path, devices):
 def test_several_devices_match_one(mnist_dir, tmp_path):
   """A single run on a 2-device host, and 4 vmapped models split over the 2 devices.
 
-  Two CPU devices, not more: XLA:CPU's collectives wait for one thread per device, and
-  with more devices than cores a loaded machine can miss their 40 s rendezvous.
+  Their collectives get the threads they need from ``import digits_jax`` (see
+  :func:`test_two_cpu_devices_do_not_deadlock_when_python_runs_ahead`).
   """
   one = _sharded(mnist_dir, tmp_path / "one", 1)
   two = _sharded(mnist_dir, tmp_path / "two", 2)
@@ -94,6 +96,61 @@ def test_several_devices_match_one(mnist_dir, tmp_path):
     assert two["single"][key] == pytest.approx(one["single"][key], rel=1e-4, abs=1e-6), key
     for a, b in zip(two["group"], one["group"], strict=True):
       assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+
+
+# 200 programs with an all-reduce, dispatched without waiting: Python gets more than the 32
+# programs XLA:CPU lets a device have in flight ahead of the devices.
+RUN_AHEAD = """
+import digits_jax
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import Mesh, PartitionSpec as P
+mesh = Mesh(np.array(jax.devices()), ("d",))
+def step(x):
+  x = jax.lax.fori_loop(0, 20, lambda i, x: jnp.tanh(x @ x), x)
+  return jax.lax.pmean(x, "d")
+f = jax.jit(jax.shard_map(step, mesh=mesh, in_specs=P(), out_specs=P()))
+x = jnp.full((128, 128), 0.01, jnp.float32)
+for _ in range(200):
+  x = f(x)
+print(jax.device_count(), float(x.sum()))
+"""
+
+
+def test_two_cpu_devices_do_not_deadlock_when_python_runs_ahead():
+  """Without ``import digits_jax`` first, this aborts after XLA's 40 s rendezvous timeout.
+
+  XLA:CPU's 2-thread client pool (2 processors, 2 devices) then holds one device's part of
+  a program waiting in the all-reduce and a later launch waiting for a device with 32
+  programs in flight, and the other device's part has no thread to run on.
+  """
+  env = {k: v for k, v in cli.env(devices=2).items() if k not in digits_jax.POOL_SIZE_VARS}
+  out = subprocess.run(
+    [sys.executable, "-c", RUN_AHEAD],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert out.stdout.split()[0] == "2"
+
+
+def test_cpu_devices_get_two_client_threads_each(caplog):
+  flags = {"XLA_FLAGS": "--xla_cpu_enable_fast_math=false --xla_force_host_platform_device_count=2"}
+  env = dict(flags)
+  assert digits_jax.reserve_cpu_collective_threads(env, processors=2) == 4
+  assert env["PJRT_NPROC"] == "4"
+  env = {"JAX_NUM_CPU_DEVICES": "3", **flags}  # JAX's own setting wins over XLA_FLAGS
+  assert digits_jax.reserve_cpu_collective_threads(env, processors=2) == 6
+  for unchanged in ({}, {"XLA_FLAGS": "--xla_force_host_platform_device_count=1"}):
+    assert digits_jax.reserve_cpu_collective_threads(unchanged, processors=1) is None
+    assert "PJRT_NPROC" not in unchanged
+  assert digits_jax.reserve_cpu_collective_threads(dict(flags), processors=4) is None
+  env = {"NPROC": "2", **flags}  # the user's setting is kept, with a warning
+  assert digits_jax.reserve_cpu_collective_threads(env, processors=2) is None
+  assert "PJRT_NPROC" not in env
+  assert "NPROC=2 gives XLA:CPU's 2 CPU devices fewer than 4 client threads" in caplog.text
 
 
 class _Stop(Exception):

@@ -8,7 +8,9 @@
 * Groups (:func:`stack_models`): K vmapped models split their models axis over the local
   devices when K is a multiple of the device count.
 
-On CPU, ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` gives N devices.
+On CPU, ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` gives N devices; importing
+digits_jax gives XLA's CPU client 2N threads for them, fewer can deadlock their collectives
+(:func:`digits_jax.reserve_cpu_collective_threads`).
 """
 
 from __future__ import annotations
