@@ -260,3 +260,13 @@ def evaluated_logits(run_dir: Path, images: np.ndarray) -> np.ndarray:
   from digits_jax import runs
 
   return runs.load_run(run_dir).probabilities(images)
+
+
+def test_the_pairs_csv_reads_back(tmp_path):
+  rows = [{"axis": "pgd eps 0.1", "verdict": A_BETTER, "p": 0.01}, {"axis": "x", "verdict": "y"}]
+  text = robustness_report._csv(rows)
+  import csv
+  import io
+
+  back = list(csv.DictReader(io.StringIO(text)))
+  assert back[0]["verdict"] == A_BETTER and back[1]["p"] == ""

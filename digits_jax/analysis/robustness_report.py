@@ -8,7 +8,9 @@ whenever some compared runs have a robustness evaluation
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -225,10 +227,11 @@ def _csv(rows: Sequence[Mapping[str, Any]]) -> str:
   if not rows:
     return ""
   columns = list(dict.fromkeys(k for row in rows for k in row))
-  out = [",".join(columns)]
-  for row in rows:
-    out.append(",".join("" if row.get(c) is None else str(row.get(c)) for c in columns))
-  return "\n".join(out) + "\n"
+  buffer = io.StringIO()
+  writer = csv.DictWriter(buffer, columns, lineterminator="\n")
+  writer.writeheader()
+  writer.writerows(rows)
+  return buffer.getvalue()
 
 
 def configuration_rows(r: RobustnessComparison) -> list[dict[str, Any]]:
