@@ -5,9 +5,9 @@ Command: ``python -m experiments.sweep --config=configs/data_efficiency.py``; th
 curves come with ``python -m experiments.compare --workdir=runs/data-efficiency
 --workdir=runs/robustness-source`` (the study's own full-data runs give the 55,000-image
 point; configs/robustness_source.py). Validation stays the same 5,000 held-out images.
-Cost: the 1,000-image runs take 1 to 3 minutes each on the reference machine (2-core x86
-VM, no GPU); a run on N images costs about N / 55,000 of a full run plus its per-epoch
-validation.
+Cost: the 1,000-image runs took 0.5 to 4.5 minutes each on the reference machine (2-core x86
+VM, no GPU, 2026-12-06, shared with other work); a run on N images costs about N / 55,000 of
+a full run plus its per-epoch validation of 5,000 images.
 Results: results/robustness-2026-12-06/ (learning_curve.png, robustness.md).
 """
 

@@ -6,9 +6,10 @@ Command: ``python -m experiments.sweep --config=configs/robustness_source.py``, 
 ``python -m experiments.compare --workdir=runs/robustness-source
 --workdir=runs/data-efficiency`` for the comparison with the learning curves
 (configs/data_efficiency.py trains those runs).
-Cost: on the reference machine (2-core x86 VM, no GPU), 2026-12-06: the 27 trainings took
-4 to 14 minutes each; each robustness evaluation (15 corruptions of 10,000 images, FGSM and
-PGD-40 at four eps on 1,000 images, calibration, cost) took the time docs/robustness.md gives.
+Cost: on the reference machine (2-core x86 VM, no GPU), 2026-12-06, sharing the machine with
+other work: a training took 0.5-7 minutes for the source networks, 8.5 (bn_conv3_wide), 14
+(resnet8) and 16 (vgg_small); each robustness evaluation 1.3-5 minutes for the source
+networks and 10-14 minutes for resnet8 and vgg_small (docs/robustness.md).
 Results: results/robustness-2026-12-06/ (robustness.md, compare.md, figures and the runs'
 small files; no checkpoints).
 """
