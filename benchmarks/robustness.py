@@ -25,9 +25,9 @@ from typing import Any
 
 from absl import app, flags
 
-from digits_jax import data, files, rundir
+from digits_jax import data, files, robustness_eval, rundir
 from digits_jax.environment import environment
-from digits_jax.robustness import evaluation, store
+from digits_jax.robustness import store
 
 GOAL_EPOCHS = 5.0
 
@@ -49,7 +49,7 @@ def _measure(run_dir: Path, manual_dir: str | None) -> dict[str, Any]:
       config.dataset, manual_dir=manual_dir, validation_size=config.validation_size
     )
     start = time.perf_counter()
-    summary = evaluation.evaluate_run(copy, datasets=datasets, progress=lambda line: None)
+    summary = robustness_eval.evaluate_run(copy, datasets=datasets, progress=lambda line: None)
     summary["total_seconds"] = time.perf_counter() - start
     return summary
 

@@ -177,12 +177,12 @@ def grid_from_flags(names: Sequence[str]) -> dict[str, list[Any]]:
 def evaluate_robustness(config: Config, workdir, datasets: data.Datasets) -> None:
   """``--robustness``: the robustness evaluation of a finished run, default settings, one
   line per part (a no-op for a run already evaluated; only process 0 of several)."""
-  from digits_jax.robustness import evaluation
+  from digits_jax import robustness_eval
 
   if jax.process_index() != 0:
     return
   name = pathlib.Path(workdir).name
-  summary = evaluation.evaluate_run(
+  summary = robustness_eval.evaluate_run(
     workdir, datasets=datasets, progress=lambda line: print(f"{name}: {line}", flush=True)
   )
   folder = pathlib.Path(workdir) / "robustness"

@@ -12,7 +12,7 @@ checks against gradient masking. Started again, an interrupted evaluation comput
 it had not written. `python -m experiments.compare --workdir=...` then compares the runs on
 each axis. Bad settings, a run without a checkpoint or a --mnist_c_dir missing a file stop it
 before any work with one ``error:`` line. The logic lives in
-:mod:`digits_jax.robustness.evaluation`; docs/robustness.md says what each axis measures.
+:mod:`digits_jax.robustness_eval`; docs/robustness.md says what each axis measures.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ import time
 import jax
 from absl import app, flags
 
-from digits_jax import data, rundir
+from digits_jax import data, robustness_eval, rundir
 from digits_jax.models import native
-from digits_jax.robustness import attacks, corruptions, evaluation
+from digits_jax.robustness import attacks, corruptions
 from digits_jax.training import checkpoints
 from experiments import data_flags, logs
 
@@ -47,7 +47,7 @@ flags.DEFINE_string(
 )
 flags.DEFINE_list("attacks", list(attacks.ATTACKS), "Attacks (none: skip): fgsm, pgd.")
 flags.DEFINE_list(
-  "eps", [f"{e:g}" for e in evaluation.DEFAULT_EPS], "L-inf radii in (0, 1], pixel scale."
+  "eps", [f"{e:g}" for e in robustness_eval.DEFAULT_EPS], "L-inf radii in (0, 1], pixel scale."
 )
 flags.DEFINE_integer("steps", 40, "PGD steps (100 for a final table).")
 flags.DEFINE_float("step_size", None, "PGD step size (default: 2.5 * eps / steps).")
@@ -76,7 +76,7 @@ flags.mark_flag_as_required("workdir")
 FLAGS = flags.FLAGS
 
 
-def settings_from_flags() -> evaluation.Settings:
+def settings_from_flags() -> robustness_eval.Settings:
   """The evaluation settings the flags describe (checked by the caller)."""
 
   def names(values):
@@ -85,8 +85,8 @@ def settings_from_flags() -> evaluation.Settings:
   try:
     eps = tuple(float(e) for e in FLAGS.eps)
   except ValueError as e:
-    raise evaluation.RobustnessError(f"--eps takes numbers in (0, 1]: {e}") from None
-  return evaluation.Settings(
+    raise robustness_eval.RobustnessError(f"--eps takes numbers in (0, 1]: {e}") from None
+  return robustness_eval.Settings(
     corruptions=names(FLAGS.corruptions),
     corruption_seed=FLAGS.corruption_seed,
     mnist_c_dir=FLAGS.mnist_c_dir,
@@ -124,7 +124,7 @@ def main(argv):
         settings.corruptions,
       )
       print(f"wrote {FLAGS.contact_sheet}")
-    summaries = evaluation.evaluate_runs(
+    summaries = robustness_eval.evaluate_runs(
       paths,
       settings,
       load=data_flags.load_data,
@@ -132,7 +132,7 @@ def main(argv):
       progress=lambda line: print(f"[{time.perf_counter() - start:7.1f} s] {line}", flush=True),
     )
   except (
-    evaluation.RobustnessError,
+    robustness_eval.RobustnessError,
     rundir.RunDirError,
     checkpoints.CheckpointError,
     data.DataError,

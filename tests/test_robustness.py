@@ -10,15 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from digits_jax import data, files
+from digits_jax import data, files, robustness_eval
 from digits_jax.analysis import compare_report, comparison, robustness, robustness_report
 from digits_jax.analysis.comparison import A_BETTER, NO_DIFFERENCE
-from digits_jax.robustness import evaluation, store
+from digits_jax.robustness import store
 from tests import cli
 from tests.test_compare import BASE_CONFIG, check_png, configuration_runs, synthetic_test_set
 
 # A small evaluation: three corruptions, two eps, a short PGD on 100 images.
-SMALL = evaluation.Settings(
+SMALL = robustness_eval.Settings(
   corruptions=("stripe", "translate", "shot_noise"),
   eps=(0.1, 0.3),
   steps=5,
@@ -43,7 +43,7 @@ def evaluated(tiny_run, mnist, tmp_path_factory):
   """A copy of the tiny run, evaluated with :data:`SMALL`."""
   workdir = tmp_path_factory.mktemp("robust") / "run"
   shutil.copytree(tiny_run[0], workdir)
-  summary = evaluation.evaluate_run(workdir, SMALL, datasets=_datasets_of_tiny_run(mnist))
+  summary = robustness_eval.evaluate_run(workdir, SMALL, datasets=_datasets_of_tiny_run(mnist))
   return workdir, summary
 
 
@@ -88,7 +88,7 @@ def test_an_interrupted_evaluation_finishes_with_the_same_numbers(evaluated, mni
     store.corruption_path(copy, name).unlink()
   shutil.rmtree(copy / "robustness" / "attacks")
   kept = store.corruption_path(copy, SMALL.corruptions[0]).read_bytes()
-  again = evaluation.evaluate_run(copy, SMALL, datasets=_datasets_of_tiny_run(mnist))
+  again = robustness_eval.evaluate_run(copy, SMALL, datasets=_datasets_of_tiny_run(mnist))
   assert store.corruption_path(copy, SMALL.corruptions[0]).read_bytes() == kept
   for key in ("clean_accuracy", "corruptions", "attacks"):
     a, b = summary[key], again[key]
@@ -103,9 +103,9 @@ def test_other_settings_are_refused_unless_overwritten(evaluated, mnist, tmp_pat
   copy = tmp_path / "run"
   shutil.copytree(workdir, copy)
   before = cli.snapshot(copy)
-  stronger = evaluation.Settings(**{**SMALL.__dict__, "steps": 7})
-  with pytest.raises(evaluation.RobustnessError, match="steps: 5 there, 7 here"):
-    evaluation.evaluate_run(copy, stronger, datasets=_datasets_of_tiny_run(mnist))
+  stronger = robustness_eval.Settings(**{**SMALL.__dict__, "steps": 7})
+  with pytest.raises(robustness_eval.RobustnessError, match="steps: 5 there, 7 here"):
+    robustness_eval.evaluate_run(copy, stronger, datasets=_datasets_of_tiny_run(mnist))
   assert cli.snapshot(copy) == before
 
 
@@ -122,8 +122,8 @@ def test_other_settings_are_refused_unless_overwritten(evaluated, mnist, tmp_pat
   ],
 )
 def test_bad_settings_stop_before_any_work(changes, message):
-  with pytest.raises(evaluation.RobustnessError, match=message):
-    evaluation.Settings(**{**SMALL.__dict__, **changes}).check()
+  with pytest.raises(robustness_eval.RobustnessError, match=message):
+    robustness_eval.Settings(**{**SMALL.__dict__, **changes}).check()
 
 
 def test_the_entry_point_refuses_bad_input_with_one_line(tmp_path):
@@ -239,10 +239,10 @@ def test_published_arrays_are_read_in_place_of_generated_corruptions(evaluated, 
     np.save(published / name / "test_labels.npy", mnist.test.labels[:40].astype(np.uint8))
   copy = tmp_path / "run"
   shutil.copytree(evaluated[0], copy, ignore=shutil.ignore_patterns("robustness"))
-  settings = evaluation.Settings(
+  settings = robustness_eval.Settings(
     corruptions=("stripe", "fog"), mnist_c_dir=str(published), attacks=(), cost=False
   )
-  summary = evaluation.evaluate_run(copy, settings, datasets=_datasets_of_tiny_run(mnist))
+  summary = robustness_eval.evaluate_run(copy, settings, datasets=_datasets_of_tiny_run(mnist))
   assert summary["corruptions"]["source"] == "published"
   arrays = store.load_arrays(store.corruption_path(copy, "fog"))
   assert len(arrays["predictions"]) == 40
@@ -252,7 +252,7 @@ def test_published_arrays_are_read_in_place_of_generated_corruptions(evaluated, 
     np.mean(clean == mnist.test.labels[:40])
   )
   (published / "fog" / "test_labels.npy").unlink()
-  with pytest.raises(evaluation.RobustnessError, match="test_labels.npy"):
+  with pytest.raises(robustness_eval.RobustnessError, match="test_labels.npy"):
     settings.check()
 
 

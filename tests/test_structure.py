@@ -34,7 +34,7 @@ LAYERS = {
   "digits_jax.robustness": 0,
   "digits_jax.robustness.store": 2,
   "digits_jax.robustness.cost": 3,
-  "digits_jax.robustness.evaluation": 6,
+  "digits_jax.robustness_eval": 6,
 }
 
 
