@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -71,9 +72,8 @@ def _runs(workdir) -> dict[str, tuple]:
 
 def _trained(stderr: str) -> list[str]:
   """The runs a worker's log says it trained."""
-  return sorted(
-    line.split()[1].rstrip(":") for line in stderr.splitlines() if line.endswith(": training")
-  )
+  # "HH:MM:SS [i/N] RUN: training; ... elapsed[, about ... left]"
+  return sorted(re.findall(r"^\S+ \[\d+/\d+\] (\S+): training;", stderr, flags=re.MULTILINE))
 
 
 def _epochs_saved(run) -> int:
