@@ -16,6 +16,7 @@ this machine as it is now, next to the stored epoch time (measured while the run
 
 from __future__ import annotations
 
+import logging
 import shutil
 import statistics
 import tempfile
@@ -56,6 +57,8 @@ def _measure(run_dir: Path, manual_dir: str | None) -> dict[str, Any]:
 
 def main(argv):
   del argv
+  # JAX reports each backend it could not start at INFO ("Unable to initialize backend 'tpu'").
+  logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
   flags_ = flags.FLAGS
   rows = []
   for run_dir in rundir.find_runs(flags_.workdir):

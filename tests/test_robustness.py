@@ -270,3 +270,15 @@ def test_the_pairs_csv_reads_back(tmp_path):
 
   back = list(csv.DictReader(io.StringIO(text)))
   assert back[0]["verdict"] == A_BETTER and back[1]["p"] == ""
+
+
+def test_the_cost_benchmark_sets_evaluations_against_epochs(evaluated, tmp_path):
+  workdir, summary = evaluated
+  done = cli.run(
+    "benchmarks.robustness", f"--workdir={workdir}", f"--output_dir={tmp_path}", timeout_s=120
+  )
+  assert done.returncode == 0, done.stderr[-2000:]
+  [row] = json.loads((tmp_path / "robustness_cost.json").read_text())["runs"]
+  assert row["total_seconds"] == pytest.approx(summary["total_seconds"])
+  assert row["epochs_worth"] == pytest.approx(row["total_seconds"] / row["seconds_per_epoch"])
+  assert "training epochs per evaluation (goal: at most 5)" in done.stdout
