@@ -6,8 +6,8 @@ Resolves each layer with ``pip install --dry-run --ignore-installed --report`` (
 installed) for the Python running this script, on this platform:
 
 * ``runtime.txt``: ``runtime.in`` and everything it pulls in.
-* every other layer (``tfds``, ``test``, ``bench``, ``cuda``, ``tpu``): its ``.in`` resolved
-  together with ``runtime.txt``; its lock lists only what the runtime does not, and starts
+* every other layer (``tfds``, ``test``, ``bench``, ``search``, ``cuda``, ``tpu``): its ``.in``
+  resolved together with ``runtime.txt``; its lock lists only what the runtime does not, and starts
   with ``-c runtime.txt`` so that what the two share keeps the runtime's versions. The
   versions of tfds, test and bench come from one resolution of the three together, so they
   agree with each other (make test installs them into one environment).
@@ -30,7 +30,7 @@ import tempfile
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 FOLDER = ROOT / "requirements"
-LAYERS = ("tfds", "test", "bench", "cuda", "tpu")
+LAYERS = ("tfds", "test", "bench", "search", "cuda", "tpu")
 TOGETHER = ("tfds", "test", "bench")  # the layers make test installs into one environment
 # Left out of the locks: torch's CUDA build pins these exactly itself.
 OMIT = re.compile(r"^(nvidia-.*|triton|cuda-.*)$")

@@ -79,7 +79,7 @@ LAYER_OF = {
   "nbclient": "test",
   "nbformat": "test",
   "ipykernel": "test",
-  "optuna": "test",
+  "optuna": "search",
   "hypothesis": "test",
   "sklearn": "test",
 }
