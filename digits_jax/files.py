@@ -8,14 +8,16 @@ Processes that share a folder take turns with :func:`exclusive_lock`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import json
+import math
 import os
 import socket
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -126,3 +128,19 @@ def exclusive_lock(path: str | os.PathLike, *, wait_s: float = 0.0) -> Iterator[
       fcntl.flock(fd, fcntl.LOCK_UN)
   finally:
     os.close(fd)
+
+
+def jsonable(obj: Any) -> Any:
+  """``obj`` as plain JSON types: dataclasses as dicts, paths as strings, tuples as lists,
+  mapping keys as strings, and NaN or infinite floats as ``None``."""
+  if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+    return jsonable(dataclasses.asdict(obj))
+  if isinstance(obj, float) and not math.isfinite(obj):
+    return None
+  if isinstance(obj, Path):
+    return str(obj)
+  if isinstance(obj, Mapping):
+    return {str(k): jsonable(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [jsonable(v) for v in obj]
+  return obj

@@ -250,17 +250,12 @@ def _attacks(run, datasets, settings: Settings, progress) -> dict[str, Any]:
   }
 
 
-def _calibration(run, datasets, settings: Settings) -> dict[str, Any]:
-  def logits(images):
-    return np.asarray(predict_config(run.config, run.state, jnp.asarray(images), 1000), np.float64)
-
+def _calibration(datasets, test_logits: np.ndarray, logits_of) -> dict[str, Any]:
   temperature = None
   if len(datasets.validation):
-    temperature = calibration.fit_temperature(
-      logits(datasets.validation.images), datasets.validation.labels
-    )
-  test = logits(datasets.test.images)
-  out = calibration.summary(test, datasets.test.labels, temperature or 1.0)
+    validation = np.asarray(logits_of(datasets.validation.images), np.float64)
+    temperature = calibration.fit_temperature(validation, datasets.validation.labels)
+  out = calibration.summary(test_logits, datasets.test.labels, temperature or 1.0)
   out["temperature"] = temperature
   out["fitted_on"] = f"validation ({len(datasets.validation)} images)" if temperature else None
   return out
@@ -313,9 +308,11 @@ def evaluate_run(
   run = runs.load_run(workdir, datasets.num_classes)
 
   def logits_of(images):
-    return predict_config(run.config, run.state, jnp.asarray(images), 1000)
+    return predict_config(run.config, run.state, jnp.asarray(images), run.config.eval_batch_size)
 
-  clean = np.argmax(np.asarray(logits_of(datasets.test.images)), axis=-1)
+  # The test logits once: the clean accuracy and the calibration both read them.
+  test_logits = np.asarray(logits_of(datasets.test.images), np.float64)
+  clean = np.argmax(test_logits, axis=-1)
   clean_accuracy = float(np.mean(clean == datasets.test.labels))
   timings = {}
   t0 = time.perf_counter()
@@ -329,7 +326,7 @@ def evaluate_run(
   t0 = time.perf_counter()
   path = store.folder(workdir) / store.CALIBRATION
   if not path.is_file():
-    files.write_json(path, _calibration(run, datasets, settings))
+    files.write_json(path, _calibration(datasets, test_logits, logits_of))
   calibrated = store.read_json(path)
   timings["calibration"] = time.perf_counter() - t0
   say(f"calibration: ECE {calibrated['ece']:.2%}, after temperature {calibrated['ece_scaled']:.2%}")

@@ -323,21 +323,9 @@ def to_markdown(comparison: Comparison) -> str:
   return "\n".join(lines)
 
 
-def _jsonable(obj: Any) -> Any:
-  if isinstance(obj, float) and not math.isfinite(obj):
-    return None
-  if isinstance(obj, Path):
-    return str(obj)
-  if isinstance(obj, Mapping):
-    return {str(k): _jsonable(v) for k, v in obj.items()}
-  if isinstance(obj, (list, tuple)):
-    return [_jsonable(v) for v in obj]
-  return obj
-
-
 def to_json(comparison: Comparison) -> dict[str, Any]:
   """The whole comparison as plain JSON types (NaN as null)."""
-  return _jsonable(dataclasses.asdict(comparison) | {"alpha": ALPHA, "confidence": CONFIDENCE})
+  return files.jsonable(dataclasses.asdict(comparison) | {"alpha": ALPHA, "confidence": CONFIDENCE})
 
 
 # --------------------------------------------------------------------------------------------

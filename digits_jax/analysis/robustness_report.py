@@ -9,9 +9,7 @@ whenever some compared runs have a robustness evaluation
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
-import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -265,20 +263,6 @@ def pair_rows(r: RobustnessComparison) -> list[dict[str, Any]]:
   ]
 
 
-def _jsonable(obj: Any) -> Any:
-  if dataclasses.is_dataclass(obj):
-    return _jsonable(dataclasses.asdict(obj))
-  if isinstance(obj, float) and not math.isfinite(obj):
-    return None
-  if isinstance(obj, Path):
-    return str(obj)
-  if isinstance(obj, Mapping):
-    return {str(k): _jsonable(v) for k, v in obj.items()}
-  if isinstance(obj, (list, tuple)):
-    return [_jsonable(v) for v in obj]
-  return obj
-
-
 # --------------------------------------------------------------------------------------------
 # Figures
 
@@ -412,7 +396,9 @@ def write_robustness(comparison: Comparison, output_dir: str | os.PathLike) -> s
     _reliability(r, output_dir / FIGURES["reliability"])
     files.write_text(output_dir / "robustness.csv", _csv(configuration_rows(r)))
     files.write_text(output_dir / "robustness_pairs.csv", _csv(pair_rows(r)))
-    files.write_json(output_dir / "robustness.json", _jsonable(r) | {"learning_curves": curves})
+    files.write_json(
+      output_dir / "robustness.json", files.jsonable(r) | {"learning_curves": curves}
+    )
   files.write_text(output_dir / MARKDOWN, markdown)
   return markdown
 
