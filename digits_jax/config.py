@@ -34,6 +34,9 @@ OPTIMIZER_DEFAULTS = {
 SCHEDULES = ("constant", "cosine", "onecycle")
 LOSSES = ("sparse", "onehot")
 EPOCH_LOOPS = ("auto", "scan", "host")
+# Adversarial training (digits_jax.training.adversarial): none, FGSM with a random start
+# (Wong et al. 2020), PGD (Madry et al. 2018) or TRADES (Zhang et al. 2019).
+ADVERSARIAL = ("none", "fgsm", "pgd", "trades")
 # Short names of settings in run directory names and table labels.
 SHORT_NAMES = {
   "learning_rate": "lr",
@@ -47,6 +50,14 @@ SHORT_NAMES = {
   "rotation": "rot",
   "elastic_alpha": "ela",
   "elastic_sigma": "els",
+  "adversarial": "adv",
+  "adversarial_eps": "eps",
+  "adversarial_steps": "advsteps",
+  "adversarial_step_size": "advstep",
+  "adversarial_warmup": "warm",
+  "trades_beta": "beta",
+  "robust_val_size": "rval",
+  "robust_val_steps": "rvalsteps",
 }
 
 
@@ -135,6 +146,41 @@ class Config:
     False,
     "Test-time augmentation: validation and test average the class probabilities of each "
     "image and its four one-pixel shifts.",
+  )
+
+  # Adversarial training (docs/adversarial.md).
+  adversarial: str | None = _recipe(
+    "none",
+    "Adversarial training: train on L-inf attacks of each batch made inside the train step "
+    "(fgsm: one step from a random start, Wong et al. 2020; pgd: Madry et al. 2018; trades: "
+    "Zhang et al. 2019).",
+    choices=ADVERSARIAL,
+  )
+  adversarial_eps: float | None = _recipe(
+    0.3, "With --adversarial: the L-inf radius of the training attack, in (0, 1]."
+  )
+  adversarial_steps: int | None = _recipe(
+    10, "With --adversarial=pgd or trades: attack steps per batch (fgsm takes one)."
+  )
+  adversarial_step_size: float | None = _recipe(
+    0.0,
+    "With --adversarial: the attack's step size (0: 1.25 * eps for fgsm, 2.5 * eps / steps "
+    "for pgd and trades).",
+  )
+  adversarial_warmup: int | None = _recipe(
+    0, "With --adversarial: epochs over which eps rises linearly from 0 (0: none)."
+  )
+  trades_beta: float | None = _recipe(
+    6.0, "With --adversarial=trades: weight of the KL term (robustness against accuracy)."
+  )
+  robust_val_size: int | None = _recipe(
+    1000,
+    "With --adversarial: validation images (a fixed class-stratified subset) attacked after "
+    "each epoch by PGD at --adversarial_eps; the best epoch is the one of highest robust "
+    "validation accuracy (0: clean validation accuracy chooses).",
+  )
+  robust_val_steps: int | None = _recipe(
+    20, "With --adversarial: steps of that validation attack (one random start)."
   )
 
   def replace(self, **changes: Any) -> Config:
@@ -287,8 +333,42 @@ def validate(config: Config) -> None:
   _positive("elastic_sigma", config.elastic_sigma)
   if not 0 <= config.ema < 1:
     raise ConfigError(f"ema must be in [0, 1) (0: no averaging), got {config.ema}")
+  _validate_adversarial(config)
   if config.weight_decay and config.optimizer == "adam":
     raise ConfigError("weight_decay needs --optimizer=adamw or sgd (adam has none)")
+
+
+def _validate_adversarial(config: Config) -> None:
+  if config.adversarial == "none":
+    return
+  eps = config.adversarial_eps
+  if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps <= 1:
+    raise ConfigError(
+      f"adversarial_eps must be in (0, 1] (images are in [0, 1]), got {eps!r}: "
+      "give --adversarial_eps=0.3 for instance"
+    )
+  for name in ("adversarial_steps", "robust_val_steps"):
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+      raise ConfigError(f"{name} must be an integer >= 1, got {value!r}: give --{name}=10")
+  for name in ("adversarial_warmup", "robust_val_size"):
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+      raise ConfigError(f"{name} must be an integer >= 0, got {value!r}")
+  if config.adversarial_warmup > config.epochs:
+    raise ConfigError(
+      f"adversarial_warmup ({config.adversarial_warmup} epochs) is longer than the run "
+      f"({config.epochs} epochs): lower --adversarial_warmup"
+    )
+  step = config.adversarial_step_size
+  if not (isinstance(step, (int, float)) and math.isfinite(step) and step >= 0):
+    raise ConfigError(f"adversarial_step_size must be >= 0 (0: automatic), got {step!r}")
+  _positive("trades_beta", config.trades_beta)
+  if config.robust_val_size > config.validation_size:
+    raise ConfigError(
+      f"robust_val_size {config.robust_val_size} is larger than the validation split "
+      f"({config.validation_size} images): lower --robust_val_size"
+    )
 
 
 def check_sizes(config: Config, num_train: int) -> None:

@@ -28,6 +28,7 @@ from digits_jax.analysis import report, visualize
 from digits_jax.config import Config, ConfigError, check_sizes, resolve
 from digits_jax.rundir import RunDirError, read_config
 from digits_jax.training import checkpoints, distributed, loop, sharding, workdirs
+from digits_jax.training.history import collapse_epochs
 from digits_jax.training.step import (
   TrainState,
   create_train_state,
@@ -208,6 +209,9 @@ def finish(
     "seconds_per_epoch": float(np.median(seconds)),
     **extra,
   }
+  if "val_robust_accuracy" in best_row:
+    results["val_robust_accuracy"] = best_row["val_robust_accuracy"]
+    results["collapse_epochs"] = collapse_epochs(trained.history)
   if distributed.is_writer():
     files.write_json(workdir / "results.json", results)
   distributed.barrier("finished run")

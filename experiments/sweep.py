@@ -43,7 +43,12 @@ from experiments import common
 common.define_config_file()
 common.define_config_flags(lists=True, skip=("model", "seed"))
 flags.adopt_module_key_flags(common)
-flags.DEFINE_list("models", list(models.MODELS), "Comma-separated model names.")
+flags.DEFINE_list(
+  "models",
+  models.sweep_models(),
+  "Comma-separated model names (default: the networks of the results table; "
+  "madry_mnist trains when named).",
+)
 flags.DEFINE_list("seeds", ["0"], "Seeds: integers and ranges, e.g. 0,1,2 or 0-9.")
 flags.DEFINE_enum(
   "vmap",

@@ -26,6 +26,7 @@ EXPECTED_PARAMS = {
   "vgg_small": 223_034,
   "speedrun": 215_194,
   "speedrun_small": 72_010,
+  "madry_mnist": 3_274_634,
 }
 
 
@@ -64,6 +65,7 @@ FUSED_FIRST_LAYER = [
   "conv2_dense128_dropout",
   "speedrun",
   "speedrun_small",
+  "madry_mnist",
 ]
 
 

@@ -15,6 +15,7 @@ from digits_jax.models.registry import (
   get_spec,
   init_variables,
   register,
+  sweep_models,
   use_fast_ops,
 )
 
@@ -28,5 +29,6 @@ __all__ = [
   "get_spec",
   "init_variables",
   "register",
+  "sweep_models",
   "use_fast_ops",
 ]

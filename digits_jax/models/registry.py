@@ -29,6 +29,8 @@ class ModelSpec:
       field values; fields it leaves out take the config's recipe defaults.
     source: what the network reproduces, and where it comes from.
     reported: the test accuracy its source reports (or what it aims at).
+    in_sweeps: whether a sweep trains it when no ``--models`` are named (the networks of
+      the results table); others train when named.
   """
 
   name: str
@@ -36,6 +38,7 @@ class ModelSpec:
   recipe: Mapping[str, Any]
   source: str
   reported: str
+  in_sweeps: bool = True
 
 
 MODELS: dict[str, ModelSpec] = {}
@@ -46,17 +49,22 @@ class UnknownModelError(ValueError):
 
 
 def register(
-  name: str, *, recipe: Mapping[str, Any], source: str, reported: str
+  name: str, *, recipe: Mapping[str, Any], source: str, reported: str, in_sweeps: bool = True
 ) -> Callable[[type[nn.Module]], type[nn.Module]]:
   """Class decorator adding a Linen module to :data:`MODELS` under ``name``."""
 
   def wrap(cls: type[nn.Module]) -> type[nn.Module]:
     if name in MODELS:
       raise ValueError(f"model {name!r} is registered twice")
-    MODELS[name] = ModelSpec(name, cls, dict(recipe), source, reported)
+    MODELS[name] = ModelSpec(name, cls, dict(recipe), source, reported, in_sweeps)
     return cls
 
   return wrap
+
+
+def sweep_models() -> list[str]:
+  """The networks a sweep trains by default: those registered with ``in_sweeps``."""
+  return [name for name, spec in MODELS.items() if spec.in_sweeps]
 
 
 def get_spec(name: str) -> ModelSpec:

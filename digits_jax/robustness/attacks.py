@@ -137,8 +137,18 @@ def check_eps(eps_values: float | Iterable[float]) -> tuple[float, ...]:
 
 
 def _cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  """Per-example softmax cross-entropy of integer labels, in float32."""
-  return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+  """Per-example softmax cross-entropy, in float32, of integer labels ``(B,)`` or of target
+  distributions ``(B, K)`` (TRADES attacks the clean prediction: against it the
+  cross-entropy is the KL divergence plus a constant)."""
+  logits = logits.astype(jnp.float32)
+  if labels.ndim == logits.ndim:
+    return optax.softmax_cross_entropy(logits, labels.astype(jnp.float32))
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+def _classes(labels: jax.Array) -> jax.Array:
+  """The class of each example: the label, or the most probable class of a distribution."""
+  return jnp.argmax(labels, axis=-1) if labels.ndim > 1 else labels
 
 
 def fgsm(logits_fn: LogitsFn, images: jax.Array, labels: jax.Array, eps: float | jax.Array):
@@ -165,7 +175,7 @@ def _keep_better(best, x, logits, labels):
   both do (or both do not) and its cross-entropy is higher."""
   best_x, best_broken, best_loss = best
   loss = _cross_entropy(logits, labels)
-  broken = jnp.argmax(logits, axis=-1) != labels
+  broken = jnp.argmax(logits, axis=-1) != _classes(labels)
   better = (broken & ~best_broken) | ((broken == best_broken) & (loss > best_loss))
   rows = better.reshape(better.shape + (1,) * (x.ndim - 1))
   return jnp.where(rows, x, best_x), best_broken | broken, jnp.where(better, loss, best_loss)
@@ -200,6 +210,8 @@ def _pgd(
 
   # Runs: the untargeted restarts (target -1), then one run per target class.
   targets = [-1] * restarts
+  if targeted_classes and labels.ndim > 1:
+    raise AttackError("targeted PGD runs need integer labels, not target distributions")
   if targeted_classes:
     targets += list(range(jax.eval_shape(logits_fn, x0).shape[-1]))
   targets = jnp.asarray(targets, jnp.int32)
@@ -207,8 +219,10 @@ def _pgd(
 
   def objective(x, target):
     logits = logits_fn(x)
-    num_classes = logits.shape[-1]
     ce = _cross_entropy(logits, labels)
+    if not targeted_classes:
+      return jnp.sum(ce), logits
+    num_classes = logits.shape[-1]
     toward = jax.nn.one_hot(target, num_classes) - jax.nn.one_hot(labels, num_classes)
     margin = jnp.sum(toward * logits.astype(jnp.float32), axis=-1)
     return jnp.sum(jnp.where(target < 0, ce, margin)), logits
@@ -271,7 +285,9 @@ def pgd(
   Args:
     logits_fn: images to logits, a pure JAX function.
     images: ``(B, ...)`` images in ``[0, 1]``.
-    labels: ``(B,)`` true classes.
+    labels: ``(B,)`` true classes, or ``(B, K)`` target distributions (the attack then
+      raises the cross-entropy against them; a run "misclassifies" where its most probable
+      class differs from theirs).
     eps: the L-inf radius (may be traced).
     key: PRNG key of the random starts; run ``r`` uses ``jax.random.split(key, runs)[r]``.
     steps: steps per run (static).

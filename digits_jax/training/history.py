@@ -1,8 +1,9 @@
 """A run's per-epoch record (the rows of ``metrics.jsonl``) and what is decided from it.
 
 One row per epoch: ``epoch``, ``epoch_seconds``, ``train_loss``, ``train_accuracy`` and,
-with a validation split, ``val_loss`` and ``val_accuracy``. The best epoch -- the one
-whose checkpoint is tested -- is chosen here, from validation accuracy alone.
+with a validation split, ``val_loss`` and ``val_accuracy`` (and, in adversarial training,
+``val_robust_accuracy``). The best epoch -- the one whose checkpoint is tested -- is chosen
+here, from validation figures alone.
 """
 
 from __future__ import annotations
@@ -32,16 +33,39 @@ def epoch_row(
   }
   if validation is not None:
     row |= {"val_loss": validation["loss"], "val_accuracy": validation["accuracy"]}
+    if "robust_accuracy" in validation:
+      row["val_robust_accuracy"] = validation["robust_accuracy"]
   return row
 
 
 def score(row: Mapping[str, Any]) -> float:
-  """What the best checkpoint maximises: validation accuracy, or else the epoch.
+  """What the best checkpoint maximises: robust validation accuracy where the row has it
+  (adversarial training), else validation accuracy, or else the epoch.
 
   Without a validation split the last epoch is "best": nothing else may choose.
   """
-  val = row.get("val_accuracy")
+  val = row.get("val_robust_accuracy", row.get("val_accuracy"))
   return float(row["epoch"]) if val is None else val
+
+
+# A fall of robust validation accuracy this far below its best so far (while clean accuracy
+# holds) is catastrophic overfitting (Wong et al. 2020: PGD accuracy drops towards zero
+# within an epoch while FGSM accuracy stays high).
+COLLAPSE_DROP = 0.2
+
+
+def collapsed(history: Sequence[Mapping[str, Any]]) -> bool:
+  """Whether the last row's robust validation accuracy fell at least :data:`COLLAPSE_DROP`
+  below the best of the earlier rows."""
+  robust = [r["val_robust_accuracy"] for r in history if "val_robust_accuracy" in r]
+  if len(robust) < 2 or "val_robust_accuracy" not in history[-1]:
+    return False
+  return max(robust[:-1]) - robust[-1] >= COLLAPSE_DROP
+
+
+def collapse_epochs(history: Sequence[Mapping[str, Any]]) -> list[int]:
+  """The epochs at which :func:`collapsed` held."""
+  return [r["epoch"] for i, r in enumerate(history) if collapsed(history[: i + 1])]
 
 
 def best_epoch(history: Sequence[Mapping[str, Any]]) -> int | None:

@@ -26,7 +26,15 @@ import jax.numpy as jnp
 
 from digits_jax import data, files, models
 from digits_jax.config import Config
-from digits_jax.training import checkpoints, distributed, history, sharding, summaries, workdirs
+from digits_jax.training import (
+  adversarial,
+  checkpoints,
+  distributed,
+  history,
+  sharding,
+  summaries,
+  workdirs,
+)
 from digits_jax.training.step import (
   TrainState,
   create_train_state,
@@ -113,11 +121,23 @@ def resume(
   return state, rows
 
 
-def validate(config: Config, state: TrainState, images, labels) -> dict[str, float]:
+def validate(
+  config: Config,
+  state: TrainState,
+  images,
+  labels,
+  robust: adversarial.RobustValidation | None = None,
+) -> dict[str, float]:
   """Validation loss and accuracy of the model a run evaluates: the moving average of the
-  weights when ``config.ema``, each image's shifted copies averaged when ``config.tta``."""
-  logits = predict_config(config, eval_state(state), images, config.eval_batch_size)
-  return metrics_from_logits(logits, labels)
+  weights when ``config.ema``, each image's shifted copies averaged when ``config.tta``;
+  with ``robust``, its PGD accuracy too (``robust_accuracy``)."""
+  state = eval_state(state)
+  logits = predict_config(config, state, images, config.eval_batch_size)
+  metrics = metrics_from_logits(logits, labels)
+  if robust is not None:
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    metrics["robust_accuracy"] = robust.accuracy(sharding.to_local(variables))
+  return metrics
 
 
 def train(
@@ -159,6 +179,11 @@ def train(
     x_train, y_train = jnp.asarray(split.images), jnp.asarray(split.labels)
     x_val = jnp.asarray(x_val)
 
+  robust = None
+  if adversarial.enabled(config) and config.robust_val_size and len(y_val):
+    robust = adversarial.RobustValidation(
+      config, state.apply_fn, datasets.validation.images, datasets.validation.labels
+    )
   epoch_fn = make_epoch_fn(config, mesh=mesh)
   latest = checkpoints.LatestCheckpoint(workdir / "checkpoints", identity=config.identity())
   if latest.epoch() is None:
@@ -179,9 +204,18 @@ def train(
       step_metrics = jax.device_get(sharding.to_local(step_metrics))
       seconds = time.perf_counter() - t0
       history.check_finite(step_metrics["loss"], epoch)
-      val = validate(config, state, x_val, y_val) if len(y_val) else None
+      val = validate(config, state, x_val, y_val, robust) if len(y_val) else None
       row = history.epoch_row(epoch, seconds, step_metrics, val)
       rows.append(row)
+      if history.collapsed(rows):
+        log.warning(
+          "%s epoch %d: robust validation accuracy fell to %.4f from %.4f: catastrophic "
+          "overfitting of the training attack; the best epoch stays the one before it",
+          config.model,
+          epoch,
+          row["val_robust_accuracy"],
+          max(r["val_robust_accuracy"] for r in rows[:-1]),
+        )
       if distributed.is_writer():
         files.write_jsonl(workdir / "metrics.jsonl", rows)
         scalars.add_epoch(row)

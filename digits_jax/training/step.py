@@ -41,7 +41,7 @@ from digits_jax import augment, models
 from digits_jax.config import Config
 from digits_jax.data import NUM_CLASSES
 from digits_jax.models import layers, native
-from digits_jax.training import sharding
+from digits_jax.training import adversarial, sharding
 from digits_jax.training.optim import make_optimizer
 
 
@@ -139,8 +139,13 @@ def train_step(
   *,
   config: Config,
   batch_axis: str | None = None,
+  steps_per_epoch: int = 1,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer step on one batch. Pure; ``rng`` drives augmentation and dropout.
+
+  With ``config.adversarial`` the step trains on an attack of the (augmented) batch made
+  here (:mod:`digits_jax.training.adversarial`); its loss and accuracy are then those of
+  the attacked batch (TRADES: its whole objective, and the accuracy on the attacked batch).
 
   Args:
     state, images, labels, rng: the state, the batch and the step's key.
@@ -148,6 +153,7 @@ def train_step(
     batch_axis: inside ``jax.shard_map``, the mesh axis the batch is split over:
       ``images`` and ``labels`` are then this device's equal part of the batch, and the
       gradients and metrics are averaged over the axis (the whole batch's).
+    steps_per_epoch: optimizer steps per epoch (the attack's eps warm-up counts in them).
   """
   augment_rng, dropout_rng = jax.random.split(rng)
   if config.augment:
@@ -162,19 +168,43 @@ def train_step(
       batch_axis=batch_axis,
     )
 
-  def loss_fn(params):
+  def apply(params, x, batch_stats=None):
+    variables = _apply_variables(state, params)
+    if batch_stats is not None:
+      variables["batch_stats"] = batch_stats
     with layers.split_batch(batch_axis) if batch_axis else contextlib.nullcontext():
-      logits, updates = state.apply_fn(
-        _apply_variables(state, params),
-        images,
-        train=True,
-        rngs={"dropout": dropout_rng},
-        mutable=["batch_stats"],
+      return state.apply_fn(
+        variables, x, train=True, rngs={"dropout": dropout_rng}, mutable=["batch_stats"]
       )
-    loss = cross_entropy(
-      logits, labels, loss=config.loss, label_smoothing=config.label_smoothing
-    ).mean()
-    return loss, (logits, updates)
+
+  def ce(logits):
+    return cross_entropy(logits, labels, loss=config.loss, label_smoothing=config.label_smoothing)
+
+  if adversarial.enabled(config):
+    # The attack needs input gradients only: the parameters are constants to it.
+    frozen = jax.lax.stop_gradient(state.params)
+    attack_logits = lambda x: apply(frozen, x)[0]  # noqa: E731
+    eps = adversarial.eps_at(config, state.step, steps_per_epoch)
+    attack_rng = jax.random.fold_in(rng, 2)  # the augmentation and dropout keys stay as they are
+
+  if config.adversarial == "trades":
+
+    def loss_fn(params):
+      clean, updates = apply(params, images)
+      x_adv = adversarial.perturb(
+        config, attack_logits, images, labels, eps, attack_rng, clean_logits=clean
+      )
+      logits, updates = apply(params, x_adv, updates.get("batch_stats"))
+      kl = adversarial.trades_kl(clean, logits)
+      return (ce(clean) + config.trades_beta * kl).mean(), (logits, updates)
+
+  else:
+    if adversarial.enabled(config):
+      images = adversarial.perturb(config, attack_logits, images, labels, eps, attack_rng)
+
+    def loss_fn(params):
+      logits, updates = apply(params, images)
+      return ce(logits).mean(), (logits, updates)
 
   (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
@@ -221,6 +251,7 @@ def _indexed_step(
     jax.random.fold_in(step_rng, step),
     config=config,
     batch_axis=batch_axis,
+    steps_per_epoch=batches.shape[0],
   )
 
 
