@@ -193,9 +193,10 @@ def _pgd(
   random_start: bool,
   restarts: int,
   targeted_classes: bool,
+  keep_best: bool = True,
 ) -> tuple[jax.Array, jax.Array]:
   """:func:`pgd`'s adversarial images and the per-example losses ``(steps, B)`` of its first
-  run after each step."""
+  run after each step (without ``keep_best``: before each step)."""
   _check_pgd(steps, step_size, restarts, random_start)
   x0 = jax.lax.stop_gradient(jnp.asarray(images))
   labels = jnp.asarray(labels)
@@ -228,6 +229,21 @@ def _pgd(
     return jnp.sum(jnp.where(target < 0, ce, margin)), logits
 
   grad_fn = jax.grad(objective, has_aux=True)
+
+  if not keep_best:
+    if len(targets) != 1:
+      raise AttackError("an attack without keep_best makes one untargeted run: set restarts=1")
+    x = x0
+    if random_start:
+      noise = jax.random.uniform(keys[0], x0.shape, x0.dtype, -1.0, 1.0) * eps
+      x = jnp.clip(x0 + noise, lower, upper)
+
+    def last_body(x, _):
+      grad, logits = grad_fn(x, targets[0])
+      return jnp.clip(x + step * jnp.sign(grad), lower, upper), _cross_entropy(logits, labels)
+
+    x, losses = jax.lax.scan(last_body, x, None, length=steps)
+    return jax.lax.stop_gradient(x), losses
 
   def run(best, run_spec):
     run_key, target = run_spec
@@ -270,6 +286,7 @@ def pgd(
   restarts: int = 1,
   return_losses: bool = False,
   targeted_classes: bool = False,
+  keep_best: bool = True,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
   """L-inf projected gradient descent on the cross-entropy (Madry et al., 2018).
 
@@ -297,6 +314,10 @@ def pgd(
     return_losses: also return the batch's mean cross-entropy after each step of the first
       run, ``(steps,)``.
     targeted_classes: add one margin-maximising run per class.
+    keep_best: return the first-best iterate (evaluation). ``False`` returns the last
+      iterate of a single run, as adversarial training does (Madry et al.; Wong et al.),
+      which saves the forward pass of every candidate; ``return_losses`` then gives the
+      losses before each step.
 
   Returns:
     The adversarial images (constants of outer gradients), and with ``return_losses`` the
@@ -317,6 +338,7 @@ def pgd(
     random_start=random_start,
     restarts=restarts,
     targeted_classes=targeted_classes,
+    keep_best=keep_best,
   )
   if return_losses:
     return adversarial, losses.mean(axis=1)

@@ -14,6 +14,9 @@ one implementation with two uses:
   against the clean prediction as a target distribution); the loss is the clean
   cross-entropy plus ``trades_beta`` times that KL divergence.
 
+Training takes the attack's last iterate (``keep_best=False``), as those papers do; the
+evaluation keeps each example's most damaging one.
+
 The attack sees the network as the step trains it (batch statistics of the batch, the
 step's dropout mask) with its parameters held constant: it needs input gradients only, and
 the adversarial images enter the loss as constants. ``eps`` rises linearly from 0 over the
@@ -100,6 +103,7 @@ def perturb(
     steps=steps,
     step_size=_step_size(config, eps),
     random_start=True,
+    keep_best=False,
   )
 
 

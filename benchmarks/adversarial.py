@@ -1,0 +1,91 @@
+"""What adversarial training costs per epoch, against standard training of the same network.
+
+    python -m benchmarks.adversarial [--models=madry_mnist,conv3_dense100] [--pgd_steps=7,40]
+
+For each network at its recipe, times training epochs on the first ``--images`` training
+images: standard, fast (FGSM with a random start) and PGD-k for each k of ``--pgd_steps``,
+each after one epoch that compiles, as the median of ``--epochs`` epochs. Prints and writes
+(``--output_dir``/adversarial_cost.json) seconds per epoch scaled to the full 55,000 images
+and the ratio to the standard epoch, with the machine. The goal: fast adversarial training
+at most 2.5 times a standard epoch. The per-epoch robust validation is not in these figures
+(it runs after the epoch; its cost is that of ``robust_val_size`` images under
+``robust_val_steps`` PGD steps).
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from typing import Any
+
+import jax
+import numpy as np
+from absl import app, flags
+
+from digits_jax import data, files
+from digits_jax.config import Config, resolve
+from digits_jax.environment import environment
+from digits_jax.training import step
+
+FULL_TRAIN = 55_000
+GOAL_RATIO = 2.5
+
+flags.DEFINE_list("models", ["madry_mnist", "conv3_dense100"], "Networks to time.")
+flags.DEFINE_list("pgd_steps", ["7"], "PGD training steps to time (k of PGD-k).")
+flags.DEFINE_integer("images", 5000, "Training images per timed epoch.")
+flags.DEFINE_integer("epochs", 3, "Timed epochs per setting (after one that compiles).")
+flags.DEFINE_float("eps", 0.3, "Training attack radius.")
+flags.DEFINE_string("output_dir", ".", "Where adversarial_cost.json is written.")
+flags.DEFINE_string("manual_dir", None, "MNIST folder (default: $DIGITS_MANUAL_DIR).")
+FLAGS = flags.FLAGS
+
+
+def epoch_seconds(config: Config, images: np.ndarray, labels: np.ndarray, epochs: int) -> float:
+  """The median seconds of ``epochs`` training epochs of ``config`` after a compiling one."""
+  state = step.create_train_state(
+    config, jax.random.PRNGKey(0), step.steps_per_epoch(len(labels), config.batch_size)
+  )
+  epoch_fn = step.make_epoch_fn(config)
+  x, y = jax.numpy.asarray(images), jax.numpy.asarray(labels)
+  times = []
+  for epoch in range(epochs + 1):
+    t0 = time.perf_counter()
+    state, metrics = epoch_fn(state, jax.random.PRNGKey(epoch), x, y)
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times[1:])
+
+
+def main(argv):
+  del argv
+  logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
+  datasets = data.load_datasets("mnist", manual_dir=FLAGS.manual_dir, backend="idx")
+  images = datasets.train.images[: FLAGS.images]
+  labels = datasets.train.labels[: FLAGS.images]
+  scale = FULL_TRAIN / len(labels)
+  settings = [("standard", {}), ("fgsm", {"adversarial": "fgsm"})] + [
+    (f"pgd-{k}", {"adversarial": "pgd", "adversarial_steps": int(k)}) for k in FLAGS.pgd_steps
+  ]
+  rows: list[dict[str, Any]] = []
+  for model in FLAGS.models:
+    base = None
+    for name, changes in settings:
+      config = resolve(Config(model=model, adversarial_eps=FLAGS.eps, **changes))
+      seconds = epoch_seconds(config, images, labels, FLAGS.epochs) * scale
+      base = base or seconds
+      rows.append(
+        {"model": model, "training": name, "epoch_seconds": seconds, "ratio": seconds / base}
+      )
+      print(f"{model:16s} {name:10s} {seconds:8.1f} s per 55,000-image epoch  x{seconds / base:.2f}")
+  fast = [r["ratio"] for r in rows if r["training"] == "fgsm"]
+  verdict = "met" if max(fast) <= GOAL_RATIO else "not met"
+  print(f"fast adversarial training: at most x{max(fast):.2f} a standard epoch (goal x2.5: {verdict})")
+  files.write_json(
+    f"{FLAGS.output_dir}/adversarial_cost.json",
+    {"rows": rows, "images": len(labels), "eps": FLAGS.eps, "environment": environment()},
+  )
+
+
+if __name__ == "__main__":
+  app.run(main)
