@@ -352,3 +352,14 @@ def test_pgd_inside_a_jitted_training_step_with_a_traced_eps():
     tree = grads(variables, eps, jax.random.key(1))
     assert all(np.isfinite(g).all() for g in jax.tree_util.tree_leaves(tree))
   assert grads._cache_size() == 1  # a new eps does not recompile
+
+
+def test_restarts_attack_the_survivors_and_never_help_the_network(trained_cnn):
+  apply, params, x, y = trained_cnn
+  run = lambda restarts: attacks.robust_predictions(  # noqa: E731
+    apply, params, x[:200], y[:200], 0.15, settings=attacks.PGDSettings(3, None, restarts)
+  )["predictions"][0.15]
+  one, three = run(1), run(3)
+  # The first restart is the single run; later ones can only break more images.
+  assert not np.any((one != y[:200]) & (three == y[:200]))
+  assert np.mean(three == y[:200]) <= np.mean(one == y[:200])

@@ -58,7 +58,8 @@ class PGDSettings:
       rule). A given size below ``eps / steps`` is raised to ``eps / steps``, so the steps
       can always reach the edge of the ball.
     restarts: untargeted runs, each from its own random start; per example the most damaging
-      result is kept.
+      result is kept. :func:`robust_predictions` runs restarts after the first on the
+      images still correctly classified only.
     random_start: start each run from a uniform random point of the ball (else from the
       image itself).
     targeted_classes: also run one targeted attack per class (see :func:`pgd`).
@@ -440,6 +441,10 @@ def robust_predictions(
     )
   if not _is_int(batch_size) or batch_size < 1:
     raise AttackError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+  if attack == "pgd" and settings.restarts > 1 and not settings.targeted_classes:
+    return _restarts_on_survivors(
+      logits_fn_of_params, params, images, labels, eps_values, settings, seed, batch_size
+    )
   batch = min(batch_size, n)
   batches = -(-n // batch)
   pad = batches * batch - n
@@ -476,6 +481,57 @@ def robust_predictions(
     loss_sums = np.sum([np.asarray(s, np.float64) for _, s in parts], axis=0)
     result["predictions"][eps] = predicted.astype(np.int64)
     result["losses"][eps] = [float(v) for v in loss_sums / n]
+  return result
+
+
+def _restart_seed(seed: int, restart: int) -> int:
+  """The seed of untargeted restart ``restart`` (0: ``seed`` itself)."""
+  return (seed + 104_729 * restart) % 2**31
+
+
+def _restarts_on_survivors(
+  logits_fn_of_params, params, images, labels, eps_values, settings, seed, batch_size
+) -> dict[str, dict[float, Any]]:
+  """:func:`robust_predictions` of untargeted PGD with several restarts, each restart after
+  the first attacking only the images every earlier one left correctly classified.
+
+  An image counts as broken when any restart breaks it, as when the restarts run together
+  (:func:`pgd` keeps a misclassifying iterate where there is one), but an image already
+  broken costs no more restarts: against a network without robustness, the restarts at
+  large radii cost almost nothing. Restart ``r`` uses seed :func:`_restart_seed`; the
+  survivors are padded to the first restart's batch shape, so nothing compiles again.
+  """
+  single = dataclasses.replace(settings, restarts=1)
+  result = robust_predictions(
+    logits_fn_of_params,
+    params,
+    images,
+    labels,
+    eps_values,
+    settings=single,
+    seed=seed,
+    batch_size=batch_size,
+  )
+  batch = min(batch_size, len(labels))
+  for eps in eps_values:
+    predicted = result["predictions"][eps]
+    for restart in range(1, settings.restarts):
+      alive = np.flatnonzero(predicted == labels)
+      if not alive.size:
+        break
+      padded = np.concatenate([alive, np.repeat(alive[-1:], (-alive.size) % batch)])
+      again = robust_predictions(
+        logits_fn_of_params,
+        params,
+        images[padded],
+        labels[padded],
+        [eps],
+        settings=single,
+        seed=_restart_seed(seed, restart),
+        batch_size=batch,
+      )["predictions"][eps][: alive.size]
+      broken = again != labels[alive]
+      predicted[alive[broken]] = again[broken]
   return result
 
 
