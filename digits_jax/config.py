@@ -214,6 +214,16 @@ class Config:
 FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(Config)}
 RECIPE_FIELDS = tuple(n for n, f in FIELDS.items() if "recipe_default" in f.metadata)
 IMPLEMENTATION_FIELDS = tuple(n for n, f in FIELDS.items() if f.metadata.get("implementation"))
+# The settings of adversarial training other than the switch itself.
+ADVERSARIAL_FIELDS = (
+  "adversarial_eps",
+  "adversarial_steps",
+  "adversarial_step_size",
+  "adversarial_warmup",
+  "trades_beta",
+  "robust_val_size",
+  "robust_val_steps",
+)
 
 
 def identity_of(saved: Mapping[str, Any]) -> dict[str, Any]:
@@ -253,6 +263,10 @@ def resolve(config: Config) -> Config:
     _choice("optimizer", config.optimizer, OPTIMIZERS)
     recipe |= {"optimizer": config.optimizer, **OPTIMIZER_DEFAULTS[config.optimizer]}
   filled = {n: recipe[n] for n in RECIPE_FIELDS if getattr(config, n) is None}
+  if (config.adversarial or recipe["adversarial"]) == "none":
+    # The attack's settings mean nothing without an attack: a standard run is one run
+    # whatever they say (a sweep over --adversarial=none,fgsm names it as the plain recipe).
+    filled |= {n: recipe[n] for n in ADVERSARIAL_FIELDS}
   config = config.replace(model=spec.name, **filled)
   validate(config)
   return config

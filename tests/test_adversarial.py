@@ -205,3 +205,10 @@ def test_a_resumed_adversarial_run_ends_with_the_numbers_of_an_uninterrupted_one
   assert [r["epoch"] for r in rows] == [1, 2, 3]
   assert all("val_robust_accuracy" in r for r in rows)
   assert whole["collapse_epochs"] == history.collapse_epochs(rows)
+
+
+def test_attack_settings_without_an_attack_name_the_plain_recipe():
+  plain = resolve(Config(model="conv2_dense64"))
+  ignored = resolve(Config(model="conv2_dense64", adversarial_eps=0.1, adversarial_warmup=3))
+  assert ignored == plain
+  assert resolve(Config(model="conv2_dense64", adversarial="fgsm", adversarial_eps=0.1)) != plain
