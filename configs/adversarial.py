@@ -16,6 +16,7 @@ ENTRY_POINT = "experiments.sweep"
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
+  config.preset = "source"
   config.models = "conv3_dense100,madry_mnist"
   config.adversarial = "none,fgsm"
   config.adversarial_eps = "0.3"
