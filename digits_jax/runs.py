@@ -397,20 +397,30 @@ def require_checkpoint(workdir: Path) -> None:
     )
 
 
-def load_run(workdir: str | os.PathLike, num_classes: int | None = None) -> LoadedRun:
+def load_run(
+  workdir: str | os.PathLike,
+  num_classes: int | None = None,
+  *,
+  recorded: tuple[Config, dict[str, Any]] | None = None,
+) -> LoadedRun:
   """Restores a run's best-by-validation model from its directory.
 
   Args:
     workdir: a run's work directory.
     num_classes: classes of the model's output; default: as many as the run's dataset has.
+    recorded: what :func:`digits_jax.rundir.read_config` read of ``workdir`` already (its
+      checkpoint checked too, :func:`require_checkpoint`), so that nothing is read or
+      checked twice; default: read and checked here.
 
   Raises:
     RunDirError: ``workdir`` has no readable ``config.json``.
     CheckpointError: no checkpoint, or one that does not fit the config.
   """
   workdir = Path(workdir)
-  config, saved = read_config(workdir)
-  require_checkpoint(workdir)
+  if recorded is None:
+    recorded = read_config(workdir)
+    require_checkpoint(workdir)
+  config, saved = recorded
   if num_classes is None:
     num_classes = data.NUM_CLASSES
   state = create_train_state(config, jax.random.PRNGKey(0), 1, num_classes)
@@ -452,7 +462,8 @@ def rebuild(
     ConfigError, DataError: a bad config or data.
   """
   workdir = Path(workdir)
-  config, saved = read_config(workdir)
+  recorded = read_config(workdir)
+  config, saved = recorded
   require_checkpoint(workdir)
   if datasets is None:
     datasets = data.load_datasets(
@@ -468,7 +479,7 @@ def rebuild(
       f"the run was tested on {expected} images, the {config.dataset} test "
       f"split loaded now has {len(datasets.test)}"
     )
-  run = load_run(workdir, datasets.num_classes)
+  run = load_run(workdir, datasets.num_classes, recorded=recorded)
   logits = test_logits(config, run.state, datasets)
   evaluation = write_evaluation(
     workdir,

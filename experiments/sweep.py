@@ -163,12 +163,12 @@ def _print_dry_run(planned: list, workdir: str) -> None:
   run_flags = ["workdir", "preset", "overwrite", "plots", "robustness", "collect_only"]
   common.print_dry_run(
     {
-      f"settings every run shares ({len(planned)} runs)": shared,
+      "settings every run shares": shared,
       "runs, and the settings in which they differ": runs,
       "sweep": common.flag_lines(run_flags, {"workdir": workdir}),
     }
   )
-  print(f"{len(planned)} runs")
+  print(f"{len(planned)} run{'s' * (len(planned) != 1)}")
 
 
 def main(argv):
