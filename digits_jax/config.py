@@ -12,6 +12,13 @@ Implementation fields (:data:`IMPLEMENTATION_FIELDS`) choose how the numbers are
 computed, not which numbers: they are not part of a run's identity, so a run may be
 resumed or compared under other values. Every run writes its resolved config as
 ``config.json`` next to its results.
+
+A resolved value comes from one of these layers, each overriding the ones before it
+(:func:`resolve_with_origins` says which for every field): the field's default
+(:data:`DEFAULT`; a recipe field's recipe default), the model's registered recipe
+(:data:`RECIPE`), :data:`OPTIMIZER_DEFAULTS` when a run replaces its recipe's optimizer
+(:data:`OPTIMIZER_DEFAULT`), an experiment's config file (:data:`CONFIG_FILE`) and the
+command line (:data:`COMMAND_LINE`). The entry points print them with ``--dry_run``.
 """
 
 from __future__ import annotations
@@ -59,6 +66,17 @@ SHORT_NAMES = {
   "robust_val_size": "rval",
   "robust_val_steps": "rvalsteps",
 }
+
+
+# Where a resolved value came from, lowest layer first (module docstring). The entry points
+# name the last two; a caller may name others (a sweep's preset).
+DEFAULT = "default"
+RECIPE = "recipe"
+OPTIMIZER_DEFAULT = "optimizer default"
+CONFIG_FILE = "config file"
+COMMAND_LINE = "command line"
+# A value set in the Config passed to resolve_with_origins that its caller did not name.
+GIVEN = "given"
 
 
 class ConfigError(ValueError):
@@ -244,6 +262,23 @@ def differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[st
   ]
 
 
+@dataclasses.dataclass(frozen=True)
+class Resolved:
+  """A resolved config and where each of its values came from.
+
+  Attributes:
+    config: the resolved, validated config.
+    origins: every field's origin (:data:`DEFAULT`, :data:`RECIPE`, ...).
+  """
+
+  config: Config
+  origins: Mapping[str, str]
+
+  def lines(self) -> list[str]:
+    """One line per field: name, value and origin (:func:`describe`)."""
+    return describe(self.config.to_dict(), self.origins)
+
+
 def resolve(config: Config) -> Config:
   """Fills ``None`` fields from the model's recipe and validates every value.
 
@@ -251,6 +286,24 @@ def resolve(config: Config) -> Config:
     UnknownModelError: the model name is not registered.
     ConfigError: a value is out of range or not one of the valid names.
   """
+  return resolve_with_origins(config).config
+
+
+def resolve_with_origins(config: Config, given: Mapping[str, str] | None = None) -> Resolved:
+  """:func:`resolve`, recording where every value came from.
+
+  Args:
+    config: the config to resolve; ``None`` recipe fields take the model's recipe.
+    given: the origin of each value set in ``config`` (``{"epochs": COMMAND_LINE}``). A
+      ``None`` recipe field takes :data:`RECIPE`, :data:`OPTIMIZER_DEFAULT` or
+      :data:`DEFAULT` by the layer that filled it, whatever ``given`` says; any other field
+      it leaves out is :data:`DEFAULT` when it holds the field's default, else :data:`GIVEN`.
+
+  Raises:
+    UnknownModelError: the model name is not registered.
+    ConfigError: a value is out of range or not one of the valid names.
+  """
+  given = dict(given or {})
   spec = models.get_spec(config.model)
   unknown = set(spec.recipe) - set(RECIPE_FIELDS)
   if unknown:
@@ -259,17 +312,47 @@ def resolve(config: Config) -> Config:
       f"recipe fields ({', '.join(RECIPE_FIELDS)})"
     )
   recipe = {n: FIELDS[n].metadata["recipe_default"] for n in RECIPE_FIELDS} | dict(spec.recipe)
+  layer = {n: RECIPE if n in spec.recipe else DEFAULT for n in RECIPE_FIELDS}
   if config.optimizer is not None and config.optimizer != recipe["optimizer"]:
     _choice("optimizer", config.optimizer, OPTIMIZERS)
     recipe |= {"optimizer": config.optimizer, **OPTIMIZER_DEFAULTS[config.optimizer]}
+    layer |= dict.fromkeys(OPTIMIZER_DEFAULTS[config.optimizer], OPTIMIZER_DEFAULT)
   filled = {n: recipe[n] for n in RECIPE_FIELDS if getattr(config, n) is None}
   if (config.adversarial or recipe["adversarial"]) == "none":
     # The attack's settings mean nothing without an attack: a standard run is one run
     # whatever they say (a sweep over --adversarial=none,fgsm names it as the plain recipe).
     filled |= {n: recipe[n] for n in ADVERSARIAL_FIELDS}
+  origins = {
+    n: layer[n]
+    if n in filled
+    else given.get(n, DEFAULT if getattr(config, n) == f.default else GIVEN)
+    for n, f in FIELDS.items()
+  }
   config = config.replace(model=spec.name, **filled)
   validate(config)
-  return config
+  return Resolved(config, origins)
+
+
+def format_value(value: Any) -> str:
+  """A setting's value as a person reads it: ``0.001``, ``true``, ``mnist``."""
+  if isinstance(value, bool):
+    return str(value).lower()
+  if isinstance(value, float):
+    return f"{value:g}"
+  if isinstance(value, (list, tuple)):
+    return ",".join(format_value(v) for v in value)
+  return "none" if value is None else str(value)
+
+
+def describe(values: Mapping[str, Any], origins: Mapping[str, str]) -> list[str]:
+  """One aligned line per setting: its name, its value and where the value came from."""
+  texts = {n: format_value(v) for n, v in values.items()}
+  name_width = max(map(len, texts), default=0)
+  value_width = max(map(len, texts.values()), default=0)
+  return [
+    f"{n:<{name_width}}  {t:<{value_width}}  {origins.get(n, DEFAULT)}".rstrip()
+    for n, t in texts.items()
+  ]
 
 
 # Fields every run is named by anyway, or that never name one.
@@ -318,7 +401,7 @@ def validate(config: Config) -> None:
     if field.metadata["choices"]:
       _choice(name, getattr(config, name), field.metadata["choices"])
   try:
-    models.use_fast_ops(config.fast_ops)
+    models.fast_ops_mode(config.fast_ops)  # not use_fast_ops: that would start a backend
   except ValueError as e:
     raise ConfigError(str(e)) from None
   _positive("learning_rate", config.learning_rate)

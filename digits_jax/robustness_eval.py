@@ -290,7 +290,8 @@ def evaluate_run(
   """
   settings = settings.check()
   workdir = Path(workdir)
-  config, saved = read_config(workdir)
+  recorded = read_config(workdir)
+  config, saved = recorded
   runs.require_checkpoint(workdir)
   finished = _prepare_folder(workdir, settings, overwrite)
   if finished is not None:
@@ -305,7 +306,7 @@ def evaluate_run(
       validation_size=config.validation_size,
       backend=backend,
     )
-  run = runs.load_run(workdir, datasets.num_classes)
+  run = runs.load_run(workdir, datasets.num_classes, recorded=recorded)
 
   def logits_of(images):
     return predict_config(run.config, run.state, jnp.asarray(images), run.config.eval_batch_size)

@@ -297,10 +297,7 @@ def train_and_evaluate(
     TrainingDivergedError: the loss became NaN or infinite.
   """
   config = resolve(config)
-  workdir = Path(workdir)
-  finished = workdirs.check(config, workdir, overwrite=overwrite)
-  # Every process has read the directory before process 0 changes it.
-  distributed.barrier("checked run directory")
+  finished = check_workdir(config, workdir, overwrite=overwrite)
   if finished is not None:
     log.info("%s: finished already, not trained again (results.json)", workdir)
     return finished
@@ -312,6 +309,45 @@ def train_and_evaluate(
       validation_size=config.validation_size,
       backend=backend,
     )
+  return train_checked(
+    config, workdir, datasets, overwrite=overwrite, plots=plots, final_fit=final_fit
+  )
+
+
+def check_workdir(
+  config: Config, workdir: str | os.PathLike, *, overwrite: bool = False
+) -> dict[str, Any] | None:
+  """The first half of :func:`train_and_evaluate`: checks that ``workdir`` may hold a run of
+  the resolved ``config`` (:func:`digits_jax.training.workdirs.check`), before any data is
+  loaded; reads, never writes.
+
+  Returns:
+    The results of a finished run of ``config`` there (unless ``overwrite``), else ``None``:
+    :func:`train_checked` trains it.
+
+  Raises:
+    WorkdirError: ``workdir`` holds another config's run, or run files without a config.
+  """
+  finished = workdirs.check(config, workdir, overwrite=overwrite)
+  # Every process has read the directory before process 0 changes it.
+  distributed.barrier("checked run directory")
+  return finished
+
+
+def train_checked(
+  config: Config,
+  workdir: str | os.PathLike,
+  datasets: data.Datasets,
+  *,
+  overwrite: bool = False,
+  plots: bool = True,
+  final_fit: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+  """The second half of :func:`train_and_evaluate`: trains the resolved ``config`` in the
+  ``workdir`` that :func:`check_workdir` found unfinished, and evaluates it. The arguments
+  are :func:`train_and_evaluate`'s.
+  """
+  workdir = Path(workdir)
   prepare(config, workdir, datasets, overwrite=overwrite, final_fit=final_fit)
   trained = loop.train(config, workdir, datasets)
   return finish(config, workdir, trained, datasets, plots=plots)
@@ -321,8 +357,9 @@ FINAL_FIT_SUFFIX = "-final"
 
 
 def final_fit_config(config: Config, results: dict[str, Any]) -> Config:
-  """The final fit of a finished validation run: the same recipe trained on the whole
-  training split (no validation split) for the epoch count validation chose.
+  """The final fit of a finished validation run of the resolved ``config``: the same recipe
+  trained on the whole training split (no validation split) for the epoch count validation
+  chose.
 
   The schedule then spans those epochs; with the one-cycle recipes the chosen epoch is
   usually the last, so the schedule is the validation run's. Its test accuracy is measured
@@ -331,7 +368,6 @@ def final_fit_config(config: Config, results: dict[str, Any]) -> Config:
   Raises:
     ConfigError: the run had no validation split, so nothing chose its epoch count.
   """
-  config = resolve(config)
   if not config.validation_size or results.get("val_accuracy") is None:
     raise ConfigError(
       "a final fit needs a run with a validation split to choose its epoch count; "
@@ -344,9 +380,9 @@ def final_fit_record(
   config: Config, results: Mapping[str, Any], workdir: str | os.PathLike
 ) -> dict[str, Any]:
   """What a final fit's ``config.json`` says of the validation run it repeats: its folder's
-  name, the recipe's epoch count and validation split, and the validation accuracy of the
-  chosen epoch (:attr:`digits_jax.rundir.Run.key` and ``val_accuracy`` read them)."""
-  config = resolve(config)
+  name, the resolved ``config``'s epoch count and validation split, and the validation
+  accuracy of the chosen epoch (:attr:`digits_jax.rundir.Run.key` and ``val_accuracy`` read
+  them)."""
   return {
     "of": Path(workdir).name,
     "epochs": config.epochs,
@@ -365,20 +401,30 @@ def require_checkpoint(workdir: Path) -> None:
     )
 
 
-def load_run(workdir: str | os.PathLike, num_classes: int | None = None) -> LoadedRun:
+def load_run(
+  workdir: str | os.PathLike,
+  num_classes: int | None = None,
+  *,
+  recorded: tuple[Config, dict[str, Any]] | None = None,
+) -> LoadedRun:
   """Restores a run's best-by-validation model from its directory.
 
   Args:
     workdir: a run's work directory.
     num_classes: classes of the model's output; default: as many as the run's dataset has.
+    recorded: what :func:`digits_jax.rundir.read_config` read of ``workdir`` already (its
+      checkpoint checked too, :func:`require_checkpoint`), so that nothing is read or
+      checked twice; default: read and checked here.
 
   Raises:
     RunDirError: ``workdir`` has no readable ``config.json``.
     CheckpointError: no checkpoint, or one that does not fit the config.
   """
   workdir = Path(workdir)
-  config, saved = read_config(workdir)
-  require_checkpoint(workdir)
+  if recorded is None:
+    recorded = read_config(workdir)
+    require_checkpoint(workdir)
+  config, saved = recorded
   if num_classes is None:
     num_classes = data.NUM_CLASSES
   state = create_train_state(config, jax.random.PRNGKey(0), 1, num_classes)
@@ -420,7 +466,8 @@ def rebuild(
     ConfigError, DataError: a bad config or data.
   """
   workdir = Path(workdir)
-  config, saved = read_config(workdir)
+  recorded = read_config(workdir)
+  config, saved = recorded
   require_checkpoint(workdir)
   if datasets is None:
     datasets = data.load_datasets(
@@ -436,7 +483,7 @@ def rebuild(
       f"the run was tested on {expected} images, the {config.dataset} test "
       f"split loaded now has {len(datasets.test)}"
     )
-  run = load_run(workdir, datasets.num_classes)
+  run = load_run(workdir, datasets.num_classes, recorded=recorded)
   logits = test_logits(config, run.state, datasets)
   evaluation = write_evaluation(
     workdir,

@@ -3,6 +3,8 @@
 Every field of :class:`digits_jax.config.Config` is a flag of the same name
 (:func:`define_config_flags`), with the field's help; recipe fields left unset take the
 value of each model's source recipe. The sweep takes comma-separated lists instead.
+``--dry_run`` prints the resolved settings, each with its origin (:func:`flag_origin`,
+:func:`digits_jax.config.resolve_with_origins`), and exits before any data or training.
 """
 
 from __future__ import annotations
@@ -23,9 +25,20 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from digits_jax import data
-from digits_jax.config import FIELDS, RECIPE_FIELDS, Config, ConfigError
+from digits_jax.config import (
+  COMMAND_LINE,
+  CONFIG_FILE,
+  DEFAULT,
+  FIELDS,
+  RECIPE_FIELDS,
+  Config,
+  ConfigError,
+  Resolved,
+  describe,
+  resolve_with_origins,
+)
 from digits_jax.models import UnknownModelError, native
-from digits_jax.runs import RunDirError
+from digits_jax.rundir import RunDirError
 from digits_jax.training import checkpoints, distributed
 from digits_jax.training.history import TrainingDivergedError
 from experiments import data_flags, logs
@@ -57,6 +70,12 @@ flags.DEFINE_bool(
   "After each run's test evaluation, evaluate it under corruptions and attacks, its "
   "calibration and cost with the default settings (<run>/robustness/); python -m "
   "experiments.robustness does the same for finished runs, with every setting a flag.",
+)
+flags.DEFINE_bool(
+  "dry_run",
+  False,
+  "Print the resolved settings, each with where its value came from (default, recipe, "
+  "config file, command line), and exit without loading data or training.",
 )
 flags.DEFINE_bool(
   "tune_malloc",
@@ -165,6 +184,16 @@ def config_from_flags(skip: Sequence[str] = (), **overrides: Any) -> Config:
   """The Config the scalar config flags describe (``overrides`` win)."""
   values = {n: FLAGS[n].value for n in FIELDS if n not in skip and n in FLAGS}
   return Config(**(values | overrides))
+
+
+def resolved_config() -> Resolved:
+  """The resolved Config the scalar config flags describe, with the origin of every value.
+
+  Raises:
+    ConfigError, UnknownModelError: a value that cannot work.
+  """
+  given = {n: flag_origin(n) for n in FIELDS if n in FLAGS}
+  return resolve_with_origins(config_from_flags(), {n: o for n, o in given.items() if o != DEFAULT})
 
 
 def grid_from_flags(names: Sequence[str]) -> dict[str, list[Any]]:
@@ -313,11 +342,44 @@ def config_file_values(config: ml_collections.ConfigDict, name: str = "--config"
   return {k: _as_flag_value(FLAGS[k], v) for k, v in config.items()}
 
 
+# The flags apply_config_file set, each with its origin: CONFIG_FILE, or COMMAND_LINE for a
+# --config.FIELD=VALUE override.
+_from_config_file: dict[str, str] = {}
+
+
 def apply_config_file() -> None:
   """Sets each flag the ``--config`` file names, unless it was given on the command line."""
+  _from_config_file.clear()
   if "config" not in FLAGS or FLAGS.config is None:
     return
   name = f"--config={config_flags.get_config_filename(FLAGS['config'])}"
+  overridden = config_flags.get_override_values(FLAGS["config"])
   for flag, value in config_file_values(FLAGS.config, name).items():
     if not FLAGS[flag].present:
       setattr(FLAGS, flag, value)
+      _from_config_file[flag] = COMMAND_LINE if flag in overridden else CONFIG_FILE
+
+
+def flag_origin(name: str) -> str:
+  """Where the flag ``name``'s value came from: the command line (the flag, or a
+  ``--config.FIELD`` override), the ``--config`` file (:func:`apply_config_file`), else
+  its default."""
+  if FLAGS[name].present:
+    return COMMAND_LINE
+  return _from_config_file.get(name, DEFAULT)
+
+
+def flag_lines(names: Sequence[str], values: dict[str, Any] | None = None) -> list[str]:
+  """:func:`digits_jax.config.describe` of the flags ``names``: value and origin each;
+  ``values`` replaces a flag's value where the entry point computes one (a default
+  workdir)."""
+  values = {n: FLAGS[n].value for n in names} | (values or {})
+  return describe(values, {n: flag_origin(n) for n in names})
+
+
+def print_dry_run(sections: dict[str, list[str]]) -> None:
+  """``--dry_run``'s output: each section's title, then its lines indented."""
+  for title, lines in sections.items():
+    print(f"{title}:")
+    for line in lines:
+      print(f"  {line}")

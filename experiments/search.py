@@ -15,6 +15,8 @@ and resumes from its checkpoint. Writes search.csv, search.md and Optuna's plots
 --confirm_top=K, retrains the K best trials and the registered recipe on
 --confirm_seeds fresh seeds and compares them (confirm/confirm.md). The test accuracy
 is never used by the search. The logic lives in :mod:`digits_jax.search`; docs/search.md.
+``--dry_run`` prints each study's settings, the settings every trial shares and the search
+space, each with its origin, and exits.
 """
 
 import os
@@ -23,9 +25,8 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from digits_jax.analysis import comparison
-from digits_jax.config import ConfigError
-from digits_jax.search import confirm, report, space, study
+from digits_jax.config import COMMAND_LINE, CONFIG_FILE, ConfigError
+from digits_jax.search import space
 from experiments import common
 
 config_flags.DEFINE_config_file(
@@ -51,6 +52,7 @@ flags.DEFINE_integer(
   "This worker's number, 0 to --num_workers - 1. Default: $SLURM_ARRAY_TASK_ID, else 0.",
 )
 flags.DEFINE_bool("report_only", False, "Run no trial: write the tables and plots of the study.")
+flags.declare_key_flag("dry_run")  # listed by --help: this entry point uses it
 FLAGS = flags.FLAGS
 
 
@@ -81,10 +83,26 @@ def settings() -> tuple[list[str], dict]:
   return [m.strip() for m in models], config
 
 
+def origins() -> dict[str, str]:
+  """Where the study settings came from (:func:`digits_jax.search.space.describe_spec`):
+  the config file, or the command line (a flag, or a ``--config.FIELD`` override)."""
+  out = {}
+  if FLAGS.config is not None:
+    for key, value in FLAGS.config.to_dict().items():
+      nested = key in ("base", "space") and isinstance(value, dict)
+      out |= {f"{key}.{n}": CONFIG_FILE for n in value} if nested else {key: CONFIG_FILE}
+    for path in config_flags.get_override_values(FLAGS["config"]):
+      parts = path.split(".")
+      out[".".join(parts[:2]) if parts[0] in ("base", "space") else parts[0]] = COMMAND_LINE
+  for name in ("models", "trials", "confirm_top", "confirm_seeds"):
+    if FLAGS[name].present:
+      out[name] = COMMAND_LINE
+  return out
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  common.setup()
   workdir = FLAGS.workdir or "runs/search"
   try:
     num_workers = _env_int("num_workers", "SLURM_ARRAY_TASK_COUNT", 1)
@@ -95,8 +113,21 @@ def main(argv):
         f"workers are numbered 0 to {num_workers - 1}"
       )
     models, config = settings()
-    # Every study is checked before anything is written.
+    # Every study is checked before anything is written, or a backend starts.
     specs = [space.parse(config, m) for m in models]
+  except (*common.USER_ERRORS, ConfigError) as e:
+    common.fail(e)
+  if FLAGS.dry_run:
+    for spec in specs:
+      common.print_dry_run(space.describe_spec(spec, origins()))
+    common.print_dry_run({"search": common.flag_lines(["workdir"], {"workdir": workdir})})
+    return
+  common.setup()
+  # Optuna, SciPy and the training stack load only now: a dry run needs none of them.
+  from digits_jax.analysis import comparison
+  from digits_jax.search import confirm, report, study
+
+  try:
     for spec in specs:
       directory = study.study_dir(workdir, spec)
       if FLAGS.report_only:

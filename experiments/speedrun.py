@@ -11,7 +11,8 @@ Prints a table (training seconds per seed, the same plus the one compilation, te
 accuracy mean with a 95% interval, seeds at or above 99%) and writes ``speedrun.json``
 and ``speedrun.md`` into --workdir (default runs/speedrun). Recipe flags (``--epochs``,
 ``--learning_rate``, ...) change the recipe; ``--validation_size`` holds images out for
-comparing recipes without looking at the test set.
+comparing recipes without looking at the test set. ``--dry_run`` prints the recipe and the
+run's settings, each with its origin, and exits.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from absl import app, flags
 
 from digits_jax import files
 from digits_jax import speedrun as sr
+from digits_jax.config import DEFAULT, RECIPE, describe
 from digits_jax.environment import environment
 from experiments import common
 
@@ -53,7 +55,7 @@ flags.DEFINE_integer(
   "vmap_seeds", 0, "Train this many seeds together under jax.vmap (0: one at a time)."
 )
 flags.DEFINE_alias("output_dir", "workdir")  # its name until the flags were made uniform
-for _name in ("config", "manual_dir", "tune_malloc", "workdir"):
+for _name in ("config", "dry_run", "manual_dir", "tune_malloc", "workdir"):
   flags.declare_key_flag(_name)  # listed by --help: this entry point uses it
 FLAGS = flags.FLAGS
 
@@ -78,10 +80,26 @@ def main(argv):
     importlib.util.find_spec("keras") and importlib.util.find_spec("tensorflow")
   ):
     raise app.UsageError("--keras needs Keras 3 and TensorFlow: pip install -e .[tfds,bench]")
-  common.setup()
   recipe = sr.Recipe(**{f.name: FLAGS[f.name].value for f in dataclasses.fields(sr.Recipe)})
   try:
     recipe.validate()
+  except (ValueError, *common.USER_ERRORS) as e:
+    common.fail(e)
+  if FLAGS.dry_run:
+    # The speedrun's recipe is its own (sr.Recipe), not a model's: its defaults are the recipe.
+    names = [f.name for f in dataclasses.fields(sr.Recipe)]
+    origins = {n: common.flag_origin(n) for n in names}
+    origins = {n: RECIPE if o == DEFAULT else o for n, o in origins.items()}
+    run_flags = ["seeds", "workdir", "torch", "keras", "vmap_seeds"]
+    common.print_dry_run(
+      {
+        "recipe": describe(dataclasses.asdict(recipe), origins),
+        "run": common.flag_lines(run_flags, {"workdir": workdir, "seeds": seeds}),
+      }
+    )
+    return
+  common.setup()
+  try:
     data = sr.load_speedrun_data(recipe, manual_dir=FLAGS.manual_dir)
     recipe.steps(len(data.train_labels))
   except (ValueError, *common.USER_ERRORS) as e:

@@ -26,6 +26,9 @@ defaults come from a SLURM job array's SLURM_ARRAY_TASK_ID and SLURM_ARRAY_TASK_
 
 Every worker writes the table of whatever has finished when it is done; --collect_only
 writes it without training. Command lines for SLURM, GPUs and TPUs: docs/workers.md.
+
+``--dry_run`` prints the runs, the settings they share and those in which they differ, each
+with the origin of its value, and exits.
 """
 
 import logging
@@ -60,7 +63,7 @@ flags.DEFINE_enum(
 flags.DEFINE_enum(
   "preset",
   "quick",
-  ["quick", "source"],
+  list(sweep.PRESETS),
   "quick: one epoch per run (the heavy networks on part of the training split; see "
   "digits_jax.sweep.QUICK_SETTINGS) unless --epochs is given; "
   "source: each model's source recipe (the full table).",
@@ -160,31 +163,46 @@ def _report_missing(collected: sweep.Collected, total: int, num_workers: int) ->
   )
 
 
+def _print_dry_run(planned: list, workdir: str) -> None:
+  shared, runs = sweep.describe_runs(planned)
+  run_flags = ["workdir", "preset", "overwrite", "plots", "robustness", "collect_only"]
+  common.print_dry_run(
+    {
+      "settings every run shares": shared,
+      "runs, and the settings in which they differ": runs,
+      "sweep": common.flag_lines(run_flags, {"workdir": workdir}),
+    }
+  )
+  print(f"{len(planned)} run{'s' * (len(planned) != 1)}")
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   try:
     common.apply_config_file()
     num_workers, worker_index = _worker()
-  except ConfigError as e:
+    # Every run is resolved and checked once, before any backend starts.
+    grid = {"model": FLAGS.models, "seed": common.parse_seeds(FLAGS.seeds)}
+    grid |= common.grid_from_flags([n for n in FIELDS if n not in ("model", "seed")])
+    given = {n: common.flag_origin(n) for n in grid if n in FLAGS}
+    given |= {"model": common.flag_origin("models"), "seed": common.flag_origin("seeds")}
+    # Scalars the grid leaves out keep their defaults (or the recipe's).
+    planned = sweep.preset_runs(
+      common.config_from_flags(skip=FIELDS), grid, preset=FLAGS.preset, given=given
+    )
+  except (*common.USER_ERRORS, ConfigError) as e:
     common.fail(e)
+  workdir = FLAGS.workdir or f"runs/sweep-{FLAGS.preset}"
+  if FLAGS.dry_run:
+    _print_dry_run(planned, workdir)
+    return
+  configs = [r.config for r in planned]
   # Split workers are independent processes (srun starts them with SLURM's variables, which
   # JAX would read as one multi-process run): under --distributed=auto they never join one.
   common.setup(multiprocess=num_workers == 1 or FLAGS.distributed != "auto")
-  workdir = FLAGS.workdir or f"runs/sweep-{FLAGS.preset}"
   start = time.perf_counter()
   try:
-    grid = {"model": FLAGS.models, "seed": common.parse_seeds(FLAGS.seeds)}
-    grid |= common.grid_from_flags([n for n in FIELDS if n not in ("model", "seed")])
-    base = common.config_from_flags(skip=FIELDS)
-    # Scalars the grid leaves out keep their defaults (or the recipe's).
-    if FLAGS.preset == "quick":
-      configs = []
-      for model in grid["model"]:
-        quick = {k: v for k, v in sweep.quick_settings(model).items() if k not in grid}
-        configs += sweep.expand(base, {**grid, "model": [model], **quick})
-    else:
-      configs = sweep.expand(base, grid)
     if FLAGS.collect_only:
       if not os.path.isdir(workdir):
         raise ConfigError(f"--workdir {workdir} does not exist: there is nothing to collect")

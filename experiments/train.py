@@ -11,7 +11,8 @@ training images (validation split included) for the epoch count validation chose
 <workdir>-final, and tested once there (docs/accuracy.md).
 
 An experiment's settings may come from a config file (``--config=configs/final_fit.py``,
-each field a flag of this script; flags given on the command line win).
+each field a flag of this script; flags given on the command line win). ``--dry_run``
+prints the resolved settings with the origin of each value and exits.
 
 On several hosts, the same command runs on each, with --coordinator_address,
 --num_processes and --process_id (or under SLURM or on a Cloud TPU slice, without them):
@@ -21,14 +22,17 @@ one run then uses every device of every host (docs/scaling.md).
 from absl import app, flags
 
 from digits_jax import runs
-from digits_jax.config import resolve
-from digits_jax.training import workdirs
 from experiments import common
 
 common.define_config_file()
 common.define_config_flags()
 flags.adopt_module_key_flags(common)
-flags.mark_flag_as_required("workdir")
+# --workdir is required, as absl's mark_flag_as_required words it, but for a dry run.
+flags.register_multi_flags_validator(
+  ["workdir", "dry_run"],
+  lambda values: values["workdir"] is not None or values["dry_run"],
+  message="Flag --workdir must have a value other than None (only a --dry_run runs without one).",
+)
 flags.DEFINE_bool(
   "final_fit",
   False,
@@ -43,23 +47,29 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   try:
     common.apply_config_file()
+    # Resolved and checked once, before any backend starts (setup may join several hosts).
+    resolved = common.resolved_config()
   except common.USER_ERRORS as e:
     common.fail(e)
+  if FLAGS.dry_run:
+    run_flags = ["workdir", "final_fit", "overwrite", "plots", "robustness"]
+    common.print_dry_run({"settings": resolved.lines(), "run": common.flag_lines(run_flags)})
+    return
+  config = resolved.config
   common.setup(multiprocess=True)
   try:
-    config = resolve(common.config_from_flags())
     # Checked before loading any data: a finished run needs none.
-    results = workdirs.check(config, FLAGS.workdir, overwrite=FLAGS.overwrite)
+    results = runs.check_workdir(config, FLAGS.workdir, overwrite=FLAGS.overwrite)
     if results is not None:
       print(
         f"{FLAGS.workdir} holds this run, finished already; not trained again "
         "(--overwrite trains it from scratch)"
       )
     else:
-      results = runs.train_and_evaluate(
+      results = runs.train_checked(
         config,
         FLAGS.workdir,
-        datasets=common.load_data(config),
+        common.load_data(config),
         overwrite=FLAGS.overwrite,
         plots=FLAGS.plots,
       )

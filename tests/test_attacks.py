@@ -356,9 +356,11 @@ def test_pgd_inside_a_jitted_training_step_with_a_traced_eps():
 
 def test_restarts_attack_the_survivors_and_never_help_the_network(trained_cnn):
   apply, params, x, y = trained_cnn
-  run = lambda restarts: attacks.robust_predictions(  # noqa: E731
-    apply, params, x[:200], y[:200], 0.15, settings=attacks.PGDSettings(3, None, restarts)
-  )["predictions"][0.15]
+  run = (
+    lambda restarts: attacks.robust_predictions(  # noqa: E731
+      apply, params, x[:200], y[:200], 0.15, settings=attacks.PGDSettings(3, None, restarts)
+    )["predictions"][0.15]
+  )
   one, three = run(1), run(3)
   # The first restart is the single run; later ones can only break more images.
   assert not np.any((one != y[:200]) & (three == y[:200]))

@@ -181,8 +181,14 @@ def check_run(workdir: str | os.PathLike) -> Config:
     WrongDatasetError: the model was trained on another data set than MNIST's digits.
     digits_jax.training.checkpoints.CheckpointError: no checkpoint.
   """
+  return _check(workdir)[0]
+
+
+def _check(workdir: str | os.PathLike) -> tuple[Config, dict[str, Any]]:
+  """:func:`check_run`, with the whole ``config.json``: what :func:`digits_jax.runs.load_run`
+  takes as read (``recorded``), so that each run's file is read once."""
   workdir = Path(workdir)
-  config, _ = rundir.read_config(workdir)
+  config, saved = rundir.read_config(workdir)
   if config.dataset != DIGITS_DATASET:
     names = ", ".join(report.class_names(config.dataset, NUM_CLASSES))
     raise WrongDatasetError(
@@ -190,7 +196,7 @@ def check_run(workdir: str | os.PathLike) -> Config:
       f"pass the work directory of a run trained with --dataset={DIGITS_DATASET}"
     )
   runs.require_checkpoint(workdir)
-  return config
+  return config, saved
 
 
 def load_run(workdir: str | os.PathLike) -> LoadedRun:
@@ -207,19 +213,19 @@ def load_run(workdir: str | os.PathLike) -> LoadedRun:
     WrongDatasetError: the model was trained on another data set than MNIST's digits.
     digits_jax.training.checkpoints.CheckpointError: no checkpoint, or one that does not fit.
   """
-  check_run(workdir)
-  return runs.load_run(workdir, NUM_CLASSES)
+  return runs.load_run(workdir, NUM_CLASSES, recorded=_check(workdir))
 
 
 def load_runs(workdirs: Sequence[str | os.PathLike]) -> list[LoadedRun]:
   """:func:`load_run` of each (all checked first); runs whose directories share a name get
   their full path."""
-  for workdir in workdirs:
-    check_run(workdir)
-  runs = [load_run(w) for w in workdirs]
-  names = [r.name for r in runs]
+  recorded = [_check(w) for w in workdirs]
+  loaded = [
+    runs.load_run(w, NUM_CLASSES, recorded=r) for w, r in zip(workdirs, recorded, strict=True)
+  ]
+  names = [r.name for r in loaded]
   return [
-    dataclasses.replace(r, name=str(r.workdir)) if names.count(r.name) > 1 else r for r in runs
+    dataclasses.replace(r, name=str(r.workdir)) if names.count(r.name) > 1 else r for r in loaded
   ]
 
 

@@ -12,6 +12,7 @@ from digits_jax.models.registry import (
   UnknownModelError,
   count_params,
   create_model,
+  fast_ops_mode,
   get_spec,
   init_variables,
   register,
@@ -29,6 +30,7 @@ __all__ = [
   "get_spec",
   "init_variables",
   "register",
+  "fast_ops_mode",
   "sweep_models",
   "use_fast_ops",
 ]

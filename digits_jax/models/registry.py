@@ -84,6 +84,22 @@ def get_spec(name: str) -> ModelSpec:
 FAST_OPS = ("auto", "on", "off")
 
 
+def fast_ops_mode(value: bool | str = "auto") -> str:
+  """``auto``, ``on`` or ``off``: a ``fast_ops`` value checked without asking which backend
+  runs (so a config can be checked before JAX starts one; :func:`use_fast_ops` decides).
+
+  Raises:
+    ValueError: for a value that is none of those (or true, false), naming the valid ones.
+  """
+  text = str(value).strip().lower()
+  text = {"true": "on", "1": "on", "false": "off", "0": "off"}.get(text, text)
+  if text not in FAST_OPS:
+    raise ValueError(
+      f"unknown fast_ops {value!r}; valid values are: auto, on, off (or true, false)"
+    )
+  return text
+
+
 def use_fast_ops(value: bool | str = "auto") -> bool:
   """Whether the CPU-tuned ops of :mod:`digits_jax.models.ops` are used.
 
@@ -96,12 +112,7 @@ def use_fast_ops(value: bool | str = "auto") -> bool:
   Raises:
     ValueError: for any other value, naming the valid ones.
   """
-  text = str(value).strip().lower()
-  text = {"true": "on", "1": "on", "false": "off", "0": "off"}.get(text, text)
-  if text not in FAST_OPS:
-    raise ValueError(
-      f"unknown fast_ops {value!r}; valid values are: auto, on, off (or true, false)"
-    )
+  text = fast_ops_mode(value)
   if text == "auto":
     return jax.default_backend() == "cpu"
   return text == "on"

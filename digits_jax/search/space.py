@@ -26,13 +26,16 @@ from typing import Any
 
 from digits_jax import models
 from digits_jax.config import (
+  DEFAULT,
   FIELDS,
   OPTIMIZERS,
   RECIPE_FIELDS,
   SCHEDULES,
   Config,
   ConfigError,
+  describe,
   resolve,
+  resolve_with_origins,
 )
 
 KINDS = ("log", "float", "int", "choice")
@@ -305,3 +308,31 @@ def config_of(spec: SearchSpec, values: Mapping[str, Any]) -> Config:
   if optimizer == "adam" and "weight_decay" not in dict(spec.base):
     values["weight_decay"] = 0.0
   return resolve(spec.base_config().replace(**values))
+
+
+def describe_spec(spec: SearchSpec, given: Mapping[str, str]) -> dict[str, list[str]]:
+  """What a search's dry run prints of a study: its settings, the Config settings every trial
+  shares (those the space does not search) and the space, one line each with its origin
+  (:func:`digits_jax.config.describe`).
+
+  Args:
+    spec: the study (:func:`parse`).
+    given: the origin of each setting its config file or command line set, keyed by study
+      setting (``trials``, ``models``), ``base.FIELD`` or ``space.FIELD``; the rest are
+      defaults. An ``epochs`` fixed by the budget takes the origin of ``max_epochs``.
+  """
+  study = {n: getattr(spec, n) for n in STUDY_FIELDS if n not in ("models", "space", "base")}
+  study = {"model": spec.model} | study
+  origins = {n: given.get(n, DEFAULT) for n in study} | {"model": given.get("models", DEFAULT)}
+  base = {n: given.get(f"base.{n}", DEFAULT) for n in dict(spec.base)}
+  if "base.epochs" not in given and "epochs" in base:
+    base["epochs"] = given.get("max_epochs", DEFAULT)
+  fixed = resolve_with_origins(spec.base_config(), base | {"model": origins["model"]})
+  searched = {p.name for p in spec.space}
+  fixed_values = {n: v for n, v in fixed.config.to_dict().items() if n not in searched}
+  space = {p.name: p.describe() for p in spec.space}
+  return {
+    f"study of {spec.model}": describe(study, origins),
+    "settings every trial shares": describe(fixed_values, fixed.origins),
+    "search space": describe(space, {n: given.get(f"space.{n}", DEFAULT) for n in space}),
+  }

@@ -15,7 +15,16 @@ from typing import Any
 import jax
 
 from digits_jax import files
-from digits_jax.config import SHORT_NAMES, Config, ConfigError, own_settings, resolve
+from digits_jax.config import (
+  SHORT_NAMES,
+  Config,
+  ConfigError,
+  Resolved,
+  describe,
+  format_value,
+  own_settings,
+  resolve_with_origins,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +58,11 @@ def quick_settings(model: str) -> dict[str, list]:
   return {"epochs": [QUICK_EPOCHS]} | {k: [v] for k, v in QUICK_SETTINGS.get(model, {}).items()}
 
 
+# The origin of a value the quick preset sets (digits_jax.config.resolve_with_origins).
+QUICK_PRESET = "quick preset"
+PRESETS = ("quick", "source")
+
+
 class WorkerError(ConfigError):
   """A sweep worker that cannot go on: a bad worker index, another grid, no file locks."""
 
@@ -65,12 +79,79 @@ def expand(base: Config, grid: Mapping[str, Sequence[Any]]) -> list[Config]:
   Raises:
     ConfigError, UnknownModelError: a field or value that cannot work.
   """
+  return [r.config for r in expand_with_origins(base, grid)]
+
+
+def expand_with_origins(
+  base: Config, grid: Mapping[str, Sequence[Any]], given: Mapping[str, str] | None = None
+) -> list[Resolved]:
+  """:func:`expand`, each config with the origin of its values.
+
+  Args:
+    base, grid: as for :func:`expand`.
+    given: the origin of the values of ``base`` and ``grid``
+      (:func:`digits_jax.config.resolve_with_origins`).
+  """
   names = list(grid)
-  configs = [
-    resolve(base.replace(**dict(zip(names, values, strict=True))))
-    for values in itertools.product(*grid.values())
+  runs: dict[Config, Resolved] = {}
+  for values in itertools.product(*grid.values()):
+    resolved = resolve_with_origins(base.replace(**dict(zip(names, values, strict=True))), given)
+    runs.setdefault(resolved.config, resolved)
+  return list(runs.values())
+
+
+def preset_runs(
+  base: Config,
+  grid: Mapping[str, Sequence[Any]],
+  *,
+  preset: str,
+  given: Mapping[str, str] | None = None,
+) -> list[Resolved]:
+  """A sweep's runs: :func:`expand_with_origins` of ``grid``, under a preset.
+
+  Args:
+    base, grid, given: as for :func:`expand_with_origins`; ``grid`` has ``model``.
+    preset: ``source`` (each model's recipe) or ``quick``: each model also takes
+      :func:`quick_settings` where the grid does not set them (their origin:
+      :data:`QUICK_PRESET`).
+
+  Raises:
+    ConfigError, UnknownModelError: a field or value that cannot work.
+  """
+  if preset not in PRESETS:
+    raise ConfigError(f"unknown preset {preset!r}; valid values are: {', '.join(PRESETS)}")
+  if preset == "source":
+    return expand_with_origins(base, grid, given)
+  runs = []
+  for model in grid["model"]:
+    quick = {k: v for k, v in quick_settings(model).items() if k not in grid}
+    origins = dict(given or {}) | dict.fromkeys(quick, QUICK_PRESET)
+    runs += expand_with_origins(base, {**grid, "model": [model], **quick}, origins)
+  return runs
+
+
+def describe_runs(runs: Sequence[Resolved]) -> tuple[list[str], list[str]]:
+  """What a sweep's dry run prints: the settings every run shares, one aligned line each with
+  its origin (:func:`digits_jax.config.describe`), and one line per run, its name and the
+  settings in which runs differ (``field=value (origin)``)."""
+  first = runs[0] if runs else None
+  fields = list(first.config.to_dict()) if first else []
+
+  def item(run: Resolved, name: str) -> tuple[Any, str]:
+    return getattr(run.config, name), run.origins[name]
+
+  varied = [n for n in fields if len({repr(item(r, n)) for r in runs}) > 1]
+  shared = [n for n in fields if n not in varied]
+  shared_lines = (
+    describe({n: getattr(first.config, n) for n in shared}, first.origins) if first else []
+  )
+  run_lines = [
+    run_name(r.config)
+    + ": "
+    + ", ".join(f"{n}={format_value(getattr(r.config, n))} ({r.origins[n]})" for n in varied)
+    for r in runs
   ]
-  return list(dict.fromkeys(configs))
+  return shared_lines, run_lines
 
 
 def _value(v: Any) -> str:

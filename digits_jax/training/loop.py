@@ -164,7 +164,8 @@ def train(
   """
   workdir = Path(workdir)
   mesh = sharding.data_mesh()
-  sharding.check_batch_size(config.batch_size, mesh.size)
+  # The batch size is checked against the devices once: make_epoch_fn below splits it (and
+  # runs.prepare, before the run's files are written).
   split = training_split(config, datasets)
   init_rng, train_rng = run_keys(config)
   steps = steps_per_epoch(len(split.labels), config.batch_size)
