@@ -47,6 +47,7 @@ from digits_jax.sweep.grid import (  # noqa: F401
   _lock,
   _read_record,
   _value,
+  check_split,
   expand,
   grid_digest,
   quick_settings,
