@@ -1,20 +1,23 @@
 """On-device data augmentation: random small rotations, shifts, zooms and elastic distortion.
 
-Applied inside the jitted train step, so augmented images never exist on the
-host. Each image gets its own rotation angle, sub-pixel shift and (when ``max_zoom`` > 0)
-scale factor; pixels are resampled bilinearly and what comes in from outside the frame is
-background (0). The strengths are recipe settings (``--rotation``, ``--shift``, ``--zoom``);
-the defaults, 10 degrees, 2 pixels and no zoom, are what every run used before they were
-settings, and with ``max_zoom`` = 0 the random draws are the same as then.
+Applied inside the jitted train step (:func:`random_warp`), so augmented images never
+exist on the host. Each image gets its own rotation angle, sub-pixel shift and (when
+``max_zoom`` > 0) scale factor; pixels are resampled bilinearly and what comes in from
+outside the frame is background (0). The strengths are recipe settings (``--rotation``,
+``--shift``, ``--zoom``); the defaults, 10 degrees, 2 pixels and no zoom, are what every run
+used before they were settings, and with ``max_zoom`` = 0 the random draws are the same as
+then.
 
 Elastic distortion (Simard, Steinkraus and Platt 2003, ``--elastic_alpha``,
 ``--elastic_sigma``): every image gets its own displacement field, uniform noise in [-1, 1]
 per pixel and axis, smoothed by a Gaussian of standard deviation ``sigma`` pixels and scaled
 by ``alpha`` pixels. It is composed with the rotation, shift and zoom into one bilinear
 resampling. The Gaussian's weights are non-negative and sum to at most 1, so no pixel moves
-more than ``alpha`` pixels along either axis (:func:`elastic_field`); in practice far less
-(a standard deviation of about ``alpha / (6 * sigma)`` pixels away from the border). With
-``alpha`` = 0 nothing is drawn and the other draws are unchanged.
+more than ``alpha`` pixels along either axis (:func:`elastic_field`); typically far less:
+away from the border the noise's variance (1/3) times the squared weights along each axis
+(about ``1 / (2 * sqrt(pi) * sigma)`` each) gives a standard deviation of about
+``alpha / (6 * sigma)`` pixels. With ``alpha`` = 0 nothing is drawn and the other draws are
+unchanged.
 
 :func:`shifted_copies` gives the fixed copies that test-time augmentation averages over.
 """
@@ -85,7 +88,7 @@ def _warp(
   return jnp.stack(channels, axis=-1)
 
 
-def random_rotate_shift(
+def random_warp(
   rng: jax.Array,
   images: jax.Array,
   max_degrees: float = MAX_DEGREES,
@@ -96,7 +99,9 @@ def random_rotate_shift(
   *,
   batch_axis: str | None = None,
 ) -> jax.Array:
-  """Augments a batch of NHWC images with per-image rotations, shifts and zooms.
+  """Warps each image of an NHWC batch by its own random rotation, shift, zoom and elastic
+  distortion, in one bilinear resampling (zoom only when ``max_zoom`` > 0, elastic
+  distortion only when ``elastic_alpha`` > 0).
 
   Args:
     rng: PRNG key.

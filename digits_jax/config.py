@@ -137,8 +137,8 @@ class Config:
   # Implementation fields: how, not what (see IMPLEMENTATION_FIELDS).
   fast_ops: str = _implementation(
     "auto",
-    "Convolutions and pools through digits_jax.models.ops (same maths, faster on a CPU):"
-    " auto (on the CPU backend only), on or off; true/false mean on/off.",
+    "Convolutions and pools through digits_jax.models.ops (same maths; faster on a CPU, "
+    "docs/speed.md): auto (on the CPU backend only), on or off; true/false mean on/off.",
   )
   epoch_loop: str = _implementation(
     "auto",
@@ -247,8 +247,8 @@ ADVERSARIAL_FIELDS = (
 def identity_of(saved: Mapping[str, Any]) -> dict[str, Any]:
   """The :meth:`Config.identity` of a config dict as a ``config.json`` recorded it.
 
-  Fields added since the file was written take their defaults and former model names
-  their current one, so the runs of earlier versions keep their identity.
+  Fields added since the file was written take the values runs had before the field existed
+  (:meth:`Config.from_dict`), so the runs of earlier versions keep their identity.
   """
   return Config.from_dict(saved).identity()
 

@@ -166,7 +166,7 @@ def normalise(images: np.ndarray) -> np.ndarray:
 
 
 def speedrun_data(datasets: data.Datasets) -> SpeedrunData:
-  """The splits of ``datasets`` normalised for :func:`compile_speedrun`."""
+  """The splits of ``datasets`` normalised for :class:`Speedrun` (:func:`run_speedrun`)."""
   return SpeedrunData(
     normalise(datasets.train.images),
     datasets.train.labels.astype(np.int32),

@@ -19,15 +19,13 @@ is never used by the search. The logic lives in :mod:`digits_jax.search`; docs/s
 space, each with its origin, and exits.
 """
 
-import os
-
 import jax
 from absl import app, flags
 from ml_collections import config_flags
 
 from digits_jax.config import COMMAND_LINE, CONFIG_FILE, ConfigError
 from digits_jax.search import space
-from experiments import common
+from experiments import common, workers
 
 config_flags.DEFINE_config_file(
   "config",
@@ -41,31 +39,10 @@ flags.DEFINE_list("models", None, "Models to search, one study each (default: th
 flags.DEFINE_integer("trials", None, "Trials per study, pruned ones included (config: trials).")
 flags.DEFINE_integer("confirm_top", None, "Retrain the K best trials on fresh seeds (0: none).")
 flags.DEFINE_integer("confirm_seeds", None, "Fresh seeds per confirmed recipe (default 3).")
-flags.DEFINE_integer(
-  "num_workers",
-  None,
-  "Worker processes sharing the study in --workdir. Default: $SLURM_ARRAY_TASK_COUNT, else 1.",
-)
-flags.DEFINE_integer(
-  "worker_index",
-  None,
-  "This worker's number, 0 to --num_workers - 1. Default: $SLURM_ARRAY_TASK_ID, else 0.",
-)
+flags.adopt_module_key_flags(workers)
 flags.DEFINE_bool("report_only", False, "Run no trial: write the tables and plots of the study.")
 flags.declare_key_flag("dry_run")  # listed by --help: this entry point uses it
 FLAGS = flags.FLAGS
-
-
-def _env_int(flag: str, env: str, default: int) -> int:
-  if FLAGS[flag].value is not None:
-    return FLAGS[flag].value
-  text = os.environ.get(env)
-  if text is None:
-    return default
-  try:
-    return int(text)
-  except ValueError:
-    raise ConfigError(f"${env}={text!r} is not an integer; pass --{flag} instead") from None
 
 
 def settings() -> tuple[list[str], dict]:
@@ -105,13 +82,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   workdir = FLAGS.workdir or "runs/search"
   try:
-    num_workers = _env_int("num_workers", "SLURM_ARRAY_TASK_COUNT", 1)
-    worker_index = _env_int("worker_index", "SLURM_ARRAY_TASK_ID", 0)
-    if num_workers < 1 or not 0 <= worker_index < num_workers:
-      raise ConfigError(
-        f"--worker_index={worker_index} is out of range for --num_workers={num_workers}: "
-        f"workers are numbered 0 to {num_workers - 1}"
-      )
+    num_workers, worker_index = workers.split()
     models, config = settings()
     # Every study is checked before anything is written, or a backend starts.
     specs = [space.parse(config, m) for m in models]

@@ -9,7 +9,7 @@ seed in turns with ours, so the ratio of training times is measured side by side
 ``--keras`` it runs in Keras 3 on TensorFlow as well.
 Prints a table (training seconds per seed, the same plus the one compilation, test
 accuracy mean with a 95% interval, seeds at or above 99%) and writes ``speedrun.json``
-and ``speedrun.md`` into --workdir (default runs/speedrun). Recipe flags (``--epochs``,
+and ``speedrun.md`` into --output_dir (default runs/speedrun). Recipe flags (``--epochs``,
 ``--learning_rate``, ...) change the recipe; ``--validation_size`` holds images out for
 comparing recipes without looking at the test set. ``--dry_run`` prints the recipe and the
 run's settings, each with its origin, and exits.
@@ -54,8 +54,10 @@ flags.DEFINE_bool(
 flags.DEFINE_integer(
   "vmap_seeds", 0, "Train this many seeds together under jax.vmap (0: one at a time)."
 )
-flags.DEFINE_alias("output_dir", "workdir")  # its name until the flags were made uniform
-for _name in ("config", "dry_run", "manual_dir", "tune_malloc", "workdir"):
+flags.DEFINE_string(
+  "output_dir", "runs/speedrun", "Where speedrun.json and speedrun.md are written (created)."
+)
+for _name in ("config", "dry_run", "manual_dir", "tune_malloc"):
   flags.declare_key_flag(_name)  # listed by --help: this entry point uses it
 FLAGS = flags.FLAGS
 
@@ -71,7 +73,9 @@ def main(argv):
     seeds = common.parse_seeds(FLAGS.seeds)
   except common.ConfigError as e:
     common.fail(e)
-  workdir = FLAGS.workdir or "runs/speedrun"
+  if FLAGS["workdir"].present:
+    raise app.UsageError("speedrun writes no run directory: give its output folder as --output_dir")
+  output_dir = FLAGS.output_dir
   if FLAGS.vmap_seeds and (FLAGS.torch or FLAGS.keras or len(seeds) % FLAGS.vmap_seeds):
     raise app.UsageError(
       "--vmap_seeds needs --torch=false, --keras=false and a --seeds that is a multiple of it"
@@ -90,11 +94,11 @@ def main(argv):
     names = [f.name for f in dataclasses.fields(sr.Recipe)]
     origins = {n: common.flag_origin(n) for n in names}
     origins = {n: RECIPE if o == DEFAULT else o for n, o in origins.items()}
-    run_flags = ["seeds", "workdir", "torch", "keras", "vmap_seeds"]
+    run_flags = ["seeds", "output_dir", "torch", "keras", "vmap_seeds"]
     common.print_dry_run(
       {
         "recipe": describe(dataclasses.asdict(recipe), origins),
-        "run": common.flag_lines(run_flags, {"workdir": workdir, "seeds": seeds}),
+        "run": common.flag_lines(run_flags, {"output_dir": output_dir, "seeds": seeds}),
       }
     )
     return
@@ -121,9 +125,9 @@ def main(argv):
     "backend": jax.default_backend(),
   }
   print(table)
-  files.write_json(f"{workdir}/speedrun.json", result)
-  files.write_text(f"{workdir}/speedrun.md", table)
-  print(f"written to {workdir}/speedrun.json and speedrun.md")
+  files.write_json(f"{output_dir}/speedrun.json", result)
+  files.write_text(f"{output_dir}/speedrun.md", table)
+  print(f"written to {output_dir}/speedrun.json and speedrun.md")
 
 
 if __name__ == "__main__":

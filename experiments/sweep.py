@@ -41,11 +41,12 @@ from absl import app, flags
 from digits_jax import models, sweep
 from digits_jax.analysis import compare_report
 from digits_jax.config import FIELDS, ConfigError
-from experiments import common
+from experiments import common, workers
 
 common.define_config_file()
 common.define_config_flags(lists=True, skip=("model", "seed"))
 flags.adopt_module_key_flags(common)
+flags.adopt_module_key_flags(workers)
 flags.DEFINE_list(
   "models",
   models.sweep_models(),
@@ -68,17 +69,6 @@ flags.DEFINE_enum(
   "digits_jax.sweep.QUICK_SETTINGS) unless --epochs is given; "
   "source: each model's source recipe (the full table).",
 )
-flags.DEFINE_integer(
-  "num_workers",
-  None,
-  "Split the sweep across this many worker processes sharing --workdir; worker i trains "
-  "runs i, i+N, ... of the grid. Default: $SLURM_ARRAY_TASK_COUNT, else 1.",
-)
-flags.DEFINE_integer(
-  "worker_index",
-  None,
-  "This worker's number, 0 to --num_workers - 1. Default: $SLURM_ARRAY_TASK_ID, else 0.",
-)
 flags.DEFINE_bool(
   "collect_only",
   False,
@@ -86,11 +76,6 @@ flags.DEFINE_bool(
   "in --workdir, and name those that have not.",
 )
 FLAGS = flags.FLAGS
-
-SLURM_COUNT = "SLURM_ARRAY_TASK_COUNT"
-SLURM_INDEX = "SLURM_ARRAY_TASK_ID"
-SLURM_MIN = "SLURM_ARRAY_TASK_MIN"
-SLURM_MAX = "SLURM_ARRAY_TASK_MAX"
 
 
 def _use_vmap() -> bool:
@@ -104,48 +89,6 @@ def _use_vmap() -> bool:
       "after another (docs/speed.md); --vmap=auto trains them one at a time"
     )
   return FLAGS.vmap == "on"
-
-
-def _from_env(flag: str, env: str, default: int) -> tuple[int, str]:
-  """The flag's value, else the environment variable's, else ``default``; and where it came from."""
-  if FLAGS[flag].value is not None:
-    return FLAGS[flag].value, f"--{flag}"
-  text = os.environ.get(env)
-  if text is None:
-    return default, f"--{flag}"
-  try:
-    return int(text), f"${env}"
-  except ValueError:
-    raise ConfigError(f"${env}={text!r} is not an integer; pass --{flag} instead") from None
-
-
-def _worker() -> tuple[int, int]:
-  """(num_workers, worker_index) from the flags or the SLURM array's environment."""
-  num_workers, count_from = _from_env("num_workers", SLURM_COUNT, 1)
-  worker_index, index_from = _from_env("worker_index", SLURM_INDEX, 0)
-  if num_workers < 1:
-    raise ConfigError(f"{count_from}={num_workers}: the number of workers must be at least 1")
-  first, last = os.environ.get(SLURM_MIN), os.environ.get(SLURM_MAX)
-  if count_from.startswith("$") and index_from.startswith("$") and first and last:
-    # The array's size is the number of workers only if its indices are 0..N-1.
-    if (first, last) != ("0", str(num_workers - 1)):
-      raise ConfigError(
-        f"this job array's indices run {first} to {last} for {num_workers} tasks, but a "
-        f"sweep's workers are numbered 0 to N-1: submit it with --array=0-{num_workers - 1} "
-        "(or pass --num_workers=N of the whole array when resubmitting part of one)"
-      )
-  if not 0 <= worker_index < num_workers:
-    hint = ""
-    if index_from.startswith("$"):
-      hint = (
-        f"; a job array's indices must be 0 to N-1 (sbatch --array=0-{num_workers - 1}); "
-        "when resubmitting part of an array, pass --num_workers=N of the whole array"
-      )
-    raise ConfigError(
-      f"{index_from}={worker_index} is out of range for {count_from}={num_workers}: workers "
-      f"are numbered 0 to {num_workers - 1}{hint}"
-    )
-  return num_workers, worker_index
 
 
 def _report_missing(collected: sweep.Collected, total: int, num_workers: int) -> None:
@@ -181,7 +124,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   try:
     common.apply_config_file()
-    num_workers, worker_index = _worker()
+    num_workers, worker_index = workers.split()
     # Every run is resolved and checked once, before any backend starts.
     grid = {"model": FLAGS.models, "seed": common.parse_seeds(FLAGS.seeds)}
     grid |= common.grid_from_flags([n for n in FIELDS if n not in ("model", "seed")])

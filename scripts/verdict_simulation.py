@@ -20,7 +20,8 @@ the real runs, and networks of one recipe differ by as much as the real seeds di
 Tests: the verdict (stratified McNemar over seed pairs with the upper bound of the seed
 dispersion), the same without the dispersion and with its plain (Pearson) estimate, the
 exact McNemar of the seed ensembles, and the paired t over seeds.
-Writes ``simulation.json``, ``simulation.md`` and ``rates.png`` into ``--output_dir``.
+Reads the finished runs under each ``--workdir`` (repeatable, as in ``experiments.compare``);
+writes ``simulation.json``, ``simulation.md`` and ``rates.png`` into ``--output_dir``.
 """
 
 from __future__ import annotations
@@ -40,12 +41,14 @@ ALPHA = 0.05
 PAIRS = 36
 SEEDS = 3
 SHIFT = 0.002  # 0.2 pp
+WORKDIR = "results/sweep_source-2026-11-23"
 
 
-def recipes(workdir: Path) -> dict[str, np.ndarray]:
-  """Recipe name -> ``(seeds, N)`` bool array of wrong test images, from the stored outputs."""
+def recipes(workdirs: list[Path]) -> dict[str, np.ndarray]:
+  """Recipe name -> ``(seeds, N)`` bool array of wrong test images, from the stored outputs
+  of the finished runs under ``workdirs``."""
   groups: dict[tuple, list] = {}
-  for path in rundir.find_runs([workdir]):
+  for path in rundir.find_runs(workdirs):
     run = rundir.read_run(path)
     groups.setdefault(run.key, []).append(run)
   out = {}
@@ -121,15 +124,20 @@ def rate(signed: np.ndarray, level: float) -> float:
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--workdir", default="results/sweep_source-2026-11-23")
+  parser.add_argument(
+    "--workdir",
+    action="append",
+    help=f"a folder of finished runs, searched recursively; repeatable (default: {WORKDIR})",
+  )
   parser.add_argument("--output_dir", default="results/verdict_simulation-2026-12-03")
   parser.add_argument("--reps", type=int, default=1000)
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args(argv)
   rng = np.random.default_rng(args.seed)
-  data = recipes(Path(args.workdir))
+  workdirs = args.workdir or [WORKDIR]
+  data = recipes([Path(w) for w in workdirs])
   if not data:
-    sys.exit(f"error: no runs with stored test outputs under {args.workdir}")
+    sys.exit(f"error: no runs with stored test outputs under {', '.join(workdirs)}")
   pooled = np.mean([w.mean(0) for w in data.values()], axis=0)
   results = []
   for name, wrong in sorted(data.items()):
@@ -155,7 +163,8 @@ def main(argv=None) -> int:
   files.write_json(out / "simulation.json", {"reps": args.reps, "seeds": SEEDS, "recipes": results})
   names = list(results[0]["null_better"])
   lines = [
-    f"Simulated from {args.workdir}, {args.reps} repetitions per recipe, {SEEDS} seeds a side.",
+    f"Simulated from {', '.join(workdirs)}, {args.reps} repetitions per recipe, "
+    f"{SEEDS} seeds a side.",
     "",
     "| recipe | test error | seed std | test | 'better' with the same recipe (5%) "
     "| finds 0.2 pp (5%) | finds 0.2 pp (0.05/36) |",

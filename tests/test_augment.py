@@ -35,9 +35,9 @@ def test_quarter_turn_is_a_transpose_flip():
 
 def test_batch_is_seeded_and_bounded():
   batch = jax.random.uniform(jax.random.PRNGKey(0), (8, 28, 28, 1))
-  a = augment.random_rotate_shift(jax.random.PRNGKey(1), batch)
-  b = augment.random_rotate_shift(jax.random.PRNGKey(1), batch)
-  c = augment.random_rotate_shift(jax.random.PRNGKey(2), batch)
+  a = augment.random_warp(jax.random.PRNGKey(1), batch)
+  b = augment.random_warp(jax.random.PRNGKey(1), batch)
+  c = augment.random_warp(jax.random.PRNGKey(2), batch)
   assert a.shape == batch.shape and a.dtype == batch.dtype
   np.testing.assert_array_equal(a, b)
   assert not np.allclose(a, c)
@@ -56,14 +56,12 @@ def test_zoom_scales_about_the_centre():
 def test_strengths_are_settings_and_no_zoom_keeps_the_earlier_draws():
   batch = jax.random.uniform(jax.random.PRNGKey(0), (8, 28, 28, 1))
   key = jax.random.PRNGKey(1)
-  default = augment.random_rotate_shift(key, batch)
-  np.testing.assert_array_equal(augment.random_rotate_shift(key, batch, 10.0, 2.0, 0.0), default)
-  zoomed = augment.random_rotate_shift(key, batch, 10.0, 2.0, 0.15)
+  default = augment.random_warp(key, batch)
+  np.testing.assert_array_equal(augment.random_warp(key, batch, 10.0, 2.0, 0.0), default)
+  zoomed = augment.random_warp(key, batch, 10.0, 2.0, 0.15)
   assert not np.allclose(zoomed, default)
   # No rotation, shift or zoom: the identity.
-  np.testing.assert_allclose(
-    augment.random_rotate_shift(key, batch, 0.0, 0.0, 0.0), batch, atol=1e-6
-  )
+  np.testing.assert_allclose(augment.random_warp(key, batch, 0.0, 0.0, 0.0), batch, atol=1e-6)
 
 
 def test_elastic_field_is_smooth_and_bounded():
@@ -88,11 +86,11 @@ def test_elastic_zero_alpha_is_identity_and_keeps_the_other_draws():
   batch = jax.random.uniform(jax.random.PRNGKey(0), (4, 28, 28, 1))
   key = jax.random.PRNGKey(1)
   np.testing.assert_array_equal(
-    augment.random_rotate_shift(key, batch, 10.0, 2.0, 0.1, 0.0, 4.0),
-    augment.random_rotate_shift(key, batch, 10.0, 2.0, 0.1),
+    augment.random_warp(key, batch, 10.0, 2.0, 0.1, 0.0, 4.0),
+    augment.random_warp(key, batch, 10.0, 2.0, 0.1),
   )
   # No rotation, shift or zoom and a zero field: the images themselves.
-  out = augment.random_rotate_shift(key, batch, 0.0, 0.0, 0.0, 0.0)
+  out = augment.random_warp(key, batch, 0.0, 0.0, 0.0, 0.0)
   np.testing.assert_allclose(out, batch, atol=1e-6)
   zero = jnp.zeros((2, 28, 28))
   np.testing.assert_allclose(
@@ -103,7 +101,7 @@ def test_elastic_zero_alpha_is_identity_and_keeps_the_other_draws():
 def test_elastic_batch_is_per_image_seeded_jitted_and_in_range():
   one = jax.random.uniform(jax.random.PRNGKey(0), (1, 28, 28, 1))
   batch = jnp.repeat(one, 4, axis=0)
-  fn = jax.jit(lambda k, x: augment.random_rotate_shift(k, x, 0.0, 0.0, 0.0, 20.0, 4.0))
+  fn = jax.jit(lambda k, x: augment.random_warp(k, x, 0.0, 0.0, 0.0, 20.0, 4.0))
   a, b = fn(jax.random.PRNGKey(1), batch), fn(jax.random.PRNGKey(1), batch)
   assert a.shape == batch.shape and a.dtype == batch.dtype
   np.testing.assert_array_equal(a, b)

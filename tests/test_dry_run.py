@@ -27,8 +27,8 @@ def _origins(stdout: str) -> dict[str, list[str]]:
 def _dry_run(module: str, tmp_path, *flags: str) -> dict[str, list[str]]:
   """Runs ``module --dry_run flags`` with its work directory in ``tmp_path``; checks that it
   exits 0 and writes nothing there. Returns the origins it printed."""
-  workdir = tmp_path / "workdir"
-  done = cli.run(module, *flags, f"--workdir={workdir}", "--dry_run")
+  folder = "output_dir" if module == "experiments.speedrun" else "workdir"
+  done = cli.run(module, *flags, f"--{folder}={tmp_path / 'out'}", "--dry_run")
   assert done.returncode == 0, done.stderr[-3000:]
   assert list(tmp_path.iterdir()) == [], "a dry run wrote into its work directory's folder"
   return _origins(done.stdout)

@@ -430,9 +430,22 @@ def test_unreadable_checkpoint_metadata_is_refused(cli_run, mnist_dir, tmp_path)
   "module, listed, unlisted",
   [
     ("experiments.train", ("--model", "--workdir", "--epochs", "--manual_dir"), ()),
-    ("experiments.sweep", ("--seeds", "--models", "--config", "--workdir"), ()),
+    (
+      "experiments.sweep",
+      ("--seeds", "--models", "--config", "--workdir", "--num_workers", "--worker_index"),
+      (),
+    ),
+    (
+      "experiments.search",
+      ("--models", "--trials", "--workdir", "--num_workers", "--worker_index"),
+      (),
+    ),
     ("experiments.evaluate", ("--workdir", "--manual_dir"), ("--distributed", "--seeds")),
-    ("experiments.speedrun", ("--seeds", "--workdir", "--config"), ("--distributed",)),
+    (
+      "experiments.speedrun",
+      ("--seeds", "--output_dir", "--config"),
+      ("--distributed", "--workdir"),
+    ),
     ("experiments.predict", ("--workdir", "--skip", "--polarity", "--max_pixels"), ()),
     ("experiments.serve", ("--workdir", "--skip", "--polarity", "--center", "--port"), ()),
     (

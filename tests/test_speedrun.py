@@ -260,7 +260,7 @@ def test_cli_writes_speedrun_json(mnist_dir, tmp_path):
     "--torch=false",
     "--epochs=0.05",
     f"--manual_dir={mnist_dir}",
-    f"--workdir={tmp_path}",
+    f"--output_dir={tmp_path}",
   )
   assert out.returncode == 0, out.stderr[-3000:]
   result = json.loads((tmp_path / "speedrun.json").read_text())
@@ -271,7 +271,13 @@ def test_cli_writes_speedrun_json(mnist_dir, tmp_path):
 
 
 def test_cli_refuses_a_bad_recipe(mnist_dir, tmp_path):
-  # --output_dir, the flag's old name, still works
   out = cli.run("experiments.speedrun", "--epochs=-1", "--torch=false", f"--output_dir={tmp_path}")
   assert out.returncode != 0 and "epochs must be a positive number" in out.stderr
   assert not (tmp_path / "speedrun.json").exists()
+
+
+def test_cli_takes_its_output_folder_as_output_dir_only(tmp_path):
+  out = cli.run("experiments.speedrun", "--torch=false", f"--workdir={tmp_path}")
+  assert out.returncode != 0
+  assert "give its output folder as --output_dir" in out.stderr
+  assert not any(tmp_path.iterdir())

@@ -5,7 +5,8 @@ resumes; ``--collect_only`` tables whatever has finished and names the rest; one
 started again fills the holes. Two workers at once (launched through
 ``scripts/slurm_sweep.sbatch`` as a SLURM array would) train each run once and give the
 numbers and table of the sweep one process finished. Misconfigured workers (an index out of
-range, another grid on the same workdir) fail at once with a message.
+range, another grid on the same workdir) fail at once with a message; the search's workers
+take their split from the same helper, with the same checks.
 """
 
 from __future__ import annotations
@@ -81,9 +82,11 @@ def _epochs_saved(run) -> int:
   return max(steps, default=0)
 
 
-def _fast(*flags: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def _fast(
+  *flags: str, env: dict[str, str] | None = None, module: str = SWEEP
+) -> subprocess.CompletedProcess:
   return subprocess.run(
-    cli.command(SWEEP, *flags),
+    cli.command(module, *flags),
     cwd=REPO,
     env=env or cli.env(),
     capture_output=True,
@@ -104,7 +107,7 @@ def test_every_run_belongs_to_exactly_one_worker():
     assert [c.seed for c in shares[0]] == list(range(0, 7, n))
   with pytest.raises(sweep.WorkerError, match="--worker_index=2 is out of range"):
     sweep.share(configs, 2, 2)
-  with pytest.raises(sweep.WorkerError, match="--num_workers must be at least 1"):
+  with pytest.raises(sweep.WorkerError, match="--num_workers=0: the number of workers must be"):
     sweep.share(configs, 0, 0)
 
 
@@ -160,23 +163,43 @@ def test_a_table_being_written_is_left_to_its_writer_who_writes_again(tmp_path):
 # Misconfiguration: a message within seconds, nothing written
 
 
-def test_a_worker_index_out_of_range_fails_at_once(tmp_path):
-  out = _fast(*GRID, f"--workdir={tmp_path}", "--num_workers=2", "--worker_index=2")
+# The sweep and the search take their split from one helper (experiments.workers): the same
+# checks and messages for both.
+SPLIT_FLAGS = {
+  SWEEP: GRID,
+  "experiments.search": ("--models=conv2_dense64", "--trials=1", "--data_backend=idx"),
+}
+
+
+@pytest.mark.parametrize("module", list(SPLIT_FLAGS))
+def test_a_worker_index_out_of_range_fails_at_once(module, tmp_path):
+  flags = (*SPLIT_FLAGS[module], f"--workdir={tmp_path}")
+  out = _fast(*flags, "--num_workers=2", "--worker_index=2", module=module)
   assert out.returncode == 1
-  assert "--worker_index=2 is out of range for --num_workers=2" in cli.error_line(out)
+  line = cli.error_line(out)
+  assert "--worker_index=2 is out of range for --num_workers=2" in line
+  assert "workers are numbered 0 to 1; give each worker its own --worker_index" in line
+  out = _fast(*flags, "--num_workers=0", module=module)
+  assert out.returncode == 1
+  assert "--num_workers=0: the number of workers must be at least 1" in cli.error_line(out)
+  out = _fast(*flags, env=cli.env() | {"SLURM_ARRAY_TASK_ID": "x"}, module=module)
+  assert out.returncode == 1
+  assert "$SLURM_ARRAY_TASK_ID='x' is not an integer; pass --worker_index" in cli.error_line(out)
   assert not any(tmp_path.iterdir())
 
 
-def test_a_slurm_array_not_numbered_from_zero_fails_at_once(tmp_path):
+@pytest.mark.parametrize("module", list(SPLIT_FLAGS))
+def test_a_slurm_array_not_numbered_from_zero_fails_at_once(module, tmp_path):
+  flags = (*SPLIT_FLAGS[module], f"--workdir={tmp_path}")
   slurm = {"SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_COUNT": "2"}
-  out = _fast(*GRID, f"--workdir={tmp_path}", env=cli.env() | slurm)
+  out = _fast(*flags, env=cli.env() | slurm, module=module)
   assert out.returncode == 1
   line = cli.error_line(out)
   assert "$SLURM_ARRAY_TASK_ID=2 is out of range for $SLURM_ARRAY_TASK_COUNT=2" in line
   assert "sbatch --array=0-1" in line
   # --array=1-2: task 1 is in range, but worker 0's runs would never run.
   slurm |= {"SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_MAX": "2"}
-  out = _fast(*GRID, f"--workdir={tmp_path}", env=cli.env() | slurm)
+  out = _fast(*flags, env=cli.env() | slurm, module=module)
   assert out.returncode == 1
   assert "indices run 1 to 2 for 2 tasks" in cli.error_line(out)
   assert "--array=0-1" in cli.error_line(out)

@@ -203,7 +203,7 @@ class Pair:
 
 @dataclasses.dataclass(frozen=True)
 class Comparison:
-  """Everything :func:`write_comparison` writes.
+  """Everything :func:`digits_jax.analysis.compare_report.write_comparison` writes.
 
   Attributes:
     configurations: sorted by mean test accuracy, best first.
@@ -576,7 +576,7 @@ def compare_runs(
   ensemble_top: int = DEFAULT_ENSEMBLE_TOP,
   one_per_model: bool = False,
 ) -> Comparison:
-  """Loads finished run directories (see :func:`find_runs`) and compares them.
+  """Loads finished run directories (see :func:`digits_jax.rundir.find_runs`) and compares them.
 
   Raises:
     ComparisonError: runs without stored test outputs (all named, with the command that

@@ -225,7 +225,8 @@ class _Checked:
 
   Attributes:
     path: the file.
-    data: its bytes for :func:`_parse_idx`: gzipped as read, or the verified IDX data.
+    data: its bytes for :func:`digits_jax.data.idx._parse_idx`: gzipped as read, or the
+      verified IDX data.
     form: ``"official"`` (the official ``.gz``, byte for byte, under its official name),
       ``"renamed"`` (the same bytes under the dotted name), ``"re-compressed"`` (another gzip
       of the official IDX data) or ``"uncompressed"``.

@@ -30,7 +30,7 @@ from typing import Any
 
 import optuna
 
-from digits_jax import data, files, runs
+from digits_jax import data, files, runs, sweep
 from digits_jax.config import Config, ConfigError
 from digits_jax.progress import Progress
 from digits_jax.search.space import SearchError, SearchSpec, config_of, suggest
@@ -275,13 +275,10 @@ def run_worker(
     max_trials: stop after this many trials in this process (tests).
 
   Raises:
-    SearchError: another study's settings in the directory, a bad worker index.
+    SearchError: another study's settings in the directory.
+    WorkerError: a bad worker index (:func:`digits_jax.sweep.check_split`).
   """
-  if num_workers < 1 or not 0 <= worker_index < num_workers:
-    raise SearchError(
-      f"--worker_index={worker_index} is out of range for --num_workers={num_workers}: "
-      f"workers are numbered 0 to {num_workers - 1}"
-    )
+  sweep.check_split(num_workers, worker_index)
   directory = study_dir(workdir, spec)
   study = open_study(workdir, spec, seed_offset=1000 * worker_index)
   cache: dict[tuple, data.Datasets] = {}

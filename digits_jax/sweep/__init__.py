@@ -49,6 +49,7 @@ from digits_jax.sweep.grid import (  # noqa: F401
   _lock,
   _read_record,
   _value,
+  check_split,
   describe_runs,
   expand,
   expand_with_origins,

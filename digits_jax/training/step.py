@@ -157,7 +157,7 @@ def train_step(
   """
   augment_rng, dropout_rng = jax.random.split(rng)
   if config.augment:
-    images = augment.random_rotate_shift(
+    images = augment.random_warp(
       augment_rng,
       images,
       config.rotation,
