@@ -154,9 +154,10 @@ def test_predict_pads_the_last_batch():
 def test_same_seed_same_numbers(mnist, tmp_path):
   tiny = _tiny(mnist)
   config = Config(model="conv2_dense128_dropout", epochs=2, batch_size=64, augment=True)
-  run = functools.partial(runs.train_and_evaluate, config, datasets=tiny)
-  a, b = run(tmp_path / "a"), run(tmp_path / "b")
-  c = runs.train_and_evaluate(config.replace(seed=1), tmp_path / "c", datasets=tiny)
+  # No plots: the numbers are what is compared, and the plots cost more than the training.
+  run = functools.partial(runs.train_and_evaluate, datasets=tiny, plots=False)
+  a, b = run(config, tmp_path / "a"), run(config, tmp_path / "b")
+  c = run(config.replace(seed=1), tmp_path / "c")
   timeless = lambda rows: [{k: v for k, v in r.items() if "seconds" not in k} for r in rows]
   assert timeless([a]) == timeless([b])
   assert timeless(files.read_jsonl(tmp_path / "a/metrics.jsonl")) == timeless(
@@ -167,7 +168,10 @@ def test_same_seed_same_numbers(mnist, tmp_path):
 
 def test_run_writes_its_files(mnist, tmp_path):
   results = runs.train_and_evaluate(
-    Config(model="bn_conv3_wide", epochs=2, batch_size=64), tmp_path, datasets=_tiny(mnist)
+    Config(model="bn_conv3_wide", epochs=2, batch_size=64),
+    tmp_path,
+    datasets=_tiny(mnist),
+    plots=False,  # the plots of a run: tests/test_report.py
   )
   saved = files.read_json(tmp_path / "config.json")
   assert saved["config"]["model"] == "bn_conv3_wide"
@@ -205,6 +209,6 @@ def test_batch_larger_than_the_training_set(mnist, tmp_path):
 def test_one_epoch_on_real_mnist_reaches_97_percent(mnist, tmp_path):
   """End to end: the full training set, one epoch of the smallest source network."""
   results = runs.train_and_evaluate(
-    Config(model="conv2_dense64", epochs=1), tmp_path, datasets=mnist
+    Config(model="conv2_dense64", epochs=1), tmp_path, datasets=mnist, plots=False
   )
   assert results["test_accuracy"] >= 0.97, results
