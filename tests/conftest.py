@@ -8,6 +8,7 @@ import pathlib
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 
 import pytest
 
@@ -25,6 +26,8 @@ MNIST_FILES = (
 # Set by the first pytest process of a session (the xdist controller, or a plain run): the
 # compilation cache every worker and every subprocess of this session shares.
 _SESSION_CACHE = "DIGITS_TEST_COMPILATION_CACHE"
+# Set the same way: the folder of the runs several test files read (:func:`once_per_session`).
+_SESSION_SHARED = "DIGITS_TEST_SHARED"
 
 
 def pytest_configure(config):
@@ -35,7 +38,13 @@ def pytest_configure(config):
   a shared cache compiles each once per session. It starts empty every session, so no
   executable outlives the code that compiled it. A ``JAX_COMPILATION_CACHE_DIR`` set
   beforehand is left alone.
+
+  Also one folder per session for the runs that are trained once and read by the tests of
+  every worker (:func:`once_per_session`).
   """
+  if _SESSION_SHARED not in os.environ:
+    os.environ[_SESSION_SHARED] = tempfile.mkdtemp(prefix="digits_jax-test-shared-")
+    config._digits_shared_owner = os.environ[_SESSION_SHARED]
   if "JAX_COMPILATION_CACHE_DIR" in os.environ and _SESSION_CACHE not in os.environ:
     return
   if _SESSION_CACHE not in os.environ:
@@ -51,9 +60,30 @@ def pytest_configure(config):
 
 
 def pytest_unconfigure(config):
-  owner = getattr(config, "_digits_cache_owner", None)
-  if owner:
-    shutil.rmtree(owner, ignore_errors=True)
+  for owner in ("_digits_cache_owner", "_digits_shared_owner"):
+    folder = getattr(config, owner, None)
+    if folder:
+      shutil.rmtree(folder, ignore_errors=True)
+
+
+def once_per_session(name: str, build: Callable[[pathlib.Path], None]) -> pathlib.Path:
+  """The folder ``name`` of this session's shared folder, made by ``build(folder)`` once.
+
+  The first process of the session (an xdist worker, or a plain run) that asks builds it;
+  the others wait for it and read the same folder, so a run used by test files on several
+  workers is trained once, not once per worker. Tests must not change what it holds (they
+  work on a copy). A build that failed is tried again by the next process that asks.
+  """
+  from digits_jax import files
+
+  root = pathlib.Path(os.environ[_SESSION_SHARED])
+  folder, done = root / name, root / f"{name}.done"
+  with files.exclusive_lock(root / f"{name}.lock", wait_s=1800):
+    if not done.exists():
+      shutil.rmtree(folder, ignore_errors=True)
+      build(folder)
+      done.touch()
+  return folder
 
 
 def real_mnist_dir() -> pathlib.Path:
@@ -122,13 +152,14 @@ def mnist(mnist_dir):
 
 
 @pytest.fixture(scope="session")
-def tiny_run(mnist, tmp_path_factory):
+def tiny_run(mnist):
   """A finished tiny run (512 training images, 2 epochs) tested on the full test split.
 
-  Returns ``(workdir, results)``. Shared by the report, evaluate and notebook tests: a test
-  that writes into a run directory works on a copy.
+  Returns ``(workdir, results)``. Shared by the report, evaluate, predict, serve, robustness
+  and notebook tests, trained once per session (:func:`once_per_session`): a test that
+  writes into a run directory works on a copy.
   """
-  from digits_jax import data, runs
+  from digits_jax import data, files, runs
   from digits_jax.config import Config
 
   datasets = data.Datasets(
@@ -138,26 +169,30 @@ def tiny_run(mnist, tmp_path_factory):
     name=mnist.name,
     backend=mnist.backend,
   )
-  workdir = tmp_path_factory.mktemp("tiny_run")
-  results = runs.train_and_evaluate(
-    Config(model="conv2_dense64", epochs=2, train_subset=512), workdir, datasets=datasets
+  config = Config(model="conv2_dense64", epochs=2, train_subset=512)
+  workdir = once_per_session(
+    "tiny_run", lambda folder: runs.train_and_evaluate(config, folder, datasets=datasets)
   )
-  return workdir, results
+  return workdir, files.read_json(workdir / "results.json")
 
 
 @pytest.fixture(scope="session")
-def cli_run(mnist_dir, tmp_path_factory) -> pathlib.Path:
+def cli_run(mnist_dir) -> pathlib.Path:
   """A finished ``python -m experiments.train`` run with the flags of ``tests.cli.TINY``.
 
-  Never interrupted: the reference of the resume tests. Tests that change a run
-  directory work on a copy.
+  Never interrupted: the reference of the resume tests. Trained once per session
+  (:func:`once_per_session`); tests that change a run directory work on a copy.
   """
   from tests import cli
 
-  workdir = tmp_path_factory.mktemp("cli_run") / "run"
-  out = cli.run("experiments.train", *cli.TINY, f"--manual_dir={mnist_dir}", f"--workdir={workdir}")
-  assert out.returncode == 0, out.stderr[-3000:]
-  return workdir
+  def train(folder: pathlib.Path) -> None:
+    workdir = folder / "run"
+    out = cli.run(
+      "experiments.train", *cli.TINY, f"--manual_dir={mnist_dir}", f"--workdir={workdir}"
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+
+  return once_per_session("cli_run", train) / "run"
 
 
 def tiny_datasets(mnist, n_train: int = 1024, n_val: int = 512, n_test: int = 1000):

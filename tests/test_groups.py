@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -40,9 +41,10 @@ def test_group_equals_separate_runs(mnist, tmp_path, epoch_loop, n_train):
     for s, lr in ((0, 1e-3), (1, 3e-3))
   ]
   configs = [c.replace(epoch_loop=epoch_loop) for c in configs]
-  group = sweep.run_sweep(configs, tmp_path / "g", load=lambda c: tiny, vmap=True)
+  # No plots: the numbers are what is compared, and the plots cost more than the training.
+  group = sweep.run_sweep(configs, tmp_path / "g", load=lambda c: tiny, vmap=True, plots=False)
   for i, config in enumerate(configs):
-    alone = runs.train_and_evaluate(config, tmp_path / f"s{i}", datasets=tiny)
+    alone = runs.train_and_evaluate(config, tmp_path / f"s{i}", datasets=tiny, plots=False)
     assert group[i]["group_size"] == 2
     for key in COMPARED:
       assert group[i][key] == pytest.approx(alone[key], rel=1e-4, abs=1e-6), key
@@ -63,11 +65,13 @@ from digits_jax.config import Config, resolve
 d = data.load_datasets("mnist", manual_dir=sys.argv[1], backend="idx", validation_size=500)
 tiny = data.Datasets(data.Split(d.train.images[:512], d.train.labels[:512]), d.validation,
                      data.Split(d.test.images[:1000], d.test.labels[:1000]), "mnist", "idx")
+# No plots: the numbers are what is compared, and the plots cost more than the training.
 single = runs.train_and_evaluate(Config(model="conv2_dense64", epochs=1, batch_size=64),
-                                  sys.argv[2] + "/single", datasets=tiny)
+                                  sys.argv[2] + "/single", datasets=tiny, plots=False)
 configs = [resolve(Config(model="conv2_dense64", epochs=1, batch_size=64, seed=s))
            for s in range(4)]
-group = sweep.run_sweep(configs, sys.argv[2] + "/group", load=lambda c: tiny, vmap=True)
+group = sweep.run_sweep(configs, sys.argv[2] + "/group", load=lambda c: tiny, vmap=True,
+                        plots=False)
 print(json.dumps({"devices": jax.device_count(), "single": single, "group": group}))
 """
 
@@ -166,7 +170,8 @@ def test_interrupted_group_resumes_with_the_numbers_of_an_uninterrupted_one(
     resolve(Config(model="conv2_dense64", epochs=2, batch_size=64, seed=s, epoch_loop="host"))
     for s in (0, 1)
   ]
-  whole = sweep.run_sweep(configs, tmp_path / "whole", load=lambda c: tiny, vmap=True)
+  run = functools.partial(sweep.run_sweep, load=lambda c: tiny, vmap=True, plots=False)
+  whole = run(configs, tmp_path / "whole")
 
   check_finite = groups.history.check_finite
 
@@ -177,11 +182,11 @@ def test_interrupted_group_resumes_with_the_numbers_of_an_uninterrupted_one(
 
   monkeypatch.setattr(groups.history, "check_finite", stop_at_epoch_2)
   with pytest.raises(_Stop):
-    sweep.run_sweep(configs, tmp_path / "cut", load=lambda c: tiny, vmap=True)
+    run(configs, tmp_path / "cut")
   monkeypatch.setattr(groups.history, "check_finite", check_finite)
   name = whole[0]["run"]
   (first,) = files.read_jsonl(tmp_path / "cut" / name / "metrics.jsonl")
-  resumed = sweep.run_sweep(configs, tmp_path / "cut", load=lambda c: tiny, vmap=True)
+  resumed = run(configs, tmp_path / "cut")
   rows = files.read_jsonl(tmp_path / "cut" / name / "metrics.jsonl")
   assert rows[0] == first  # epoch 1 kept, not trained again (its timing is unchanged)
   assert [r["epoch"] for r in rows] == [1, 2]

@@ -129,7 +129,8 @@ def test_final_fit_trains_on_all_images_for_the_chosen_epochs(mnist, tmp_path):
 
   tiny = tiny_datasets(mnist, n_train=512, n_val=256, n_test=500)
   config = resolve(Config(model="conv2_dense64", epochs=3, batch_size=64))
-  results = runs.train_and_evaluate(config, tmp_path / "run", datasets=tiny)
+  # No plots: the final fit's settings and numbers are what is checked.
+  results = runs.train_and_evaluate(config, tmp_path / "run", datasets=tiny, plots=False)
   final = runs.final_fit_config(config, results)
   assert final.validation_size == 0 and final.epochs == results["best_epoch"]
   assert final.replace(validation_size=5000, epochs=3) == config
@@ -143,7 +144,7 @@ def test_final_fit_trains_on_all_images_for_the_chosen_epochs(mnist, tmp_path):
     name=tiny.name,
     backend=tiny.backend,
   )
-  final_results = runs.train_and_evaluate(final, tmp_path / "final", datasets=merged)
+  final_results = runs.train_and_evaluate(final, tmp_path / "final", datasets=merged, plots=False)
   assert final_results["best_epoch"] == final.epochs  # the last: nothing else may choose
   assert final_results["val_accuracy"] is None
   assert 0.5 < final_results["test_accuracy"] <= 1.0

@@ -83,6 +83,66 @@ def test_scan_and_host_epochs_compute_the_same_steps():
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("loop", ["scan", "host"])
+def test_an_epoch_that_reports_its_steps_computes_the_same_steps(loop):
+  # The progress line's host callback reads only the step's number: the numbers are those
+  # of the epoch compiled without it, bit for bit.
+  config = resolve(Config(model="conv2_dense64", batch_size=16, epoch_loop=loop))
+  rng = np.random.default_rng(0)
+  images = jnp.asarray(rng.random((64, 28, 28, 1), np.float32))
+  labels = jnp.asarray(rng.integers(0, 10, 64), jnp.int32)
+  state = step.create_train_state(config, jax.random.PRNGKey(0), 4)
+  seen = []
+  results = [
+    step.make_epoch_fn(config, on_step=on_step)(
+      jax.tree_util.tree_map(jnp.copy, state), jax.random.PRNGKey(1), images, labels
+    )
+    for on_step in (None, seen.append)
+  ]
+  jax.effects_barrier()
+  assert sorted(seen) == [1, 2, 3, 4]
+  (plain, plain_metrics), (reported, reported_metrics) = jax.device_get(results)
+  np.testing.assert_array_equal(plain_metrics["loss"], reported_metrics["loss"])
+  for a, b in zip(
+    jax.tree_util.tree_leaves(plain.params), jax.tree_util.tree_leaves(reported.params)
+  ):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_a_run_on_a_terminal_shows_its_steps_and_a_log_file_never_does(monkeypatch, tmp_path):
+  from digits_jax import data, progress
+  from digits_jax.training import loop
+  from tests.test_progress import FakeTerminal
+
+  class Eager(progress.EpochProgress):  # every report shows, not only after ten seconds
+    def __init__(self, *args, **kwargs):
+      super().__init__(*args, **kwargs, after=0, interval=0)
+
+  monkeypatch.setattr(loop, "EpochProgress", Eager)
+  rng = np.random.default_rng(0)
+  split = lambda n: data.Split(
+    rng.random((n, 28, 28, 1), np.float32), rng.integers(0, 10, n).astype(np.int32)
+  )
+  datasets = data.Datasets(split(128), split(32), split(32), name="mnist", backend="idx")
+  config = Config(model="conv2_dense64", epochs=2, batch_size=16, seed=0)
+  results, written = {}, {}
+  for tty in (False, True):
+    stream = FakeTerminal(tty)
+    monkeypatch.setattr("sys.stderr", stream)
+    results[tty] = runs.train_and_evaluate(
+      config, tmp_path / str(tty), datasets=datasets, plots=False
+    )
+    monkeypatch.undo()
+    monkeypatch.setattr(loop, "EpochProgress", Eager)
+    written[tty] = stream.getvalue()
+  assert "steps" not in written[False] and "\r" not in written[False]
+  for epoch in (1, 2):
+    assert f"\rconv2_dense64 epoch {epoch}: 8/8 steps, " in written[True]
+  assert written[True].endswith(" \r")  # erased at the end of the epoch
+  timeless = lambda r: {k: v for k, v in r.items() if "seconds" not in k}
+  assert timeless(results[True]) == timeless(results[False])
+
+
 def test_predict_pads_the_last_batch():
   config = resolve(Config(model="conv2_dense64"))
   state = step.create_train_state(config, jax.random.PRNGKey(0), 1)
@@ -94,9 +154,10 @@ def test_predict_pads_the_last_batch():
 def test_same_seed_same_numbers(mnist, tmp_path):
   tiny = _tiny(mnist)
   config = Config(model="conv2_dense128_dropout", epochs=2, batch_size=64, augment=True)
-  run = functools.partial(runs.train_and_evaluate, config, datasets=tiny)
-  a, b = run(tmp_path / "a"), run(tmp_path / "b")
-  c = runs.train_and_evaluate(config.replace(seed=1), tmp_path / "c", datasets=tiny)
+  # No plots: the numbers are what is compared, and the plots cost more than the training.
+  run = functools.partial(runs.train_and_evaluate, datasets=tiny, plots=False)
+  a, b = run(config, tmp_path / "a"), run(config, tmp_path / "b")
+  c = run(config.replace(seed=1), tmp_path / "c")
   timeless = lambda rows: [{k: v for k, v in r.items() if "seconds" not in k} for r in rows]
   assert timeless([a]) == timeless([b])
   assert timeless(files.read_jsonl(tmp_path / "a/metrics.jsonl")) == timeless(
@@ -107,7 +168,10 @@ def test_same_seed_same_numbers(mnist, tmp_path):
 
 def test_run_writes_its_files(mnist, tmp_path):
   results = runs.train_and_evaluate(
-    Config(model="bn_conv3_wide", epochs=2, batch_size=64), tmp_path, datasets=_tiny(mnist)
+    Config(model="bn_conv3_wide", epochs=2, batch_size=64),
+    tmp_path,
+    datasets=_tiny(mnist),
+    plots=False,  # the plots of a run: tests/test_report.py
   )
   saved = files.read_json(tmp_path / "config.json")
   assert saved["config"]["model"] == "bn_conv3_wide"
@@ -145,6 +209,6 @@ def test_batch_larger_than_the_training_set(mnist, tmp_path):
 def test_one_epoch_on_real_mnist_reaches_97_percent(mnist, tmp_path):
   """End to end: the full training set, one epoch of the smallest source network."""
   results = runs.train_and_evaluate(
-    Config(model="conv2_dense64", epochs=1), tmp_path, datasets=mnist
+    Config(model="conv2_dense64", epochs=1), tmp_path, datasets=mnist, plots=False
   )
   assert results["test_accuracy"] >= 0.97, results

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 
 from digits_jax import data, files, models
 from digits_jax.config import Config
+from digits_jax.progress import EpochProgress
 from digits_jax.training import (
   adversarial,
   checkpoints,
@@ -121,6 +122,17 @@ def resume(
   return state, rows
 
 
+def epoch_progress(steps: int, batch_size: int) -> EpochProgress | None:
+  """The updating line of a long epoch, where standard error is a terminal (else ``None``:
+  the epoch then compiles without reporting its steps, and log files never see the line).
+
+  Not with several processes: each would compile its own program.
+  """
+  if jax.process_count() > 1:
+    return None
+  return EpochProgress.on_terminal(steps, batch_size)
+
+
 def validate(
   config: Config,
   state: TrainState,
@@ -185,7 +197,8 @@ def train(
     robust = adversarial.RobustValidation(
       config, state.apply_fn, datasets.validation.images, datasets.validation.labels
     )
-  epoch_fn = make_epoch_fn(config, mesh=mesh)
+  progress = epoch_progress(steps, config.batch_size)
+  epoch_fn = make_epoch_fn(config, mesh=mesh, on_step=progress and progress.update)
   latest = checkpoints.LatestCheckpoint(workdir / "checkpoints", identity=config.identity())
   if latest.epoch() is None:
     # Nothing to resume from, so the run starts at epoch 1: a best checkpoint is then left
@@ -201,8 +214,18 @@ def train(
       on_epoch(row)
     for epoch in range(len(rows) + 1, config.epochs + 1):
       t0 = time.perf_counter()
-      state, step_metrics = epoch_fn(state, jax.random.fold_in(train_rng, epoch), x_train, y_train)
-      step_metrics = jax.device_get(sharding.to_local(step_metrics))
+      if progress:
+        progress.start(f"{config.model} epoch {epoch}")
+      try:
+        state, step_metrics = epoch_fn(
+          state, jax.random.fold_in(train_rng, epoch), x_train, y_train
+        )
+        step_metrics = jax.device_get(sharding.to_local(step_metrics))
+        if progress:
+          jax.effects_barrier()  # every step's report is in before the line is erased
+      finally:
+        if progress:
+          progress.finish()
       seconds = time.perf_counter() - t0
       history.check_finite(step_metrics["loss"], epoch)
       val = validate(config, state, x_val, y_val, robust) if len(y_val) else None

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -241,10 +242,14 @@ def _indexed_step(
   *,
   config: Config,
   batch_axis: str | None = None,
+  on_step: Callable[[int], None] | None = None,
 ):
-  """Step ``step`` of an epoch: gathers its batch (or this device's part) on the device."""
+  """Step ``step`` of an epoch: gathers its batch (or this device's part) on the device.
+
+  ``on_step``, if given, is called on the host with the steps done so far, about a hundred
+  times an epoch (:func:`make_epoch_fn`)."""
   idx = layers.batch_slice(batches[step], batch_axis)
-  return train_step(
+  out = train_step(
     state,
     images[idx],
     labels[idx],
@@ -252,6 +257,24 @@ def _indexed_step(
     config=config,
     batch_axis=batch_axis,
     steps_per_epoch=batches.shape[0],
+  )
+  if on_step is not None:
+    _report_step(step, batches.shape[0], on_step)
+  return out
+
+
+def _report_step(step: jax.Array, steps: int, on_step: Callable[[int], None]) -> None:
+  """Calls ``on_step(step + 1)`` on the host every ``steps // 100`` steps and at the last.
+
+  The callback reads only the step's number, none of its floats, so the step computes
+  what it computes without it."""
+  done = step + 1
+  every = max(1, steps // 100)
+  jax.lax.cond(
+    (done % every == 0) | (done == steps),
+    lambda d: jax.debug.callback(lambda d: on_step(int(d)), d),
+    lambda d: None,
+    done,
   )
 
 
@@ -263,6 +286,7 @@ def train_epoch(
   *,
   config: Config,
   batch_axis: str | None = None,
+  on_step: Callable[[int], None] | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One epoch as a single ``lax.scan`` over a fresh on-device permutation.
 
@@ -274,7 +298,15 @@ def train_epoch(
 
   def body(state, step):
     return _indexed_step(
-      state, images, labels, batches, step, step_rng, config=config, batch_axis=batch_axis
+      state,
+      images,
+      labels,
+      batches,
+      step,
+      step_rng,
+      config=config,
+      batch_axis=batch_axis,
+      on_step=on_step,
     )
 
   return jax.lax.scan(body, state, jnp.arange(batches.shape[0]))
@@ -293,7 +325,13 @@ def epoch_loop(config: Config) -> str:
   return "host" if jax.default_backend() == "cpu" and xla_convs else "scan"
 
 
-def make_epoch_fn(config: Config, *, vmapped: bool = False, mesh: Mesh | None = None):
+def make_epoch_fn(
+  config: Config,
+  *,
+  vmapped: bool = False,
+  mesh: Mesh | None = None,
+  on_step: Callable[[int], None] | None = None,
+):
   """A compiled ``(state, rng, images, labels) -> (state, step_metrics)`` for one epoch.
 
   ``scan`` compiles the whole epoch into one call (:func:`train_epoch`); ``host``
@@ -309,6 +347,10 @@ def make_epoch_fn(config: Config, *, vmapped: bool = False, mesh: Mesh | None = 
       several devices: every batch is split over them. The arguments must then be
       replicated on it (:func:`digits_jax.training.sharding.replicate`), and so are the
       results. ``None`` or one device: the single-device computation.
+    on_step: called on the host with the steps of the epoch done so far, about a hundred
+      times an epoch, from a host callback compiled into the step (a progress line,
+      :class:`digits_jax.progress.EpochProgress`); with several devices, once per device.
+      Not with ``vmapped``. ``None`` compiles the step without it.
   """
   loop = epoch_loop(config)
   if loop not in ("scan", "host"):
@@ -316,14 +358,16 @@ def make_epoch_fn(config: Config, *, vmapped: bool = False, mesh: Mesh | None = 
   if mesh is not None and mesh.size > 1:
     if vmapped:
       raise ValueError("a vmapped group of models does not split its batches over devices")
-    return _sharded_epoch_fn(config, loop, mesh)
+    return _sharded_epoch_fn(config, loop, mesh, on_step)
+  if on_step is not None and vmapped:
+    raise ValueError("a vmapped group of models reports no steps")
   if loop == "scan":
-    epoch = functools.partial(train_epoch, config=config)
+    epoch = functools.partial(train_epoch, config=config, on_step=on_step)
     if vmapped:
       epoch = jax.vmap(epoch, in_axes=(0, 0, None, None))
     return jax.jit(epoch, donate_argnums=0)
 
-  step = functools.partial(_indexed_step, config=config)
+  step = functools.partial(_indexed_step, config=config, on_step=on_step)
   plan = _epoch_plan
   if vmapped:
     plan = jax.vmap(plan, in_axes=(0, None, None))
@@ -343,7 +387,7 @@ def make_epoch_fn(config: Config, *, vmapped: bool = False, mesh: Mesh | None = 
   return run
 
 
-def _sharded_epoch_fn(config: Config, loop: str, mesh: Mesh):
+def _sharded_epoch_fn(config: Config, loop: str, mesh: Mesh, on_step=None):
   """:func:`make_epoch_fn` for a batch split over the devices of ``mesh``."""
   sharding.check_batch_size(config.batch_size, mesh.size)
   axis = sharding.DATA_AXIS
@@ -353,7 +397,8 @@ def _sharded_epoch_fn(config: Config, loop: str, mesh: Mesh):
 
   if loop == "scan":
     epoch = jax.jit(
-      split(functools.partial(train_epoch, config=config, batch_axis=axis)), donate_argnums=0
+      split(functools.partial(train_epoch, config=config, batch_axis=axis, on_step=on_step)),
+      donate_argnums=0,
     )
     return lambda state, rng, images, labels: epoch(
       state, sharding.replicate(rng, mesh), images, labels
@@ -361,7 +406,8 @@ def _sharded_epoch_fn(config: Config, loop: str, mesh: Mesh):
 
   plan = jax.jit(_epoch_plan, static_argnums=(1, 2))
   step_fn = jax.jit(
-    split(functools.partial(_indexed_step, config=config, batch_axis=axis)), donate_argnums=0
+    split(functools.partial(_indexed_step, config=config, batch_axis=axis, on_step=on_step)),
+    donate_argnums=0,
   )
 
   def run(state, rng, images, labels):
