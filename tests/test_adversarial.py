@@ -212,3 +212,19 @@ def test_attack_settings_without_an_attack_name_the_plain_recipe():
   ignored = resolve(Config(model="conv2_dense64", adversarial_eps=0.1, adversarial_warmup=3))
   assert ignored == plain
   assert resolve(Config(model="conv2_dense64", adversarial="fgsm", adversarial_eps=0.1)) != plain
+
+
+def test_the_trades_objective_is_the_clean_loss_plus_a_positive_kl_term(mnist):
+  """Same state, batch and key: TRADES' loss is the standard step's clean cross-entropy plus
+  beta times a KL divergence, which the attack makes positive."""
+  standard = _config("conv2_dense128_dropout")
+  trades = _config("conv2_dense128_dropout", adversarial="trades", adversarial_eps=0.1)
+  state = step.create_train_state(standard, jax.random.PRNGKey(0), steps_per_epoch=10)
+  images = jnp.asarray(mnist.train.images[:32])
+  labels = jnp.asarray(mnist.train.labels[:32])
+  key = jax.random.PRNGKey(3)
+  _, clean = step.train_step(state, images, labels, key, config=standard)
+  new_state, robust = step.train_step(state, images, labels, key, config=trades)
+  assert float(robust["loss"]) > float(clean["loss"]) + 1e-4
+  assert np.isfinite(float(robust["loss"]))
+  assert _max_abs_diff(new_state.params, state.params) > 0
