@@ -29,9 +29,9 @@ SKIPPED_TOP = {"results", "data"}
 THIS = Path(__file__).resolve()
 
 
-def mentions() -> dict[str, list[str]]:
-  """Dotted name -> the files (relative) that mention it."""
-  found: dict[str, list[str]] = {}
+def _text_files(extra_names: tuple[str, ...]):
+  """The repository's files this test reads (suffixes in SUFFIXES, or named in
+  ``extra_names``), in a fixed order, outside the skipped folders and this file."""
   for directory, subdirs, names in os.walk(REPO):
     top = Path(directory) == REPO
     subdirs[:] = sorted(
@@ -41,10 +41,16 @@ def mentions() -> dict[str, list[str]]:
     )
     for name in sorted(names):
       path = Path(directory) / name
-      if path.resolve() == THIS or (path.suffix not in SUFFIXES and name != "Makefile"):
-        continue
-      for match in NAME.finditer(path.read_text(errors="replace")):
-        found.setdefault(match.group(1), []).append(str(path.relative_to(REPO)))
+      if path.resolve() != THIS and (path.suffix in SUFFIXES or name in extra_names):
+        yield path
+
+
+def mentions() -> dict[str, list[str]]:
+  """Dotted name -> the files (relative) that mention it."""
+  found: dict[str, list[str]] = {}
+  for path in _text_files(("Makefile",)):
+    for match in NAME.finditer(path.read_text(errors="replace")):
+      found.setdefault(match.group(1), []).append(str(path.relative_to(REPO)))
   return found
 
 
@@ -137,28 +143,16 @@ PLACEHOLDER = re.compile(r"(?:^|[/_-])[A-Z]{3,}(?:$|[./_-])")
 def path_mentions() -> dict[str, list[str]]:
   """Repository path -> the files (relative) that mention it."""
   found: dict[str, list[str]] = {}
-  for directory, subdirs, names in os.walk(REPO):
-    top = Path(directory) == REPO
-    subdirs[:] = sorted(
-      d
-      for d in subdirs
-      if d not in SKIPPED and not d.endswith(".egg-info") and not (top and d in SKIPPED_TOP)
-    )
-    for name in sorted(names):
-      path = Path(directory) / name
-      if path.resolve() == THIS:
+  for path in _text_files(("Makefile", "run")):
+    for line in path.read_text(errors="replace").splitlines():
+      if "git history" in line:
         continue
-      if path.suffix not in SUFFIXES and name not in ("Makefile", "run"):
-        continue
-      for line in path.read_text(errors="replace").splitlines():
-        if "git history" in line:
-          continue
-        for match in PATH.finditer(line):
-          mentioned = match.group(1).rstrip("./-")
-          if not PLACEHOLDER.search(mentioned) and not (
-            (REPO / mentioned).exists() or (path.parent / mentioned).exists()
-          ):
-            found.setdefault(mentioned, []).append(str(path.relative_to(REPO)))
+      for match in PATH.finditer(line):
+        mentioned = match.group(1).rstrip("./-")
+        if not PLACEHOLDER.search(mentioned) and not (
+          (REPO / mentioned).exists() or (path.parent / mentioned).exists()
+        ):
+          found.setdefault(mentioned, []).append(str(path.relative_to(REPO)))
   return found
 
 
