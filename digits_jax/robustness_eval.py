@@ -37,7 +37,7 @@ import numpy as np
 
 from digits_jax import data, environment, files, models, runs
 from digits_jax.config import ConfigError
-from digits_jax.robustness import attacks, calibration, corruptions, cost, store
+from digits_jax.robustness import attacks, calibration, corruptions, cost, masking, store
 from digits_jax.rundir import read_config
 from digits_jax.training.step import model_variables, predict_config
 
@@ -221,7 +221,7 @@ def _attacks(run, datasets, settings: Settings, progress) -> dict[str, Any]:
   clean_accuracy = float(np.mean(clean == labels))
   eps1 = accuracy.get("pgd", {}).pop("1", None)
   pgd_losses = losses.get("pgd", {})
-  checks = attacks.masking_checks(
+  checks = masking.masking_checks(
     clean_accuracy,
     {float(e): a for e, a in accuracy.get("fgsm", {}).items()},
     {float(e): a for e, a in accuracy.get("pgd", {}).items()},

@@ -11,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 
-from digits_jax.robustness import attacks
+from digits_jax.robustness import attacks, masking
 
 NUM_CLASSES = 10
 
@@ -142,7 +142,7 @@ def test_pgd_on_a_trained_cnn_is_stronger_than_fgsm_and_passes_the_masking_check
     losses = pgd["losses"][e]
     assert len(losses) == settings.steps and losses[-1] > losses[0]
   assert len(fgsm["losses"][0.1]) == 1
-  checks = attacks.masking_checks(
+  checks = masking.masking_checks(
     clean,
     fgsm_acc,
     pgd_acc,
@@ -260,7 +260,7 @@ def _checks(**changes):
     acc_at_eps1=0.0,
   )
   args.update(changes)
-  return {c["check"]: c for c in attacks.masking_checks(**args, num_images=1000)}
+  return {c["check"]: c for c in masking.masking_checks(**args, num_images=1000)}
 
 
 def test_masking_checks_pass_a_clean_evaluation_and_flag_each_violation():

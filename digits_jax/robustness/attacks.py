@@ -1,4 +1,5 @@
-"""L-inf adversarial attacks on images in [0, 1], and the guards against gradient masking.
+"""L-inf adversarial attacks on images in [0, 1] (the guards against gradient masking are
+:mod:`digits_jax.robustness.masking`).
 
 * :func:`fgsm` -- the fast gradient sign method (Goodfellow et al., 2015): one step of size
   ``eps`` along the sign of the cross-entropy's input gradient.
@@ -11,8 +12,6 @@
 * :func:`robust_predictions` -- the host-level driver: a dataset in batches, several
   ``eps``, one compiled function for all of them.
 * :func:`stratified_subset` -- a fixed class-balanced subset of a test split to attack.
-* :func:`masking_checks` -- sanity checks that a robust accuracy is not an artefact of
-  gradient masking (Carlini et al., 2019, "On evaluating adversarial robustness").
 
 Every attack is a pure JAX function of ``logits_fn`` (images ``(B, H, W, C)`` in ``[0, 1]`` to
 logits ``(B, K)``), jittable with ``eps`` and ``step_size`` traced, so one compiled function
@@ -31,7 +30,7 @@ import dataclasses
 import functools
 import math
 import numbers
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import jax
@@ -574,82 +573,3 @@ def stratified_subset(labels: np.ndarray, size: int, seed: int = 0) -> np.ndarra
   rng = np.random.default_rng(seed)
   chosen = [rng.permutation(m)[:q] for m, q in zip(members, quota)]
   return np.sort(np.concatenate(chosen)).astype(np.int64) if chosen else np.zeros(0, np.int64)
-
-
-def _check(name: str, passed: bool, detail: str) -> dict[str, Any]:
-  return {"check": name, "passed": bool(passed), "detail": detail}
-
-
-def _never_rises(name: str, clean: float, accuracy: Mapping[float, float], tol: float):
-  sequence = [(0.0, float(clean))] + sorted((float(e), float(a)) for e, a in accuracy.items())
-  rises = [
-    f"{a0:.2%} at eps {e0:g} -> {a1:.2%} at eps {e1:g}"
-    for (e0, a0), (e1, a1) in zip(sequence, sequence[1:])
-    if a1 > a0 + tol
-  ]
-  text = ", ".join(f"eps {e:g}: {a:.2%}" for e, a in sequence)
-  detail = f"rises: {'; '.join(rises)} ({text})" if rises else text
-  return _check(f"{name} robust accuracy never rises with eps", not rises, detail)
-
-
-def masking_checks(
-  clean_accuracy: float,
-  fgsm_acc: Mapping[float, float],
-  pgd_acc: Mapping[float, float],
-  pgd_losses: Mapping[float, Sequence[float]],
-  acc_at_eps1: float | None,
-  *,
-  num_images: int | None = None,
-) -> list[dict[str, Any]]:
-  """Checks that a robust accuracy is not an artefact of gradient masking.
-
-  Masked or obfuscated gradients make an attack look weak: its accuracy rises with ``eps``,
-  one FGSM step beats many PGD steps, an unbounded attack (``eps = 1``, any image) leaves
-  correct predictions, or the loss the attack climbs does not rise. Comparisons allow one
-  image's worth of accuracy (``1 / num_images``) for the randomness of the starts; without
-  ``num_images`` they are exact.
-
-  Args:
-    clean_accuracy: accuracy on the unperturbed images (the value at ``eps = 0``).
-    fgsm_acc: FGSM's accuracy per radius (may be empty).
-    pgd_acc: PGD's accuracy per radius.
-    pgd_losses: PGD's mean loss after each step, per radius (may be empty).
-    acc_at_eps1: PGD's accuracy at ``eps = 1``, or ``None`` when not measured.
-    num_images: the number of images the accuracies are measured on.
-
-  Returns:
-    One ``{"check", "passed", "detail"}`` dictionary per check that has its data.
-  """
-  tol = 1.0 / num_images if num_images else 0.0
-  checks = [_never_rises("PGD", clean_accuracy, pgd_acc, tol)]
-  if fgsm_acc:
-    checks.append(_never_rises("FGSM", clean_accuracy, fgsm_acc, tol))
-  common = sorted(set(map(float, fgsm_acc)) & set(map(float, pgd_acc)))
-  if common:
-    pgd_by, fgsm_by = _by_float(pgd_acc), _by_float(fgsm_acc)
-    weaker = [e for e in common if pgd_by[e] > fgsm_by[e] + tol]
-    text = ", ".join(f"eps {e:g}: PGD {pgd_by[e]:.2%} vs FGSM {fgsm_by[e]:.2%}" for e in common)
-    detail = f"PGD weaker at eps {', '.join(f'{e:g}' for e in weaker)} ({text})" if weaker else text
-    checks.append(_check("PGD at least as strong as FGSM", not weaker, detail))
-  if acc_at_eps1 is not None:
-    checks.append(
-      _check(
-        "eps = 1 leaves 0% accuracy",
-        float(acc_at_eps1) == 0.0,
-        f"accuracy at eps 1: {float(acc_at_eps1):.2%}",
-      )
-    )
-  if pgd_losses:
-    rows = sorted((float(e), [float(v) for v in losses]) for e, losses in pgd_losses.items())
-    falls = [e for e, losses in rows if not losses or losses[-1] < losses[0]]
-    text = ", ".join(
-      f"eps {e:g}: {losses[0]:.4g} -> {losses[-1]:.4g}" if losses else f"eps {e:g}: no steps"
-      for e, losses in rows
-    )
-    detail = f"loss falls at eps {', '.join(f'{e:g}' for e in falls)} ({text})" if falls else text
-    checks.append(_check("attack loss rises over its steps", not falls, detail))
-  return checks
-
-
-def _by_float(accuracy: Mapping[float, float]) -> dict[float, float]:
-  return {float(e): float(a) for e, a in accuracy.items()}
