@@ -298,14 +298,9 @@ def evaluate_run(
     return finished
   say = progress or (lambda line: log.info("%s: %s", workdir.name, line))
   start = time.perf_counter()
-  if datasets is None:
-    datasets = data.load_datasets(
-      config.dataset,
-      manual_dir=manual_dir,
-      data_dir=data_dir,
-      validation_size=config.validation_size,
-      backend=backend,
-    )
+  datasets = runs.datasets_for(
+    config, datasets, manual_dir=manual_dir, data_dir=data_dir, backend=backend
+  )
   run = runs.load_run(workdir, datasets.num_classes, recorded=recorded)
 
   def logits_of(images):

@@ -244,6 +244,30 @@ def prepare(
   distributed.barrier("prepared run directory")
 
 
+def datasets_for(
+  config: Config,
+  datasets: data.Datasets | None = None,
+  *,
+  manual_dir: str | None = None,
+  data_dir: str | None = None,
+  backend: str = "auto",
+) -> data.Datasets:
+  """``datasets`` if given, else ``config``'s dataset loaded with its validation split.
+
+  Raises:
+    DataError: the data cannot be loaded.
+  """
+  if datasets is not None:
+    return datasets
+  return data.load_datasets(
+    config.dataset,
+    manual_dir=manual_dir,
+    data_dir=data_dir,
+    validation_size=config.validation_size,
+    backend=backend,
+  )
+
+
 def train_and_evaluate(
   config: Config,
   workdir: str | os.PathLike,
@@ -301,14 +325,9 @@ def train_and_evaluate(
   if finished is not None:
     log.info("%s: finished already, not trained again (results.json)", workdir)
     return finished
-  if datasets is None:
-    datasets = data.load_datasets(
-      config.dataset,
-      manual_dir=manual_dir,
-      data_dir=data_dir,
-      validation_size=config.validation_size,
-      backend=backend,
-    )
+  datasets = datasets_for(
+    config, datasets, manual_dir=manual_dir, data_dir=data_dir, backend=backend
+  )
   return train_checked(
     config, workdir, datasets, overwrite=overwrite, plots=plots, final_fit=final_fit
   )
@@ -469,14 +488,9 @@ def rebuild(
   recorded = read_config(workdir)
   config, saved = recorded
   require_checkpoint(workdir)
-  if datasets is None:
-    datasets = data.load_datasets(
-      config.dataset,
-      manual_dir=manual_dir,
-      data_dir=data_dir,
-      validation_size=config.validation_size,
-      backend=backend,
-    )
+  datasets = datasets_for(
+    config, datasets, manual_dir=manual_dir, data_dir=data_dir, backend=backend
+  )
   expected = saved.get("data", {}).get("test")
   if expected is not None and expected != len(datasets.test):
     raise data.DataError(
