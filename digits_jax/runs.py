@@ -27,7 +27,7 @@ from digits_jax import data, files, models, rundir
 from digits_jax.analysis import report, visualize
 from digits_jax.config import Config, ConfigError, check_sizes, resolve
 from digits_jax.rundir import RunDirError, read_config
-from digits_jax.training import checkpoints, distributed, loop, sharding, workdirs
+from digits_jax.training import checkpoints, distributed, loop, sharding
 from digits_jax.training.history import collapse_epochs
 from digits_jax.training.step import (
   TrainState,
@@ -237,10 +237,10 @@ def prepare(
   # Every check passed: only now may the previous run's files go.
   if distributed.is_writer():
     if overwrite:
-      workdirs.clear(workdir)
-    if workdirs.saved_config(workdir) is None:  # else resuming: keep the original
+      rundir.clear(workdir)
+    if rundir.saved_config(workdir) is None:  # else resuming: keep the original
       extra = {} if final_fit is None else {rundir.FINAL_FIT: dict(final_fit)}
-      workdirs.write_config(workdir, config, datasets, len(split.labels), **extra)
+      rundir.write_config(workdir, config, datasets, len(split.labels), **extra)
   distributed.barrier("prepared run directory")
 
 
@@ -286,7 +286,7 @@ def train_and_evaluate(
   the results of a finished run without training, and otherwise resumes from the
   checkpoint of the last finished epoch, ending with the same numbers as a run that
   was never interrupted. A ``workdir`` holding another config's run is refused unless
-  ``overwrite`` (see :mod:`digits_jax.training.workdirs`).
+  ``overwrite`` (see :mod:`digits_jax.rundir`).
 
   Files written: ``config.json`` (resolved config and environment), ``metrics.jsonl``
   (one line per epoch), ``results.json`` (test metrics of the best-by-validation
@@ -337,7 +337,7 @@ def check_workdir(
   config: Config, workdir: str | os.PathLike, *, overwrite: bool = False
 ) -> dict[str, Any] | None:
   """The first half of :func:`train_and_evaluate`: checks that ``workdir`` may hold a run of
-  the resolved ``config`` (:func:`digits_jax.training.workdirs.check`), before any data is
+  the resolved ``config`` (:func:`digits_jax.rundir.check`), before any data is
   loaded; reads, never writes.
 
   Returns:
@@ -345,9 +345,9 @@ def check_workdir(
     :func:`train_checked` trains it.
 
   Raises:
-    WorkdirError: ``workdir`` holds another config's run, or run files without a config.
+    RunDirError: ``workdir`` holds another config's run, or run files without a config.
   """
-  finished = workdirs.check(config, workdir, overwrite=overwrite)
+  finished = rundir.check(config, workdir, overwrite=overwrite)
   # Every process has read the directory before process 0 changes it.
   distributed.barrier("checked run directory")
   return finished

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import shutil
 
-from digits_jax import files, runs
+from digits_jax import files, rundir, runs
 from digits_jax.config import Config, resolve
-from digits_jax.training import workdirs
 
 
 def _as_earlier_version(workdir, model_name: str) -> None:
@@ -26,11 +25,11 @@ def test_an_earlier_config_json_is_the_same_run(tiny_run, tmp_path):
   shutil.copytree(original, workdir)
   _as_earlier_version(workdir, "conv2_dense64")
   config = resolve(Config(model="conv2_dense64", epochs=2, train_subset=512))
-  assert workdirs.check(config, workdir) == results
+  assert rundir.check(config, workdir) == results
   # Implementation fields are no part of a run's identity.
-  assert workdirs.check(config.replace(fast_ops=False, epoch_loop="host"), workdir) == results
+  assert rundir.check(config.replace(fast_ops=False, epoch_loop="host"), workdir) == results
   # A real difference still is.
-  assert workdirs.finished_results(config.replace(epochs=3), workdir) is None
+  assert rundir.finished_results(config.replace(epochs=3), workdir) is None
 
 
 def test_evaluate_reads_an_earlier_run(tiny_run, mnist, tmp_path):

@@ -30,11 +30,11 @@ from typing import Any
 
 import optuna
 
-from digits_jax import data, files, runs, sweep
+from digits_jax import data, files, rundir, runs, sweep
 from digits_jax.config import Config, ConfigError
 from digits_jax.progress import Progress
 from digits_jax.search.space import SearchError, SearchSpec, config_of, suggest
-from digits_jax.training import loop, workdirs
+from digits_jax.training import loop
 from digits_jax.training.history import TrainingDivergedError
 
 log = logging.getLogger(__name__)
@@ -226,7 +226,7 @@ def run_trial(
   start = time.time()
   try:
     loaded = datasets(config)
-    workdirs.check(config, run_dir)
+    rundir.check(config, run_dir)
     runs.prepare(config, run_dir, loaded)
     trained = loop.train(config, run_dir, loaded, on_epoch=on_epoch)
   except optuna.TrialPruned:

@@ -74,7 +74,7 @@ from digits_jax.sweep.table import (  # noqa: F401
   write_plots,
   write_tables,
 )
-from digits_jax.training import groups, workdirs
+from digits_jax.training import groups
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ def run_sweep(
   Raises:
     WorkerError: before anything runs, if the worker index is out of range or another
       grid is recorded in ``workdir`` (:func:`record_grid`).
-    WorkdirError: before anything runs, if a run directory holds another config's run.
+    RunDirError: before anything runs, if a run directory holds another config's run.
   """
   workdir = Path(workdir)
   configs = list(dict.fromkeys(configs))
@@ -145,7 +145,7 @@ def run_sweep(
   mine = share(configs, num_workers, worker_index)
   dirs = {c: run_dir(workdir, c) for c in mine}
   # Every run directory is checked before anything is written or the first run starts.
-  finished = {c: workdirs.check(c, dirs[c], overwrite=overwrite) for c in mine}
+  finished = {c: rundir.check(c, dirs[c], overwrite=overwrite) for c in mine}
   record_grid(workdir, configs, replace=overwrite)
   if num_workers > 1:
     log.info(
@@ -166,7 +166,7 @@ def run_sweep(
 
   def still_unfinished(config: Config) -> bool:
     # Read again under the run's lock: another process may have finished it meanwhile.
-    return overwrite or workdirs.finished_results(config, dirs[config]) is None
+    return overwrite or rundir.finished_results(config, dirs[config]) is None
 
   if vmap:
     batches: dict[tuple, list[Config]] = {}
@@ -188,7 +188,7 @@ def run_sweep(
         run_dirs = [dirs[c] for c in group]
         if overwrite:
           for path in run_dirs:
-            workdirs.clear(path)
+            rundir.clear(path)
         log.info("training %s together (vmapped)", ", ".join(d.name for d in run_dirs))
         trained = groups.train_group(group, run_dirs, datasets=datasets(group[0]))
         group_seconds = sum(r["epoch_seconds"] for r in trained[0].history) * len(group)
@@ -222,7 +222,7 @@ def run_sweep(
             progress.done()
             log.info("%s: test accuracy %.4f", path.name, results["test_accuracy"])
           else:
-            results = workdirs.finished_results(config, path)
+            results = rundir.finished_results(config, path)
             log.info("%s: finished by another process meanwhile, skipped", path.name)
       except files.LockBusyError as e:
         log.warning("%s: being trained by %s; left to it", path.name, e.holder)
@@ -276,7 +276,7 @@ def finished_runs(
   results, missing = [], []
   for config in configs:
     path = run_dir(workdir, config)
-    done = workdirs.finished_results(config, path)
+    done = rundir.finished_results(config, path)
     if done is None:
       missing.append(path.name)
     else:

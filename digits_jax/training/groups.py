@@ -25,9 +25,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from digits_jax import data, files, models
+from digits_jax import data, files, models, rundir
 from digits_jax.config import Config
-from digits_jax.training import checkpoints, history, sharding, workdirs
+from digits_jax.training import checkpoints, history, sharding
 from digits_jax.training.loop import TrainedRun, resume, run_keys, training_split
 from digits_jax.training.optim import make_optimizer
 from digits_jax.training.step import (
@@ -96,11 +96,11 @@ def train_group(
   start = {latest.epoch() for latest in latests}
   if len(start) != 1 or None in start:
     for run_dir in run_dirs:  # nothing shared to resume from: start again
-      workdirs.clear(run_dir)
+      rundir.clear(run_dir)
     latests = latest_checkpoints()
   for config, run_dir in zip(configs, run_dirs):
-    if workdirs.saved_config(run_dir) is None:  # else resuming: keep the original
-      workdirs.write_config(
+    if rundir.saved_config(run_dir) is None:  # else resuming: keep the original
+      rundir.write_config(
         run_dir, config, datasets, len(split.labels), group=[d.name for d in run_dirs]
       )
 

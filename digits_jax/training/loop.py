@@ -24,7 +24,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from digits_jax import data, files, models
+from digits_jax import data, files, models, rundir
 from digits_jax.config import Config
 from digits_jax.progress import EpochProgress
 from digits_jax.training import (
@@ -34,7 +34,6 @@ from digits_jax.training import (
   history,
   sharding,
   summaries,
-  workdirs,
 )
 from digits_jax.training.step import (
   TrainState,
@@ -101,7 +100,7 @@ def resume(
   epoch = latest.epoch()
   if epoch is not None:
     epoch, state = latest.restore(state)
-    rows = workdirs.resume_history(workdir, epoch)
+    rows = rundir.resume_history(workdir, epoch)
     best.maybe_save(epoch, model_variables(state), history.score(rows[-1]))
   if distributed.is_writer():
     files.write_jsonl(workdir / "metrics.jsonl", rows)
