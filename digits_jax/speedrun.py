@@ -43,7 +43,8 @@ import optax
 
 from digits_jax import data, models
 from digits_jax.analysis import stats
-from digits_jax.training.step import cross_entropy
+from digits_jax.config import Config, resolve
+from digits_jax.training.step import create_train_state, train_step
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +136,26 @@ class Recipe:
     """Adam with this recipe's betas and one-cycle schedule."""
     return optax.adam(self.schedule(steps), b1=self.b1, b2=self.b2)
 
+  def config(self) -> Config:
+    """The run settings the library's train step reads: this recipe's network, loss and
+    label smoothing, nothing else (no augmentation, dropout key unused by the speedrun
+    networks). The optimizer is :meth:`optimizer`, passed to the train state."""
+    return resolve(
+      Config(
+        model=self.model,
+        optimizer="adam",
+        learning_rate=self.learning_rate,
+        batch_size=self.batch_size,
+        schedule="onecycle",
+        loss="sparse",
+        label_smoothing=self.label_smoothing,
+        validation_size=self.validation_size,
+        augment=False,
+        ema=0.0,
+        adversarial="none",
+      )
+    )
+
 
 # The published recipe (tuomaso/train_mnist_fast): what PyTorch trains in the benchmark.
 REFERENCE = Recipe(
@@ -206,30 +227,28 @@ def batch_array(images: np.ndarray, labels: np.ndarray, batch_size: int):
 def make_train_fn(recipe: Recipe, num_train: int, *, fast: bool = True) -> Callable:
   """The pure ``(rng, batched_images, batched_labels) -> (params, final_loss)`` of one seed.
 
-  Initialisation from ``rng`` and ``recipe.steps(num_train)`` Adam steps over the batches
-  in order (wrapping round after the last batch), as one ``lax.scan``.
+  Initialisation from ``rng`` and ``recipe.steps(num_train)`` steps of the library's train
+  step (:func:`digits_jax.training.step.train_step`, with the recipe's Adam and one-cycle
+  schedule) over the batches in order, wrapping round after the last batch, as one
+  ``lax.scan``.
   """
   model = models.create_model(recipe.model, fast=fast)
   steps = recipe.steps(num_train)
   tx = recipe.optimizer(steps)
-
-  def loss_fn(params, images, labels):
-    logits = model.apply({"params": params}, images, train=True)
-    return cross_entropy(logits, labels, label_smoothing=recipe.label_smoothing).mean()
+  config = recipe.config()
 
   def train(rng, images, labels):
-    params = models.init_variables(model, rng)["params"]
+    state = create_train_state(config, rng, steps, tx=tx, model=model)
     num_batches = labels.shape[0]
 
-    def body(carry, i):
-      params, opt_state = carry
+    def body(state, i):
       b = i % num_batches
-      loss, grads = jax.value_and_grad(loss_fn)(params, images[b], labels[b])
-      updates, opt_state = tx.update(grads, opt_state, params)
-      return (optax.apply_updates(params, updates), opt_state), loss
+      step_rng = jax.random.fold_in(rng, i)  # dropout's key, for recipes whose network has it
+      state, metrics = train_step(state, images[b], labels[b], step_rng, config=config)
+      return state, metrics["loss"]
 
-    (params, _), losses = jax.lax.scan(body, (params, tx.init(params)), jnp.arange(steps))
-    return params, losses[-1]
+    state, losses = jax.lax.scan(body, state, jnp.arange(steps))
+    return state.params, losses[-1]
 
   return train
 
