@@ -355,69 +355,45 @@ def make_epoch_fn(
   loop = epoch_loop(config)
   if loop not in ("scan", "host"):
     raise ValueError(f"epoch_loop must be auto, scan or host, got {config.epoch_loop!r}")
-  if mesh is not None and mesh.size > 1:
-    if vmapped:
-      raise ValueError("a vmapped group of models does not split its batches over devices")
-    return _sharded_epoch_fn(config, loop, mesh, on_step)
+  sharded = mesh is not None and mesh.size > 1
+  if sharded and vmapped:
+    raise ValueError("a vmapped group of models does not split its batches over devices")
   if on_step is not None and vmapped:
     raise ValueError("a vmapped group of models reports no steps")
+  axis, split, place = None, (lambda fn: fn), (lambda x: x)
+  if sharded:
+    sharding.check_batch_size(config.batch_size, mesh.size)
+    axis = sharding.DATA_AXIS
+
+    def split(fn):
+      return jax.shard_map(fn, mesh=mesh, in_specs=P(), out_specs=P(), check_vma=False)
+
+    def place(x):
+      return sharding.replicate(x, mesh)
+
   if loop == "scan":
-    epoch = functools.partial(train_epoch, config=config, on_step=on_step)
+    epoch = functools.partial(train_epoch, config=config, batch_axis=axis, on_step=on_step)
     if vmapped:
       epoch = jax.vmap(epoch, in_axes=(0, 0, None, None))
-    return jax.jit(epoch, donate_argnums=0)
+    epoch = jax.jit(split(epoch), donate_argnums=0)
+    return lambda state, rng, images, labels: epoch(state, place(rng), images, labels)
 
-  step = functools.partial(_indexed_step, config=config, on_step=on_step)
+  step = functools.partial(_indexed_step, config=config, batch_axis=axis, on_step=on_step)
   plan = _epoch_plan
   if vmapped:
     plan = jax.vmap(plan, in_axes=(0, None, None))
     step = jax.vmap(step, in_axes=(0, None, None, 0, None, 0))
   plan = jax.jit(plan, static_argnums=(1, 2))
-  step_fn = jax.jit(step, donate_argnums=0)
+  step_fn = jax.jit(split(step), donate_argnums=0)
 
   def run(state, rng, images, labels):
-    batches, step_rng = plan(rng, images.shape[0], config.batch_size)
+    batches, step_rng = plan(place(rng), images.shape[0], config.batch_size)
     per_step = []
     for i in range(batches.shape[-2]):
-      state, metrics = step_fn(state, images, labels, batches, np.int32(i), step_rng)
+      state, metrics = step_fn(state, images, labels, batches, place(np.int32(i)), step_rng)
       per_step.append(metrics)
     stack = functools.partial(jnp.stack, axis=1 if vmapped else 0)
     return state, jax.tree_util.tree_map(lambda *xs: stack(xs), *per_step)
-
-  return run
-
-
-def _sharded_epoch_fn(config: Config, loop: str, mesh: Mesh, on_step=None):
-  """:func:`make_epoch_fn` for a batch split over the devices of ``mesh``."""
-  sharding.check_batch_size(config.batch_size, mesh.size)
-  axis = sharding.DATA_AXIS
-
-  def split(fn):
-    return jax.shard_map(fn, mesh=mesh, in_specs=P(), out_specs=P(), check_vma=False)
-
-  if loop == "scan":
-    epoch = jax.jit(
-      split(functools.partial(train_epoch, config=config, batch_axis=axis, on_step=on_step)),
-      donate_argnums=0,
-    )
-    return lambda state, rng, images, labels: epoch(
-      state, sharding.replicate(rng, mesh), images, labels
-    )
-
-  plan = jax.jit(_epoch_plan, static_argnums=(1, 2))
-  step_fn = jax.jit(
-    split(functools.partial(_indexed_step, config=config, batch_axis=axis, on_step=on_step)),
-    donate_argnums=0,
-  )
-
-  def run(state, rng, images, labels):
-    batches, step_rng = plan(sharding.replicate(rng, mesh), images.shape[0], config.batch_size)
-    per_step = []
-    for i in range(batches.shape[0]):
-      step = sharding.replicate(np.int32(i), mesh)
-      state, metrics = step_fn(state, images, labels, batches, step, step_rng)
-      per_step.append(metrics)
-    return state, jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *per_step)
 
   return run
 
