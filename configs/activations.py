@@ -3,10 +3,10 @@
 
 Command: ``python -m experiments.sweep --config=configs/activations.py``, then
 ``python -m experiments.compare --workdir=runs/activations`` for the verdicts against ReLU.
-Cost: 36 runs. On the reference machine (2-core x86 VM, no GPU, 2026-12-06) an epoch of
-conv2_dense64 costs 1.0-1.5 times ReLU's by activation (docs/speed.md, "Activations"), so
-about 2-3 minutes a run for conv2_dense64 and 8.5-13 minutes for bn_conv3_wide (15 epochs):
-about 6 hours in all.
+Cost: 36 runs. On the reference machine (2-core x86 VM, no GPU, 2026-12-06) a training epoch
+of conv2_dense64 costs 1.15-1.63 times ReLU's by activation (docs/speed.md, "Activations"):
+about 2-3 minutes a run for conv2_dense64, and (estimated from bn_conv3_wide's 8.5-minute
+ReLU training) 8.5-14 minutes for bn_conv3_wide; about 4 hours in all.
 Results: runs/activations (not yet run).
 """
 
