@@ -65,6 +65,8 @@ SHORT_NAMES = {
   "trades_beta": "beta",
   "robust_val_size": "rval",
   "robust_val_steps": "rvalsteps",
+  "activation": "act",
+  "dropout": "drop",
 }
 
 
@@ -201,6 +203,19 @@ class Config:
     20, "With --adversarial: steps of that validation attack (one random start)."
   )
 
+  # The network's non-linearity and dropout (recipe fields: dropout is the architecture's).
+  activation: str | None = _recipe(
+    "relu",
+    "The network's activation in place of every ReLU (gelu: exact, erf; leaky_relu: slope "
+    "0.01). Only relu keeps the fused conv-ReLU-pool kernels.",
+    choices=models.ACTIVATIONS,
+  )
+  dropout: float | None = _recipe(
+    0.0,
+    "Dropout rate after the network's hidden dense layers, in [0, 1) (0: none; default: "
+    "its architecture's, e.g. 0.5 for conv2_dense128_dropout).",
+  )
+
   def replace(self, **changes: Any) -> Config:
     return dataclasses.replace(self, **changes)
 
@@ -216,8 +231,9 @@ class Config:
     """The config a ``config.json`` recorded; fields it lacks take their defaults.
 
     ``d`` is a resolved config, so a recipe field it lacks was added after it was written:
-    it takes its recipe default, which is what runs did before the field existed (the
-    augmentation's strengths, for one).
+    it takes what runs did before the field existed, its model's registered recipe value
+    where the recipe sets it (conv2_dense128_dropout's dropout of 0.5), else its recipe
+    default (the augmentation's strengths, for one).
 
     Raises:
       ConfigError: ``d`` names a field this version does not know.
@@ -225,13 +241,23 @@ class Config:
     unknown = set(d) - set(FIELDS)
     if unknown:
       raise ConfigError(f"unknown config fields {sorted(unknown)}; known: {sorted(FIELDS)}")
-    added = {n: FIELDS[n].metadata["recipe_default"] for n in RECIPE_FIELDS if n not in d}
-    return cls(**(added | dict(d)))
+    recipe = recipe_values(d.get("model", FIELDS["model"].default))
+    return cls(**({n: v for n, v in recipe.items() if n not in d} | dict(d)))
 
 
 FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(Config)}
 RECIPE_FIELDS = tuple(n for n, f in FIELDS.items() if "recipe_default" in f.metadata)
 IMPLEMENTATION_FIELDS = tuple(n for n, f in FIELDS.items() if f.metadata.get("implementation"))
+
+
+def recipe_values(model: str) -> dict[str, Any]:
+  """Every recipe field's value for ``model``: its registered recipe's where it sets one,
+  else the recipe default (only the defaults for a model that is not registered)."""
+  defaults = {n: FIELDS[n].metadata["recipe_default"] for n in RECIPE_FIELDS}
+  spec = models.MODELS.get(model)
+  return defaults | (dict(spec.recipe) if spec else {})
+
+
 # The settings of adversarial training other than the switch itself.
 ADVERSARIAL_FIELDS = (
   "adversarial_eps",
@@ -311,7 +337,7 @@ def resolve_with_origins(config: Config, given: Mapping[str, str] | None = None)
       f"the recipe of {spec.name} sets {sorted(unknown)}, which are not "
       f"recipe fields ({', '.join(RECIPE_FIELDS)})"
     )
-  recipe = {n: FIELDS[n].metadata["recipe_default"] for n in RECIPE_FIELDS} | dict(spec.recipe)
+  recipe = recipe_values(spec.name)
   layer = {n: RECIPE if n in spec.recipe else DEFAULT for n in RECIPE_FIELDS}
   if config.optimizer is not None and config.optimizer != recipe["optimizer"]:
     _choice("optimizer", config.optimizer, OPTIMIZERS)
@@ -430,6 +456,12 @@ def validate(config: Config) -> None:
   _positive("elastic_sigma", config.elastic_sigma)
   if not 0 <= config.ema < 1:
     raise ConfigError(f"ema must be in [0, 1) (0: no averaging), got {config.ema}")
+  dropout = config.dropout
+  if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+    raise ConfigError(
+      f"dropout must be in [0, 1) (0: none), got {config.dropout!r}: give --dropout=0.5 "
+      "for instance"
+    )
   _validate_adversarial(config)
   if config.weight_decay and config.optimizer == "adam":
     raise ConfigError("weight_decay needs --optimizer=adamw or sgd (adam has none)")

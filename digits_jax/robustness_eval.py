@@ -171,7 +171,11 @@ def _corruptions(run, datasets, settings: Settings, logits_of, progress) -> dict
 def _attacks(run, datasets, settings: Settings, progress) -> dict[str, Any]:
   variables = model_variables(run.state)
   model = models.create_model(
-    run.config.model, fast=run.config.fast_ops, num_classes=run.num_classes
+    run.config.model,
+    fast=run.config.fast_ops,
+    num_classes=run.num_classes,
+    activation=run.config.activation,
+    dropout=run.config.dropout,
   )
 
   def logits_fn(v, x):
@@ -342,6 +346,7 @@ def evaluate_run(
           saved.get("data", {}).get("train"),
           fast=config.fast_ops,
           num_classes=run.num_classes,
+          activation=config.activation,
         ),
       )
     costs = store.read_json(path)

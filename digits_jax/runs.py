@@ -101,7 +101,13 @@ def write_pictures(
   Returns the paths written, relative to ``workdir``
   (:func:`digits_jax.analysis.visualize.write_visualizations`).
   """
-  model = models.create_model(config.model, fast=config.fast_ops, num_classes=datasets.num_classes)
+  model = models.create_model(
+    config.model,
+    fast=config.fast_ops,
+    num_classes=datasets.num_classes,
+    activation=config.activation,
+    dropout=config.dropout,
+  )
   variables = {"params": state.params}
   if state.batch_stats:
     variables["batch_stats"] = state.batch_stats

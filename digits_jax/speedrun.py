@@ -72,6 +72,7 @@ class Recipe:
     validation_size: training images held out (0: train on all 60,000). Reported
       figures use 0; a search over recipes holds some out and reads
       :func:`evaluate` on them rather than on the test set.
+    activation: the network's non-linearity (:data:`digits_jax.models.ACTIVATIONS`).
   """
 
   model: str = "speedrun_small"
@@ -85,6 +86,7 @@ class Recipe:
   final_div_factor: float = 1e4
   label_smoothing: float = 0.1
   validation_size: int = 0
+  activation: str = "relu"
 
   def replace(self, **changes: Any) -> Recipe:
     return dataclasses.replace(self, **changes)
@@ -96,6 +98,10 @@ class Recipe:
       ValueError: naming the field and what it must be.
     """
     models.get_spec(self.model)
+    if self.activation not in models.ACTIVATIONS:
+      raise ValueError(
+        f"unknown activation {self.activation!r}; valid values are: {', '.join(models.ACTIVATIONS)}"
+      )
     for name in ("batch_size", "epochs", "learning_rate", "div_factor", "final_div_factor"):
       value = getattr(self, name)
       if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
@@ -232,7 +238,7 @@ def make_train_fn(recipe: Recipe, num_train: int, *, fast: bool = True) -> Calla
   schedule) over the batches in order, wrapping round after the last batch, as one
   ``lax.scan``.
   """
-  model = models.create_model(recipe.model, fast=fast)
+  model = models.create_model(recipe.model, fast=fast, activation=recipe.activation)
   steps = recipe.steps(num_train)
   tx = recipe.optimizer(steps)
   config = recipe.config()
@@ -262,7 +268,7 @@ def evaluate(
   recipe: Recipe, params, images: np.ndarray, labels: np.ndarray, batch_size: int = 2000
 ) -> float:
   """Accuracy of ``params`` on ``images``, in fixed-size batches (the last one padded)."""
-  model = models.create_model(recipe.model)
+  model = models.create_model(recipe.model, activation=recipe.activation)
   n = len(labels)
   padded = np.pad(images, ((0, (-n) % batch_size),) + ((0, 0),) * (images.ndim - 1))
   chunks = [

@@ -5,6 +5,7 @@ recipes and sources. Importing this package registers every network module below
 """
 
 from digits_jax.models import cnn, resnet, vgg  # noqa: F401  (register the networks)
+from digits_jax.models.layers import ACTIVATIONS
 from digits_jax.models.registry import (
   FAST_OPS,
   MODELS,
@@ -21,6 +22,7 @@ from digits_jax.models.registry import (
 )
 
 __all__ = [
+  "ACTIVATIONS",
   "FAST_OPS",
   "MODELS",
   "ModelSpec",

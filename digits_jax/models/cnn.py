@@ -7,7 +7,10 @@ the training recipe its source used. Its docstring says what it reproduces, the 
 accuracy its source reports, and what we chose where the source left a detail open.
 Where a source left filter counts or padding open we follow the Keras defaults the
 sources were written in: 3x3 kernels, ``VALID`` padding, 2x2 max-pooling with stride
-2, ReLU.
+2, ReLU. Every network takes ``activation`` (any of
+:data:`digits_jax.models.layers.ACTIVATIONS`, ReLU by default) in place of its ReLUs, and
+``dropout``, the rate of dropout after its hidden dense layers (by default what its
+architecture has).
 
 Adding a variant: subclass :class:`ConvNet` with its ``layers``/``dense``/``dropout``
 (or write any module with ``__call__(self, x, train)`` returning logits) and decorate it
@@ -24,9 +27,10 @@ import jax
 from digits_jax.data import NUM_CLASSES
 from digits_jax.models.layers import (
   Dropout,
+  activation_fn,
   batch_norm,
   conv,
-  conv_relu_pool,
+  conv_act_pool,
   pool,
   torch_default_init,
 )
@@ -36,17 +40,20 @@ from digits_jax.models.registry import register
 class ConvNet(nn.Module):
   """3x3 conv (ReLU) and 2x2 max-pool layers, flatten, dense ReLU layers, logits.
 
-  The source variants below only set the class attributes.
+  The source variants below only set the class attributes. ``activation`` replaces every
+  ReLU; ``dropout`` (0: none) follows every hidden dense layer in training.
   """
 
   num_classes: int = NUM_CLASSES
   fast: bool = True
+  activation: str = "relu"
   layers: Sequence[int | str] = ()  # conv widths and "pool", in order
   dense: Sequence[int] = ()
   dropout: float = 0.0
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    act = activation_fn(self.activation)
     convs, layers = 0, list(self.layers)
     while layers:
       layer = layers.pop(0)
@@ -56,13 +63,15 @@ class ConvNet(nn.Module):
       name = f"conv{convs}"
       convs += 1
       if layers[:1] == ["pool"]:  # conv, ReLU, pool: one op (fused on one-channel CPU input)
-        x = conv_relu_pool(x, layer, fast=self.fast, train=train, name=name)
+        x = conv_act_pool(
+          x, layer, activation=self.activation, fast=self.fast, train=train, name=name
+        )
         layers.pop(0)
       else:
-        x = nn.relu(conv(layer, fast=self.fast, name=name)(x))
+        x = act(conv(layer, fast=self.fast, name=name)(x))
     x = x.reshape((x.shape[0], -1))
     for width in self.dense:
-      x = nn.relu(nn.Dense(width)(x))
+      x = act(nn.Dense(width)(x))
       if self.dropout:
         x = Dropout(self.dropout, deterministic=not train)(x)
     return nn.Dense(self.num_classes)(x)
@@ -151,7 +160,9 @@ class Conv2Dense100(ConvNet):
 
 @register(
   "conv2_dense128_dropout",
-  recipe=dict(optimizer="adam", learning_rate=1e-3, batch_size=128, epochs=20, loss="onehot"),
+  recipe=dict(
+    optimizer="adam", learning_rate=1e-3, batch_size=128, epochs=20, loss="onehot", dropout=0.5
+  ),
   source="Source project 5: conv 32, max-pool, conv 64, max-pool, dense 128 ReLU, "
   "dropout 0.5, dense 10; Adam, one-hot cross-entropy, 20 epochs.",
   reported="98%+",
@@ -181,6 +192,7 @@ class Conv2Dense128Dropout(ConvNet):
     schedule="onecycle",
     label_smoothing=0.1,
     augment=True,
+    dropout=0.3,
   ),
   source="Ours, from the sources' future work (batch norm, wider and deeper, data "
   "augmentation): conv 32/64/128 with batch norm, dense 256, dropout 0.3; AdamW "
@@ -198,16 +210,19 @@ class BNConv3Wide(nn.Module):
 
   num_classes: int = NUM_CLASSES
   fast: bool = True
+  activation: str = "relu"
+  dropout: float = 0.3
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     norm = lambda: batch_norm(train)  # noqa: E731
+    act = activation_fn(self.activation)
     for i, width in enumerate((32, 64, 128)):
       x = conv(width, fast=self.fast, padding="SAME", name=f"conv{i}")(x)
-      x = pool(nn.relu(norm()(x)), fast=self.fast)
+      x = pool(act(norm()(x)), fast=self.fast)
     x = x.reshape((x.shape[0], -1))
-    x = nn.relu(norm()(nn.Dense(256)(x)))
-    x = Dropout(0.3, deterministic=not train)(x)
+    x = act(norm()(nn.Dense(256)(x)))
+    x = Dropout(self.dropout, deterministic=not train)(x)
     return nn.Dense(self.num_classes)(x)
 
 
@@ -245,11 +260,15 @@ class Speedrun(nn.Module):
   :mod:`experiments.train` it gets the registry recipe above (whole epochs, Adam's
   default betas). Parameters start as PyTorch initialises them (uniform in +-1/sqrt(fan
   in)), as in the recipe's source. The widths and the crop are class attributes, so a
-  variant is a subclass (:class:`SpeedrunSmall`).
+  variant is a subclass (:class:`SpeedrunSmall`). Another ``activation`` is applied before
+  each pool (pooling first is the same only for ReLU); ``dropout`` (0: none) follows the
+  hidden dense layer.
   """
 
   num_classes: int = NUM_CLASSES
   fast: bool = True
+  activation: str = "relu"
+  dropout: float = 0.0
   features: Sequence[int] = (24, 32)
   kernel_sizes: Sequence[int] = (5, 3)
   dense: int = 256
@@ -261,11 +280,20 @@ class Speedrun(nn.Module):
       x = x[:, self.crop : x.shape[1] - self.crop, self.crop : x.shape[2] - self.crop]
     for i, (width, k) in enumerate(zip(self.features, self.kernel_sizes)):
       init = torch_default_init(k * k * x.shape[-1])
-      x = conv_relu_pool(
-        x, width, fast=self.fast, train=train, kernel_size=k, name=f"conv{i}", **init
+      x = conv_act_pool(
+        x,
+        width,
+        activation=self.activation,
+        fast=self.fast,
+        train=train,
+        kernel_size=k,
+        name=f"conv{i}",
+        **init,
       )
     x = x.reshape((x.shape[0], -1))
-    x = nn.relu(nn.Dense(self.dense, **torch_default_init(x.shape[-1]))(x))
+    x = activation_fn(self.activation)(nn.Dense(self.dense, **torch_default_init(x.shape[-1]))(x))
+    if self.dropout:
+      x = Dropout(self.dropout, deterministic=not train)(x)
     return nn.Dense(self.num_classes, **torch_default_init(self.dense))(x)
 
 
@@ -310,18 +338,30 @@ class MadryMNIST(nn.Module):
   networks, so a sweep trains it only when named. Its recipe keeps the source's batch of 50
   and Adam at 1e-4 (at 1e-3 one step on its 3.2-million-weight dense layer can overshoot),
   for 10 epochs; the source trained for 100,000 steps (91 epochs) on PGD-40 examples,
-  beyond a CPU's budget.
+  beyond a CPU's budget. ``activation`` replaces its ReLUs; ``dropout`` (0: none) follows
+  the dense layer of 1024.
   """
 
   num_classes: int = NUM_CLASSES
   fast: bool = True
+  activation: str = "relu"
+  dropout: float = 0.0
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     for i, width in enumerate((32, 64)):
-      x = conv_relu_pool(
-        x, width, fast=self.fast, train=train, padding="SAME", kernel_size=5, name=f"conv{i}"
+      x = conv_act_pool(
+        x,
+        width,
+        activation=self.activation,
+        fast=self.fast,
+        train=train,
+        padding="SAME",
+        kernel_size=5,
+        name=f"conv{i}",
       )
     x = x.reshape((x.shape[0], -1))
-    x = nn.relu(nn.Dense(1024)(x))
+    x = activation_fn(self.activation)(nn.Dense(1024)(x))
+    if self.dropout:
+      x = Dropout(self.dropout, deterministic=not train)(x)
     return nn.Dense(self.num_classes)(x)

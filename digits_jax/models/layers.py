@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import flax.linen as nn
 import jax
@@ -23,6 +23,33 @@ import jax.numpy as jnp
 from flax.linen.module import merge_param
 
 from digits_jax.models import ops
+
+# The non-linearities a network may use; relu is every network's default.
+ACTIVATIONS = ("relu", "gelu", "silu", "elu", "leaky_relu", "tanh")
+_ACTIVATION_FNS: dict[str, Callable[[jax.Array], jax.Array]] = {
+  "relu": nn.relu,
+  "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+  "silu": jax.nn.silu,
+  "elu": jax.nn.elu,
+  "leaky_relu": lambda x: jax.nn.leaky_relu(x, negative_slope=0.01),
+  "tanh": jnp.tanh,
+}
+
+
+def activation_fn(name: str) -> Callable[[jax.Array], jax.Array]:
+  """The function of the activation ``name``: ReLU, exact (erf) GELU, SiLU, ELU (alpha 1),
+  leaky ReLU (slope 0.01) or tanh.
+
+  Raises:
+    ValueError: for a name not in :data:`ACTIVATIONS`, listing the valid ones.
+  """
+  try:
+    return _ACTIVATION_FNS[name]
+  except KeyError:
+    raise ValueError(
+      f"unknown activation {name!r}; valid values are: {', '.join(ACTIVATIONS)}"
+    ) from None
+
 
 # The mesh axis the batch is split over while a train step is traced; None: not split.
 _BATCH_AXIS: contextvars.ContextVar[str | None] = contextvars.ContextVar("batch_axis", default=None)
@@ -169,6 +196,39 @@ def conv_relu_pool(
     return FastConv(features, kernel_size, padding, relu_pool=True, name=name, **init)(x)
   layer = conv(features, fast=fast, padding=padding, kernel_size=kernel_size, name=name, **init)
   return pool(nn.relu(layer(x)), fast=fast)
+
+
+def conv_act_pool(
+  x: jax.Array,
+  features: int,
+  *,
+  activation: str,
+  fast: bool,
+  train: bool,
+  name: str,
+  padding: str = "VALID",
+  kernel_size: int = 3,
+  **init: nn.initializers.Initializer,
+) -> jax.Array:
+  """A conv layer, the activation ``activation`` and a 2x2 max-pool applied to ``x``.
+
+  For ``relu`` it is :func:`conv_relu_pool` (fused where it can be). Any other activation
+  is applied to the convolution before the pool, on every backend: GELU and SiLU are not
+  monotone, so pooling first would give other numbers.
+  """
+  if activation == "relu":
+    return conv_relu_pool(
+      x,
+      features,
+      fast=fast,
+      train=train,
+      name=name,
+      padding=padding,
+      kernel_size=kernel_size,
+      **init,
+    )
+  layer = conv(features, fast=fast, padding=padding, kernel_size=kernel_size, name=name, **init)
+  return pool(activation_fn(activation)(layer(x)), fast=fast)
 
 
 def batch_norm(train: bool, name: str | None = None) -> nn.BatchNorm:

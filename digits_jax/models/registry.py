@@ -1,8 +1,9 @@
 """The model registry: a name for every network, with the recipe and source it comes from.
 
-A network is a Flax Linen module class taking ``num_classes`` and ``fast`` and called
-as ``module(images, train=...)``; :func:`register` files it under a name with the
-training recipe its source used, so a sweep at "source settings" is a list of names.
+A network is a Flax Linen module class taking ``num_classes``, ``fast``, ``activation`` and
+``dropout`` and called as ``module(images, train=...)``; :func:`register` files it under a
+name with the training recipe its source used, so a sweep at "source settings" is a list of
+names.
 """
 
 from __future__ import annotations
@@ -119,10 +120,26 @@ def use_fast_ops(value: bool | str = "auto") -> bool:
 
 
 def create_model(
-  name: str, *, fast: bool | str = "auto", num_classes: int = NUM_CLASSES
+  name: str,
+  *,
+  fast: bool | str = "auto",
+  num_classes: int = NUM_CLASSES,
+  activation: str = "relu",
+  dropout: float | None = None,
 ) -> nn.Module:
-  """Instantiates the registered module ``name``; ``fast`` as in :func:`use_fast_ops`."""
-  return get_spec(name).module(num_classes=num_classes, fast=use_fast_ops(fast))
+  """Instantiates the registered module ``name``; ``fast`` as in :func:`use_fast_ops`.
+
+  Args:
+    name: the registered network.
+    fast: as in :func:`use_fast_ops`.
+    num_classes: the output layer's width.
+    activation: the network's non-linearity (:data:`digits_jax.models.layers.ACTIVATIONS`).
+    dropout: the rate of its dropout layers; ``None``: its architecture's.
+  """
+  options = {} if dropout is None else {"dropout": dropout}
+  return get_spec(name).module(
+    num_classes=num_classes, fast=use_fast_ops(fast), activation=activation, **options
+  )
 
 
 def init_variables(model: nn.Module, rng: jax.Array, image_shape=(IMAGE_SIZE, IMAGE_SIZE, 1)):

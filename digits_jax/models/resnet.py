@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from digits_jax.data import NUM_CLASSES
-from digits_jax.models.layers import batch_norm, conv, pool
+from digits_jax.models.layers import Dropout, activation_fn, batch_norm, conv, pool
 from digits_jax.models.registry import register
 
 
@@ -26,23 +26,25 @@ class ResidualBlock(nn.Module):
   ``x -> conv0 -> BN -> ReLU -> conv1 -> BN -> (+ shortcut(x)) -> ReLU``. The shortcut is
   the identity when the input already has ``features`` channels, else a learned projection
   (a 1x1 convolution, written as ``nn.Dense`` over the channel axis, then BN): He et al.'s
-  option B.
+  option B. ``activation`` replaces both ReLUs.
   """
 
   features: int
   fast: bool = True
+  activation: str = "relu"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    act = activation_fn(self.activation)
     shortcut = x
     if x.shape[-1] != self.features:
       shortcut = nn.Dense(self.features, name="projection")(x)
       shortcut = batch_norm(train, name="projection_bn")(shortcut)
     y = conv(self.features, fast=self.fast, padding="SAME", name="conv0")(x)
-    y = nn.relu(batch_norm(train, name="bn0")(y))
+    y = act(batch_norm(train, name="bn0")(y))
     y = conv(self.features, fast=self.fast, padding="SAME", name="conv1")(y)
     y = batch_norm(train, name="bn1")(y)
-    return nn.relu(y + shortcut)
+    return act(y + shortcut)
 
 
 class ResNet(nn.Module):
@@ -62,25 +64,34 @@ class ResNet(nn.Module):
   nets used zero-padded identity shortcuts, option A). Convolutions keep the bias and the
   LeCun-normal initialisation of ``nn.Conv`` (the paper: He initialisation, no bias), so
   fast and plain layers stay interchangeable.
+
+  ``activation`` replaces every ReLU; ``dropout`` (0, none, by default) applies to the pooled
+  features before the dense layer.
   """
 
   num_classes: int = NUM_CLASSES
   fast: bool = True
+  activation: str = "relu"
+  dropout: float = 0.0
   widths: Sequence[int] = (16, 32, 64)
   blocks_per_stage: int = 1
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     x = conv(self.widths[0], fast=self.fast, padding="SAME", name="conv0")(x)
-    x = nn.relu(batch_norm(train, name="bn0")(x))
+    x = activation_fn(self.activation)(batch_norm(train, name="bn0")(x))
     block = 0
     for stage, width in enumerate(self.widths):
       if stage:
         x = pool(x, fast=self.fast)
       for _ in range(self.blocks_per_stage):
-        x = ResidualBlock(width, fast=self.fast, name=f"block{block}")(x, train)
+        x = ResidualBlock(width, fast=self.fast, activation=self.activation, name=f"block{block}")(
+          x, train
+        )
         block += 1
     x = jnp.mean(x, axis=(1, 2))  # global average pooling
+    if self.dropout:
+      x = Dropout(self.dropout, deterministic=not train)(x)
     return nn.Dense(self.num_classes, name="logits")(x)
 
 

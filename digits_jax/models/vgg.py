@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 
 from digits_jax.data import NUM_CLASSES
-from digits_jax.models.layers import Dropout, batch_norm, conv, pool
+from digits_jax.models.layers import Dropout, activation_fn, batch_norm, conv, pool
 from digits_jax.models.registry import register
 
 
@@ -32,11 +32,13 @@ class VGG(nn.Module):
   (the paper: two of 4096). With ``batch_norm`` (the default) every convolution and the
   dense layer are followed by batch norm before the ReLU, which the paper predates: it lets
   the net train from scratch at a high learning rate in a few epochs, where the paper
-  initialised its deeper nets from a trained shallower one.
+  initialised its deeper nets from a trained shallower one. ``activation`` replaces every
+  ReLU.
   """
 
   num_classes: int = NUM_CLASSES
   fast: bool = True
+  activation: str = "relu"
   widths: Sequence[int] = (16, 32, 64)
   dense: int = 256
   dropout: float = 0.5
@@ -45,7 +47,7 @@ class VGG(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     def activation(y: jax.Array) -> jax.Array:
-      return nn.relu(batch_norm(train)(y) if self.batch_norm else y)
+      return activation_fn(self.activation)(batch_norm(train)(y) if self.batch_norm else y)
 
     convs = 0
     for width in self.widths:
@@ -71,6 +73,7 @@ class VGG(nn.Module):
     loss="sparse",
     schedule="onecycle",
     augment=True,
+    dropout=0.5,
   ),
   source="Simonyan and Zisserman 2015, 'Very Deep Convolutional Networks for Large-Scale "
   "Image Recognition': blocks of two 3x3 SAME convs then 2x2 max-pool, widths doubling; "

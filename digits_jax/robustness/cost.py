@@ -28,10 +28,15 @@ LATENCY_BATCHES = (1, 1024)
 
 
 def flops_per_image(
-  model_name: str, variables: Mapping[str, Any], num_classes: int = NUM_CLASSES
+  model_name: str,
+  variables: Mapping[str, Any],
+  num_classes: int = NUM_CLASSES,
+  activation: str = "relu",
 ) -> float:
   """Forward FLOPs of one image, from XLA's cost analysis of the plain-XLA forward pass."""
-  model = models.create_model(model_name, fast="off", num_classes=num_classes)
+  model = models.create_model(
+    model_name, fast="off", num_classes=num_classes, activation=activation
+  )
   image = jnp.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 1), jnp.float32)
   compiled = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(variables, image).compile()
   analysis = compiled.cost_analysis()
@@ -70,6 +75,7 @@ def measure(
   fast: bool | str = "auto",
   num_classes: int = NUM_CLASSES,
   batches: Sequence[int] = LATENCY_BATCHES,
+  activation: str = "relu",
 ) -> dict[str, Any]:
   """A trained network's cost, JSON-ready.
 
@@ -81,13 +87,14 @@ def measure(
     fast: the run's ``fast_ops`` (the latency is measured on the path the run used).
     num_classes: the output layer's width.
     batches: the batch sizes whose latency is measured.
+    activation: the run's activation.
 
   Returns:
     ``num_params``, ``flops_per_image``, ``train_images_per_second`` (``None`` without the
     run's timing), ``latency_seconds`` ({batch: seconds}), ``images_per_second_inference``
     at the largest batch, and ``machine`` (:func:`digits_jax.environment.environment`).
   """
-  model = models.create_model(model_name, fast=fast, num_classes=num_classes)
+  model = models.create_model(model_name, fast=fast, num_classes=num_classes, activation=activation)
   forward = jax.jit(lambda v, x: model.apply(v, x, train=False))
   latency = {str(b): latency_seconds(forward, variables, b) for b in batches}
   seconds_per_epoch = results.get("seconds_per_epoch")
@@ -97,7 +104,7 @@ def measure(
   largest = max(batches)
   return {
     "num_params": int(models.count_params(variables["params"])),
-    "flops_per_image": flops_per_image(model_name, variables, num_classes),
+    "flops_per_image": flops_per_image(model_name, variables, num_classes, activation),
     "train_images_per_second": throughput,
     "latency_seconds": latency,
     "images_per_second_inference": largest / latency[str(largest)],

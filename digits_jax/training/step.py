@@ -67,7 +67,13 @@ def create_train_state(
   ``tx`` and ``model`` default to those ``config`` names; states that are to be
   stacked (:mod:`digits_jax.training.groups`) must share both objects.
   """
-  model = model or models.create_model(config.model, fast=config.fast_ops, num_classes=num_classes)
+  model = model or models.create_model(
+    config.model,
+    fast=config.fast_ops,
+    num_classes=num_classes,
+    activation=config.activation,
+    dropout=config.dropout,
+  )
   variables = models.init_variables(model, rng)
   state = TrainState.create(
     apply_fn=model.apply,
