@@ -143,9 +143,9 @@ class Recipe:
     return optax.adam(self.schedule(steps), b1=self.b1, b2=self.b2)
 
   def config(self) -> Config:
-    """The run settings the library's train step reads: this recipe's network, loss and
-    label smoothing, nothing else (no augmentation, dropout key unused by the speedrun
-    networks). The optimizer is :meth:`optimizer`, passed to the train state."""
+    """The run settings the library's train step reads: this recipe's network, activation,
+    loss and label smoothing, nothing else (no augmentation; the speedrun networks have no
+    dropout). The optimizer is :meth:`optimizer`, passed to the train state."""
     return resolve(
       Config(
         model=self.model,
@@ -156,6 +156,7 @@ class Recipe:
         loss="sparse",
         label_smoothing=self.label_smoothing,
         validation_size=self.validation_size,
+        activation=self.activation,
         augment=False,
         ema=0.0,
         adversarial="none",
