@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from digits_jax import files, runs
+from digits_jax.analysis import compare_report, comparison
 from digits_jax.config import Config, resolve
+from digits_jax.rundir import read_run
 from digits_jax.sweep import grid
 from digits_jax.training import loop, transfer
 from digits_jax.training.step import create_train_state, train_step
@@ -78,6 +80,10 @@ def test_freeze_features_trains_only_the_dense_layers_and_records_the_source(
   assert record["config"] == resolve(Config(**TINY)).identity()
   assert record["sha256"] == transfer.digest(_variables(source))
   assert runs.read_config(workdir)[0].freeze == "features"  # config.json still reads
+  report = compare_report.to_markdown(comparison.compare([read_run(source), read_run(workdir)]))
+  assert "## Source runs" in report
+  assert f"| {workdir} | {source} | conv2_dense64/mnist#" in report
+  assert f"| {record['sha256'][:16]}... |" in report
 
 
 def test_freeze_features_keeps_batch_norm_statistics():

@@ -29,14 +29,12 @@ from digits_jax import files, models
 from digits_jax.config import Config, ConfigError
 from digits_jax.data import NUM_CLASSES
 from digits_jax.models import roles
-from digits_jax.rundir import RunDirError, read_config
+from digits_jax.rundir import SOURCE_RUN, RunDirError, read_config
 from digits_jax.training import checkpoints
 from digits_jax.training.step import TrainState, create_train_state, model_variables
 
 log = logging.getLogger(__name__)
 
-# config.json's entry naming a transfer run's source run.
-SOURCE_RUN = "source_run"
 _SCRATCH = "or train from scratch (--init_from=none)"
 
 
