@@ -2,8 +2,8 @@
 same with its convolutions frozen (only the dense layers train), and from scratch, on the
 first 1,000 and 5,000 Fashion-MNIST training images and on all of them, three seeds each.
 
-Each transfer run starts from the MNIST run of its own seed ({seed} in init_from). Commands,
-in order:
+Each transfer run starts from the MNIST run of its own seed ({seed} in init_from).
+Command: these, in order.
 
 1. the MNIST source runs: ``python -m experiments.sweep --models=conv2_dense64 --seeds=0,1,2
    --preset=source --workdir=runs/transfer-source`` (folders conv2_dense64-adam-seedN);
@@ -14,6 +14,9 @@ in order:
 
 init_from=none gives the runs from scratch (27 runs in all: freeze means nothing without a
 source run, so scratch runs once per seed and subset). docs/transfer.md describes the flags.
+Cost: not measured yet; a full-data run costs about what an MNIST conv2_dense64 run at its
+source settings does, a run on N images about N / 55,000 of that plus its validation.
+Results: none yet.
 """
 
 import ml_collections
