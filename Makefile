@@ -19,7 +19,8 @@ ifneq ($(SHARED_MNIST),)
 export DIGITS_MANUAL_DIR ?= $(abspath $(SHARED_MNIST))
 endif
 
-.PHONY: venv venv-test sweep sweep-full sweep-ensemble test lint format lock benchmark speedrun clean
+.PHONY: venv venv-test sweep sweep-full sweep-ensemble test lint format lock benchmark speedrun clean \
+  fashion-mnist
 
 $(VENV)/.python:
 	@test -n "$(PYTHON)" || { echo "No Python 3.11 or newer found (tried python3.12, python3.11, python3, python3.13); install one or run make PYTHON=/path/to/python3.12 $(MAKECMDGOALS)" >&2; exit 1; }
@@ -84,6 +85,23 @@ lock:
 	rm -rf /tmp/digits-lock && $(PYTHON) -m venv /tmp/digits-lock
 	/tmp/digits-lock/bin/python -m pip install --quiet $(LOCK_PIP_ARGS) --upgrade pip
 	/tmp/digits-lock/bin/python scripts/lock.py $(addprefix --pip-arg=,$(LOCK_PIP_ARGS))
+
+## Fashion-MNIST without its host: the four .gz files of Debian's dataset-fashion-mnist package
+## (apt-get download, no root needed; Debian or Ubuntu) copied into DIR, the manual dir of
+## --dataset=fashion_mnist (their IDX data is checked against the recorded SHA-256 digests).
+DIR ?= data/fashion-mnist
+fashion-mnist:
+	@command -v apt-get >/dev/null && command -v dpkg-deb >/dev/null || { echo "make fashion-mnist needs apt-get and dpkg-deb (Debian or Ubuntu); elsewhere download the four files from http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/ into $(DIR)" >&2; exit 1; }
+	@tmp=$$(mktemp -d) && chmod 755 "$$tmp" && trap 'rm -rf "$$tmp"' EXIT && \
+	  (cd "$$tmp" && apt-get download dataset-fashion-mnist) && \
+	  dpkg-deb -x "$$tmp"/dataset-fashion-mnist_*.deb "$$tmp/x" && \
+	  mkdir -p "$(DIR)" && \
+	  for f in train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte t10k-labels-idx1-ubyte; do \
+	    src=$$(find "$$tmp/x" -name "$$f.gz" | head -n 1); \
+	    test -n "$$src" || { echo "$$f.gz not found in the package" >&2; exit 1; }; \
+	    cp "$$src" "$(DIR)/$$f.gz"; \
+	  done && \
+	  echo "Fashion-MNIST in $(DIR): train with --dataset=fashion_mnist --manual_dir=$(DIR)"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

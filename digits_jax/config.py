@@ -44,6 +44,11 @@ EPOCH_LOOPS = ("auto", "scan", "host")
 # Adversarial training (digits_jax.training.adversarial): none, FGSM with a random start
 # (Wong et al. 2020), PGD (Madry et al. 2018) or TRADES (Zhang et al. 2019).
 ADVERSARIAL = ("none", "fgsm", "pgd", "trades")
+# What a transfer run (--init_from) trains: every layer, or the dense layers only
+# (digits_jax.models.roles says which layers are the features).
+FREEZE = ("none", "features")
+# What --init_from takes for "no source run" in a comma list (a sweep's), where "" cannot stand.
+NO_SOURCE = "none"
 # Short names of settings in run directory names and table labels.
 SHORT_NAMES = {
   "learning_rate": "lr",
@@ -67,6 +72,9 @@ SHORT_NAMES = {
   "robust_val_steps": "rvalsteps",
   "activation": "act",
   "dropout": "drop",
+  "init_from": "from",
+  "reinit_head": "reinit",
+  "freeze": "freeze",
 }
 
 
@@ -215,6 +223,24 @@ class Config:
     "Dropout rate after the network's hidden dense layers, in [0, 1) (0: none; default: "
     "its architecture's, e.g. 0.5 for conv2_dense128_dropout).",
   )
+  # Transfer learning (docs/transfer.md).
+  init_from: str = _setting(
+    "",
+    "A finished run's folder whose best checkpoint gives the initial weights (params and "
+    'batch_stats), layer by layer where names and shapes match ("" or none: train from '
+    "scratch). {seed} in it is replaced by the run's seed.",
+  )
+  reinit_head: bool = _setting(
+    False,
+    "With --init_from: initialise the output layer afresh instead of copying it (it is "
+    "anyway when its shape differs).",
+  )
+  freeze: str = _setting(
+    "none",
+    "With --init_from: features keeps the convolution and batch-norm layers (and their "
+    "batch statistics) as the source left them; only the dense layers train.",
+    choices=FREEZE,
+  )
 
   def replace(self, **changes: Any) -> Config:
     return dataclasses.replace(self, **changes)
@@ -354,9 +380,25 @@ def resolve_with_origins(config: Config, given: Mapping[str, str] | None = None)
     else given.get(n, DEFAULT if getattr(config, n) == f.default else GIVEN)
     for n, f in FIELDS.items()
   }
-  config = config.replace(model=spec.name, **filled)
+  transfer = _transfer_settings(config)
+  origins |= {n: DEFAULT for n, v in transfer.items() if v == FIELDS[n].default}
+  config = config.replace(model=spec.name, **filled, **transfer)
   validate(config)
   return Resolved(config, origins)
+
+
+def _transfer_settings(config: Config) -> dict[str, Any]:
+  """The transfer fields as a run means them: ``init_from`` with ``{seed}`` replaced by the
+  seed (so a sweep names the source run of each seed), and without a source run, no source
+  and the other two at their defaults (they mean nothing then: a sweep over
+  ``--init_from=none,RUN --freeze=none,features`` trains one run from scratch)."""
+  source = str(config.init_from or "").strip()
+  if source.lower() == NO_SOURCE:
+    source = ""
+  source = source.replace("{seed}", str(config.seed))
+  if not source:
+    return {"init_from": "", "reinit_head": False, "freeze": "none"}
+  return {"init_from": source} if source != config.init_from else {}
 
 
 def format_value(value: Any) -> str:
@@ -463,6 +505,11 @@ def validate(config: Config) -> None:
       "for instance"
     )
   _validate_adversarial(config)
+  if not isinstance(config.init_from, str) or not isinstance(config.reinit_head, bool):
+    raise ConfigError(
+      f"init_from must be a run's folder and reinit_head true or false, got "
+      f"{config.init_from!r} and {config.reinit_head!r}"
+    )
   if config.weight_decay and config.optimizer == "adam":
     raise ConfigError("weight_decay needs --optimizer=adamw or sgd (adam has none)")
 

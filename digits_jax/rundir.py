@@ -1,6 +1,7 @@
 """A run's directory: its layout, what is written into it, and one reader of it.
 
-A run directory holds ``config.json`` (the resolved config), ``results.json`` (written last:
+A run directory holds ``config.json`` (the resolved config, and for a final fit or a transfer
+run a record of the run it comes from), ``results.json`` (written last:
 it marks the run finished) and ``test_outputs.npz`` (:func:`save_test_outputs`): the class
 probabilities on the test set in float16, the predicted classes, the labels, and SHA-256
 digests of the test images and labels, so that two runs can be checked to have been tested
@@ -47,6 +48,9 @@ EVALUATE_COMMAND = "python -m experiments.evaluate --workdir={}"
 # config.json's entry of a final fit (digits_jax.runs.final_fit_record): its validation run,
 # the recipe's epoch count and validation split, and the validation accuracy that chose.
 FINAL_FIT = "final_fit"
+# config.json's entry of a transfer run (digits_jax.training.transfer.SOURCE_RUN): its source
+# run's folder, config identity, best epoch and weights' SHA-256.
+SOURCE_RUN = "source_run"
 
 
 class RunDirError(ConfigError):
@@ -269,6 +273,7 @@ class Run:
   results: Mapping[str, Any]
   outputs: TestOutputs
   final_fit: Mapping[str, Any] | None = None  # config.json's FINAL_FIT entry, if any
+  source_run: Mapping[str, Any] | None = None  # config.json's SOURCE_RUN entry, if any
 
   @property
   def seed(self) -> Any:
@@ -282,15 +287,31 @@ class Run:
     config.json of an earlier version reads as it would be written now.)
     A final fit's configuration is its recipe's (the validation run's epoch count and
     split) plus a ``FINAL_FIT`` field: the final fits of several seeds, whose epoch counts
-    validation chose one by one, are seeds of one configuration.
+    validation chose one by one, are seeds of one configuration. A transfer run's source is
+    its source's configuration (:attr:`source`), not its folder: runs of several seeds, each
+    from the source run of its seed, are seeds of one configuration.
     """
     identity = identity_of(self.config)
+    if self.source is not None:
+      identity["init_from"] = self.source
     if self.final_fit is not None:
       identity |= {k: self.final_fit[k] for k in ("epochs", "validation_size")}
       identity[FINAL_FIT] = True
     return tuple(
       sorted((k, json.dumps(v, sort_keys=True)) for k, v in identity.items() if k != "seed")
     )
+
+  @property
+  def source(self) -> str | None:
+    """A transfer run's source configuration, ``model/dataset#digest`` (the digest: of the
+    source's identity without its seed), from config.json's :data:`SOURCE_RUN` entry; else
+    ``None``."""
+    recorded = (self.source_run or {}).get("config")
+    if not isinstance(recorded, dict):
+      return None
+    rest = {k: v for k, v in recorded.items() if k != "seed"}
+    digest = hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:8]
+    return f"{recorded.get('model')}/{recorded.get('dataset')}#{digest}"
 
   @property
   def val_accuracy(self) -> float | None:
@@ -373,7 +394,10 @@ def read_run(run_dir: str | os.PathLike) -> Run:
       f"{run_dir / 'config.json'}: its {FINAL_FIT!r} entry lacks the recipe's epochs and "
       "validation_size"
     )
-  return Run(run_dir, saved["config"], results, load_test_outputs(run_dir), final_fit)
+  source_run = saved.get(SOURCE_RUN)
+  if source_run is not None and not isinstance(source_run, dict):
+    raise RunDirError(f"{run_dir / 'config.json'}: its {SOURCE_RUN!r} entry is not an object")
+  return Run(run_dir, saved["config"], results, load_test_outputs(run_dir), final_fit, source_run)
 
 
 # --------------------------------------------------------------------------------------------

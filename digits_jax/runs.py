@@ -27,7 +27,7 @@ from digits_jax import data, files, models, rundir
 from digits_jax.analysis import report, visualize
 from digits_jax.config import Config, ConfigError, check_sizes, resolve
 from digits_jax.rundir import RunDirError, read_config
-from digits_jax.training import checkpoints, distributed, loop, sharding
+from digits_jax.training import checkpoints, distributed, loop, sharding, transfer
 from digits_jax.training.history import collapse_epochs
 from digits_jax.training.step import (
   TrainState,
@@ -350,10 +350,17 @@ def check_workdir(
     The results of a finished run of ``config`` there (unless ``overwrite``), else ``None``:
     :func:`train_checked` trains it.
 
+  A transfer run (``config.init_from``) that has not started yet has its source run checked
+  here too (:func:`digits_jax.training.transfer.check`); a started one resumes from its own
+  checkpoints and needs no source.
+
   Raises:
     RunDirError: ``workdir`` holds another config's run, or run files without a config.
+    TransferError: the source run is missing, has no checkpoint or another network.
   """
   finished = rundir.check(config, workdir, overwrite=overwrite)
+  if finished is None and config.init_from and (overwrite or transfer.recorded(workdir) is None):
+    transfer.check(config)
   # Every process has read the directory before process 0 changes it.
   distributed.barrier("checked run directory")
   return finished

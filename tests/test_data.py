@@ -567,8 +567,8 @@ def test_official_gz_is_preferred_to_other_copies(mnist_raw, mnist_idx, tmp_path
   assert "using t10k-labels-idx1-ubyte.gz, ignoring t10k-labels.idx1-ubyte" in caplog.text
 
 
-def test_other_datasets_verify_only_the_official_gz(tmp_path):
-  """fashion_mnist and kmnist record no digests of the IDX data: other forms are refused."""
+def test_kmnist_verifies_only_the_official_gz(tmp_path):
+  """kmnist records no digests of the IDX data: other forms are refused."""
   images = _idx_bytes(np.zeros((3, 28, 28), np.uint8))
   labels = _idx_bytes(np.zeros(3, np.uint8))
   raw = {
@@ -579,10 +579,10 @@ def test_other_datasets_verify_only_the_official_gz(tmp_path):
   }
   folder = _write(tmp_path / "raw", raw)
   with pytest.raises(data.DataError) as e:
-    data.load_datasets("fashion_mnist", manual_dir=folder, backend="idx")
+    data.load_datasets("kmnist", manual_dir=folder, backend="idx")
   assert str(e.value).startswith(
     f"cannot verify {folder / 'train-images-idx3-ubyte'}: it is not gzipped, and for "
-    "fashion_mnist only the SHA-256 digests of the official .gz files are recorded"
+    "kmnist only the SHA-256 digests of the official .gz files are recorded"
   )
   folder = _write(tmp_path / "gz", {n + ".gz": _gz(b) for n, b in raw.items()})
   with pytest.raises(
@@ -595,6 +595,45 @@ def test_other_datasets_verify_only_the_official_gz(tmp_path):
   folder.mkdir()
   with pytest.raises(data.DataError, match=r"lacks .*dotted names \(train-images\.idx3-ubyte\.gz"):
     data.load_datasets("kmnist", manual_dir=folder, backend="idx")
+
+
+def test_fashion_mnist_checks_uncompressed_copies_by_their_idx_digest(tmp_path):
+  """fashion_mnist records the digests of its IDX data: an uncompressed copy whose bytes
+  differ is refused by that digest, not for being uncompressed."""
+  images = _idx_bytes(np.zeros((3, 28, 28), np.uint8))
+  folder = _write(
+    tmp_path / "raw",
+    {
+      "train-images-idx3-ubyte": images,
+      "train-labels-idx1-ubyte": _idx_bytes(np.zeros(3, np.uint8)),
+      "t10k-images-idx3-ubyte": images,
+      "t10k-labels-idx1-ubyte": _idx_bytes(np.zeros(3, np.uint8)),
+    },
+  )
+  expected = data._SOURCES["fashion_mnist"].files["train_images"].raw_sha256
+  with pytest.raises(data.DataError, match=f"expected sha256 {expected}"):
+    data.load_datasets("fashion_mnist", manual_dir=folder, backend="idx")
+
+
+def _fashion_dir() -> pathlib.Path:
+  """The folder of the four Fashion-MNIST .gz files named by ``DIGITS_FASHION_MNIST_DIR``
+  (official or Debian copies); skips without it."""
+  folder = os.environ.get("DIGITS_FASHION_MNIST_DIR")
+  if not folder:
+    pytest.skip("set DIGITS_FASHION_MNIST_DIR to a folder of the Fashion-MNIST files")
+  return pathlib.Path(folder)
+
+
+def test_fashion_mnist_raw_and_gz_copies_load_identically(tmp_path):
+  folder = _fashion_dir()
+  gz = data.load_datasets("fashion_mnist", manual_dir=folder, backend="idx")
+  raw = {n.removesuffix(".gz"): gzip.decompress((folder / n).read_bytes()) for n in MNIST_FILES}
+  for f in data._SOURCES["fashion_mnist"].files.values():
+    blob = raw[f.name.removesuffix(".gz")]
+    assert (len(blob), hashlib.sha256(blob).hexdigest()) == (f.raw_size, f.raw_sha256), f.name
+  r = data.load_datasets("fashion_mnist", manual_dir=_write(tmp_path / "r", raw), backend="idx")
+  _assert_same(r, gz)
+  assert np.bincount(gz.test.labels).tolist() == [1000] * 10
 
 
 @pytest.fixture(scope="module")

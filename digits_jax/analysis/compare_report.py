@@ -77,6 +77,26 @@ def ensemble_markdown(ensemble: Ensemble | None) -> list[str]:
   ]
 
 
+def source_markdown(sources: Sequence[Mapping[str, Any]]) -> list[str]:
+  """The source runs of the transfer runs (``--init_from``), one line per run; none without."""
+  if not sources:
+    return []
+  lines = [
+    "",
+    "## Source runs",
+    "",
+    "Runs started from another run's weights (--init_from): the source's folder, its "
+    "configuration (model/dataset#digest of its settings without the seed) and the SHA-256 "
+    "of the weights copied.",
+    "",
+    "| run | source run | source configuration | weights SHA-256 |",
+    "|---|---|---|---|",
+  ]
+  for s in sources:
+    lines.append(f"| {s['run']} | {s['path']} | {s['source']} | {s['sha256'][:16]}... |")
+  return lines
+
+
 def _p(p: float) -> str:
   if p == 0:  # below the smallest float
     return "<1e-300"
@@ -251,6 +271,7 @@ def to_markdown(comparison: Comparison) -> str:
       f"{_seconds(cf.seconds_per_epoch)} | {_seconds(cf.train_seconds)} |"
     )
   lines += ensemble_markdown(c.ensemble)
+  lines += source_markdown(c.sources)
   lines += ["", "## Pairs", ""]
   if not n_pairs:
     lines.append("Only one configuration: the pairwise tests are not applicable.")

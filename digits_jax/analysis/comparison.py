@@ -216,6 +216,8 @@ class Comparison:
       uses the stored outputs).
     ensemble: the ensemble of the best configurations by validation accuracy, or ``None``
       (fewer than two configurations, or no validation accuracies).
+    sources: for each transfer run, its folder (``run``) and its source run's folder,
+      configuration and weights' SHA-256 (``path``, ``source``, ``sha256``).
   """
 
   configurations: tuple[Configuration, ...]
@@ -226,6 +228,7 @@ class Comparison:
   test_images_sha256: str
   warnings: tuple[str, ...] = ()
   ensemble: Ensemble | None = None
+  sources: tuple[dict[str, Any], ...] = ()
 
 
 def _listing(runs: Iterable[Run]) -> str:
@@ -498,6 +501,16 @@ def compare(
     test_images_sha256=runs[0].outputs.images_sha256,
     warnings=tuple(_disagreements(runs)),
     ensemble=ensemble_of_best(configurations, by_label, correct, ensemble_top, one_per_model),
+    sources=tuple(
+      {
+        "run": str(r.path),
+        "path": str(r.source_run.get("path")),
+        "source": r.source,
+        "sha256": str(r.source_run.get("sha256")),
+      }
+      for r in runs
+      if r.source_run is not None
+    ),
   )
 
 

@@ -57,7 +57,10 @@ class _Source:
 # (tensorflow_datasets/url_checksums/{mnist,fashion_mnist,kmnist}.txt). Using tfds' file names
 # means one folder serves as manual_dir for both backends. For mnist, the sizes and SHA-256
 # digests of the decompressed IDX data were computed from those official .gz files; for
-# fashion_mnist and kmnist they are not recorded, so only their official .gz files verify.
+# fashion_mnist, from the .gz files of Debian's dataset-fashion-mnist package (0.0~git20200523),
+# which are the official files with another gzip header: given back the official header (file
+# name and modification time) they hash to the digests above. For kmnist they are not
+# recorded, so only its official .gz files verify.
 _SOURCES: dict[str, _Source] = {
   "mnist": _Source(
     base_url="https://storage.googleapis.com/cvdf-datasets/mnist/",
@@ -99,21 +102,29 @@ _SOURCES: dict[str, _Source] = {
         "train-images-idx3-ubyte.gz",
         26421880,
         "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+        47040016,
+        "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
       ),
       "train_labels": _File(
         "train-labels-idx1-ubyte.gz",
         29515,
         "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
+        60008,
+        "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
       ),
       "test_images": _File(
         "t10k-images-idx3-ubyte.gz",
         4422102,
         "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+        7840016,
+        "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
       ),
       "test_labels": _File(
         "t10k-labels-idx1-ubyte.gz",
         5148,
         "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
+        10008,
+        "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
       ),
     },
   ),

@@ -171,7 +171,7 @@ def run_sweep(
   if vmap:
     batches: dict[tuple, list[Config]] = {}
     for config in mine:
-      if finished[config] is None:
+      if finished[config] is None and not config.init_from:  # transfer runs train alone
         batches.setdefault(groups.group_key(config), []).append(config)
     for group in batches.values():
       if len(group) < 2:

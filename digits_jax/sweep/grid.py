@@ -157,10 +157,15 @@ def _value(v: Any) -> str:
   return f"{v:g}" if isinstance(v, float) else str(v).lower() if isinstance(v, bool) else str(v)
 
 
+def _named(name: str, value: Any) -> str:
+  """A setting's value in a run's name: a source run (``init_from``) by its folder's name."""
+  return Path(value).name if name == "init_from" else _value(value)
+
+
 def run_name(config: Config) -> str:
   """``model-optimizer[-setting...]-seedN``: the settings that differ from the recipe."""
   settings = "".join(
-    f"-{SHORT_NAMES.get(k, k)}{_value(v)}" for k, v in own_settings(config).items()
+    f"-{SHORT_NAMES.get(k, k)}{_named(k, v)}" for k, v in own_settings(config).items()
   )
   return f"{config.model}-{config.optimizer}{settings}-seed{config.seed}"
 
@@ -178,7 +183,7 @@ def run_dirs(workdir: str | Path, configs: Sequence[Config]) -> list[Path]:
 def variant(config: Config, varied: Sequence[str]) -> str:
   """The model's name with the values of the ``varied`` settings (``conv2_dense64 lr=0.003``)."""
   return " ".join(
-    [config.model] + [f"{SHORT_NAMES.get(k, k)}={_value(getattr(config, k))}" for k in varied]
+    [config.model] + [f"{SHORT_NAMES.get(k, k)}={_named(k, getattr(config, k))}" for k in varied]
   )
 
 

@@ -34,6 +34,7 @@ from digits_jax.training import (
   history,
   sharding,
   summaries,
+  transfer,
 )
 from digits_jax.training.step import (
   TrainState,
@@ -182,6 +183,13 @@ def train(
   steps = steps_per_epoch(len(split.labels), config.batch_size)
   state = create_train_state(config, init_rng, steps, datasets.num_classes)
   num_params = models.count_params(state.params)
+  latest = checkpoints.LatestCheckpoint(workdir / "checkpoints", identity=config.identity())
+  if config.init_from and latest.epoch() is None:
+    # A fresh transfer run starts from its source's weights; a resumed one from its own.
+    source = transfer.load(config, datasets.num_classes)
+    state = transfer.apply(state, source, config)
+    if distributed.is_writer():
+      transfer.write_record(workdir, source)
 
   x_val, y_val = datasets.validation.images, jnp.asarray(datasets.validation.labels)
   if mesh.size > 1:
@@ -198,7 +206,6 @@ def train(
     )
   progress = epoch_progress(steps, config.batch_size)
   epoch_fn = make_epoch_fn(config, mesh=mesh, on_step=progress and progress.update)
-  latest = checkpoints.LatestCheckpoint(workdir / "checkpoints", identity=config.identity())
   if latest.epoch() is None:
     # Nothing to resume from, so the run starts at epoch 1: a best checkpoint is then left
     # by an interrupted run that saved no latest one.

@@ -41,7 +41,7 @@ from jax.sharding import PartitionSpec as P
 from digits_jax import augment, models
 from digits_jax.config import Config
 from digits_jax.data import NUM_CLASSES
-from digits_jax.models import layers, native
+from digits_jax.models import layers, native, roles
 from digits_jax.training import adversarial, sharding
 from digits_jax.training.optim import make_optimizer
 
@@ -217,11 +217,17 @@ def train_step(
   accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
   if batch_axis:
     grads, loss, accuracy = jax.lax.pmean((grads, loss, accuracy), batch_axis)
-  state = state.apply_gradients(
-    grads=grads, batch_stats=updates.get("batch_stats", state.batch_stats)
-  )
+  batch_stats = updates.get("batch_stats", state.batch_stats)
+  if config.freeze == "features":
+    # Frozen batch-norm layers keep their statistics as the source run left them.
+    batch_stats = roles.keep_features(state.batch_stats, batch_stats, state.params)
+  old_ema = state.ema
+  state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
   if config.ema:
-    state = state.replace(ema=update_ema(state.ema, _raw_variables(state), config.ema))
+    ema = update_ema(old_ema, _raw_variables(state), config.ema)
+    if config.freeze == "features":
+      ema = {c: roles.keep_features(old_ema[c], ema[c], state.params) for c in ema}
+    state = state.replace(ema=ema)
   return state, {"loss": loss, "accuracy": accuracy}
 
 
