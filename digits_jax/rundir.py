@@ -170,19 +170,8 @@ def save_test_outputs(
 ) -> Path:
   """Writes ``run_dir/test_outputs.npz`` atomically: what the comparison of runs reads.
 
-  Args:
-    run_dir: the run's work directory.
-    probabilities: ``(N, K)`` class probabilities (softmax of the logits, not the logits);
-      stored as float16, with their argmax stored exactly as the predictions.
-    labels: ``(N,)`` integer true classes in ``[0, K)``.
-    images: ``(N, ...)`` the test images, uint8 or float32 as the run used them; only their
-      SHA-256 digest (of the bytes as given, in the given order), dtype and shape are stored.
-
-  Returns:
-    The path written.
-
-  Raises:
-    ValueError: see :func:`make_test_outputs`.
+  ``probabilities``, ``labels`` and ``images`` as :func:`make_test_outputs` takes them (its
+  checks, its ValueError); returns the path written.
   """
   outputs = make_test_outputs(probabilities, labels, images)
   buffer = io.BytesIO()
@@ -447,10 +436,7 @@ RUN_FILES = [
 
 
 def _fix(workdir: Path) -> str:
-  return (
-    f"choose another --workdir, or pass --overwrite to delete the results in "
-    f"{workdir} and start again"
-  )
+  return f"choose another --workdir, or pass --overwrite to delete the results in {workdir}"
 
 
 def saved_config(workdir: str | os.PathLike) -> dict[str, Any] | None:
