@@ -249,7 +249,7 @@ def test_a_killed_worker_s_trial_is_queued_again_and_the_study_finishes(mnist_di
 @pytest.mark.parametrize(
   "settings, message",
   [
-    ({"space": {"dropout": {"kind": "float", "low": 0.1, "high": 0.5}}}, "not a Config field"),
+    ({"space": {"width": {"kind": "int", "low": 16, "high": 64}}}, "not a Config field"),
     ({"space": {"seed": {"kind": "int", "low": 0, "high": 5}}}, "not a recipe field"),
     ({"space": {"learning_rate": {"kind": "log", "low": 1e-2, "high": 1e-2}}}, "is empty"),
     ({"space": {"batch_size": {"kind": "choice", "choices": ()}}}, "is empty"),

@@ -13,8 +13,8 @@ with ``adamw`` or ``sgd`` (Adam has none), momentum with ``sgd``, the augmentati
 strengths (rotation, shift, zoom) with ``augment``. :func:`default_space` gives a space
 for each registered model around its recipe; a config file's ``space`` replaces or adds
 entries (:func:`parse`). Everything is checked by :func:`parse` before anything runs.
-Dropout is not a Config field (its rate is fixed in the networks that have it), so it is
-not searched.
+Dropout and the activation are recipe fields like the others, so a config file's ``space``
+may search them (``{"dropout": {"kind": "float", "low": 0.0, "high": 0.5}}``).
 """
 
 from __future__ import annotations
