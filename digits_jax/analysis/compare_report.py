@@ -14,7 +14,8 @@ from typing import Any
 
 from digits_jax import files
 from digits_jax.analysis import figures, robustness_report
-from digits_jax.analysis.comparison import NO_DIFFERENCE, Comparison, Ensemble, Pair
+from digits_jax.analysis.comparison import NO_DIFFERENCE, Comparison, Pair
+from digits_jax.analysis.ensembles import Ensemble
 from digits_jax.analysis.stats import ALPHA, CONFIDENCE, Interval
 
 # Tables
