@@ -3,11 +3,11 @@
 
 Command: ``python -m experiments.sweep --config=configs/activations.py``, then
 ``python -m experiments.compare --workdir=runs/activations`` for the verdicts against ReLU.
-Cost: 36 runs. On the reference machine (2-core x86 VM, no GPU, 2026-12-06) a training epoch
-of conv2_dense64 costs 1.15-1.63 times ReLU's by activation (docs/speed.md, "Activations"):
-about 2-3 minutes a run for conv2_dense64, and (estimated from bn_conv3_wide's 8.5-minute
-ReLU training) 8.5-14 minutes for bn_conv3_wide; about 4 hours in all.
-Results: runs/activations (not yet run).
+Cost: 36 runs. On the reference machine (2-core x86 VM, no GPU, 2026-12-06, shared with other
+jobs) the 18 conv2_dense64 runs took 47 minutes (79 s a ReLU run, 121-186 s the others; a
+training epoch costs 1.15-1.63 times ReLU's by activation, docs/speed.md, "Activations"), and a
+bn_conv3_wide run 5-10 minutes; the robustness evaluation adds about 2 minutes a run.
+Results: results/activations-2026-12-06/ (one comparison per network), docs/activations.md.
 """
 
 import ml_collections

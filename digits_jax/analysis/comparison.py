@@ -270,7 +270,7 @@ def _format_value(value: Any) -> str:
     return "on" if value else "off"
   if isinstance(value, float):
     return f"{value:g}"
-  return str(value)
+  return str(value) or "none"  # an empty setting (no --init_from) reads as none
 
 
 def _labels(keys: Sequence[tuple[tuple[str, str], ...]]) -> list[str]:
