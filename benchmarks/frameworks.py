@@ -214,9 +214,7 @@ def time_vmap(config: Config, k: int, steps: int, repeats: int) -> tuple[float, 
   images, labels = _random_data(steps * config.batch_size)
   x, y = jnp.asarray(images), jnp.asarray(labels)
   tx = make_optimizer(config, steps)
-  model = models.create_model(
-    config.model, fast=config.fast_ops, activation=config.activation, dropout=config.dropout
-  )
+  model = config.create_model()
   states = [
     create_train_state(config, jax.random.PRNGKey(i), steps, tx=tx, model=model) for i in range(k)
   ]

@@ -248,6 +248,16 @@ class Config:
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
 
+  def create_model(self, num_classes: int = data.NUM_CLASSES) -> Any:
+    """The network this config names, with its activation, dropout and ``fast_ops``."""
+    return models.create_model(
+      self.model,
+      fast=self.fast_ops,
+      num_classes=num_classes,
+      activation=self.activation,
+      dropout=self.dropout,
+    )
+
   def identity(self) -> dict[str, Any]:
     """The fields that make two runs the same run (all but the implementation fields)."""
     return {k: v for k, v in self.to_dict().items() if k not in IMPLEMENTATION_FIELDS}

@@ -35,7 +35,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from digits_jax import data, environment, files, models, runs
+from digits_jax import data, environment, files, runs
 from digits_jax.config import ConfigError
 from digits_jax.robustness import attacks, calibration, corruptions, cost, masking, store
 from digits_jax.rundir import read_config
@@ -170,13 +170,7 @@ def _corruptions(run, datasets, settings: Settings, logits_of, progress) -> dict
 
 def _attacks(run, datasets, settings: Settings, progress) -> dict[str, Any]:
   variables = model_variables(run.state)
-  model = models.create_model(
-    run.config.model,
-    fast=run.config.fast_ops,
-    num_classes=run.num_classes,
-    activation=run.config.activation,
-    dropout=run.config.dropout,
-  )
+  model = run.config.create_model(run.num_classes)
 
   def logits_fn(v, x):
     return model.apply(v, x, train=False)

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from digits_jax import data, files, models, rundir
+from digits_jax import data, files, rundir
 from digits_jax.analysis import report, visualize
 from digits_jax.config import Config, ConfigError, check_sizes, resolve
 from digits_jax.rundir import RunDirError, read_config
@@ -101,13 +101,7 @@ def write_pictures(
   Returns the paths written, relative to ``workdir``
   (:func:`digits_jax.analysis.visualize.write_visualizations`).
   """
-  model = models.create_model(
-    config.model,
-    fast=config.fast_ops,
-    num_classes=datasets.num_classes,
-    activation=config.activation,
-    dropout=config.dropout,
-  )
+  model = config.create_model(datasets.num_classes)
   variables = {"params": state.params}
   if state.batch_stats:
     variables["batch_stats"] = state.batch_stats

@@ -107,13 +107,7 @@ def train_group(
   steps = steps_per_epoch(len(split.labels), base.batch_size)
   # One optimizer and one module for all: the peak learning rate lives in the state.
   tx = make_optimizer(base, steps)
-  model = models.create_model(
-    base.model,
-    fast=base.fast_ops,
-    num_classes=datasets.num_classes,
-    activation=base.activation,
-    dropout=base.dropout,
-  )
+  model = base.create_model(datasets.num_classes)
   states, train_rngs = [], []
   for config in configs:
     init_rng, train_rng = run_keys(config)

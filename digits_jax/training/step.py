@@ -67,13 +67,7 @@ def create_train_state(
   ``tx`` and ``model`` default to those ``config`` names; states that are to be
   stacked (:mod:`digits_jax.training.groups`) must share both objects.
   """
-  model = model or models.create_model(
-    config.model,
-    fast=config.fast_ops,
-    num_classes=num_classes,
-    activation=config.activation,
-    dropout=config.dropout,
-  )
+  model = model or config.create_model(num_classes)
   variables = models.init_variables(model, rng)
   state = TrainState.create(
     apply_fn=model.apply,
