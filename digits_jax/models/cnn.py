@@ -253,7 +253,7 @@ class Speedrun(nn.Module):
 
   conv24 5x5 (28->24), pool (->12), ReLU, conv32 3x3 (->10), pool (->5), ReLU, dense 256
   ReLU, dense 10. Max-pooling before the ReLU gives the same numbers as after it (both
-  are monotone); in training each conv, ReLU and pool is one op (``layers.conv_relu_pool``,
+  are monotone); in training each conv, ReLU and pool is one op (``layers.conv_act_pool``,
   fused into one C++ kernel for the first layer on the CPU). The whole recipe (Adam betas
   (0.7, 0.9), normalised inputs, a fixed batch order, 0.75 epochs; by default on
   :class:`SpeedrunSmall`) is :mod:`digits_jax.speedrun`; trained through

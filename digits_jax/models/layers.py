@@ -172,32 +172,6 @@ def conv(
   return nn.Conv(features, (kernel_size, kernel_size), padding=padding, name=name, **init)
 
 
-def conv_relu_pool(
-  x: jax.Array,
-  features: int,
-  *,
-  fast: bool,
-  train: bool,
-  name: str,
-  padding: str = "VALID",
-  kernel_size: int = 3,
-  **init: nn.initializers.Initializer,
-) -> jax.Array:
-  """A conv layer, ReLU and 2x2 max-pool applied to ``x``, with :func:`conv`'s parameters.
-
-  The same numbers as ``pool(nn.relu(conv(...)(x)))`` (and as pooling before the ReLU).
-  Fast and in training, it is one op (:func:`ops.conv_relu_pool`: for a network's first
-  layer on one-channel images on the CPU, one fused kernel, which skips writing the
-  full-size activation). In evaluation it is the conv module, the ReLU and the pool, so
-  the conv module's output (what :mod:`digits_jax.analysis.visualize` shows) is the
-  convolution itself, and evaluation computes what it did before the fused kernel existed.
-  """
-  if fast and train:
-    return FastConv(features, kernel_size, padding, relu_pool=True, name=name, **init)(x)
-  layer = conv(features, fast=fast, padding=padding, kernel_size=kernel_size, name=name, **init)
-  return pool(nn.relu(layer(x)), fast=fast)
-
-
 def conv_act_pool(
   x: jax.Array,
   features: int,
@@ -210,23 +184,19 @@ def conv_act_pool(
   kernel_size: int = 3,
   **init: nn.initializers.Initializer,
 ) -> jax.Array:
-  """A conv layer, the activation ``activation`` and a 2x2 max-pool applied to ``x``.
+  """A conv layer, the activation ``activation`` and a 2x2 max-pool applied to ``x``, with
+  :func:`conv`'s parameters: ``pool(act(conv(...)(x)))``, on every backend.
 
-  For ``relu`` it is :func:`conv_relu_pool` (fused where it can be). Any other activation
-  is applied to the convolution before the pool, on every backend: GELU and SiLU are not
-  monotone, so pooling first would give other numbers.
+  For ``relu``, fast and in training, it is one op (:func:`ops.conv_relu_pool`, the same
+  numbers as pooling before the ReLU: for a network's first layer on one-channel images on
+  the CPU, one fused kernel, which skips writing the full-size activation). In evaluation
+  it is the conv module, the activation and the pool, so the conv module's output (what
+  :mod:`digits_jax.analysis.visualize` shows) is the convolution itself. Any other
+  activation is applied before the pool: GELU and SiLU are not monotone, so pooling first
+  would give other numbers.
   """
-  if activation == "relu":
-    return conv_relu_pool(
-      x,
-      features,
-      fast=fast,
-      train=train,
-      name=name,
-      padding=padding,
-      kernel_size=kernel_size,
-      **init,
-    )
+  if activation == "relu" and fast and train:
+    return FastConv(features, kernel_size, padding, relu_pool=True, name=name, **init)(x)
   layer = conv(features, fast=fast, padding=padding, kernel_size=kernel_size, name=name, **init)
   return pool(activation_fn(activation)(layer(x)), fast=fast)
 
