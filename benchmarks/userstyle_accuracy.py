@@ -99,7 +99,7 @@ def main() -> None:
   if not (folder / userstyle.LABELS_FILE).is_file():
     print(f"generating {args.count} user-style images into {folder}", flush=True)
     userstyle.generate(folder, args.count, seed=args.seed)
-  runs = predict.load_runs(args.workdir)
+  runs = predict.load_predictors(args.workdir)
   names = [r.name for r in runs] + ([predict.ENSEMBLE] if len(runs) > 1 else [])
   images, _ = predict.find_images([folder])
   labels = np.array(predict.find_labels(images, predict.read_labels(folder / "labels.csv")))

@@ -299,7 +299,7 @@ def evaluate_run(
   datasets = runs.datasets_for(
     config, datasets, manual_dir=manual_dir, data_dir=data_dir, backend=backend
   )
-  run = runs.load_run(workdir, datasets.num_classes, recorded=recorded)
+  run = runs.load_predictor(workdir, datasets.num_classes, recorded=recorded)
 
   def logits_of(images):
     return predict_config(run.config, run.state, jnp.asarray(images), run.config.eval_batch_size)

@@ -5,7 +5,7 @@ directory, load the data, train (:func:`digits_jax.training.loop.train`, resumin
 the last checkpoint), then evaluate the best-by-validation checkpoint once on the test
 set and write the reports. ``results.json`` comes last: it marks the run finished.
 
-:func:`load_run` restores a finished run's best model from its directory alone;
+:func:`load_predictor` restores a finished run's best model from its directory alone;
 :func:`rebuild` (``python -m experiments.evaluate``) uses it to write the reports again
 without training.
 """
@@ -39,12 +39,21 @@ from digits_jax.training.step import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RunDirError", "load_run", "rebuild", "train_and_evaluate"]  # RunDirError: rundir's
+__all__ = [
+  "RunDirError",
+  "load_predictor",
+  "rebuild",
+  "train_and_evaluate",
+]  # RunDirError: rundir's
 
 
 @dataclasses.dataclass
-class LoadedRun:
-  """A run's config and its best-by-validation model, restored from its directory.
+class Predictor:
+  """A run's best-by-validation model, restored from its directory, with the run's config.
+
+  Not a second kind of run: a run's folder is read by :func:`digits_jax.rundir.read_run`
+  (:class:`digits_jax.rundir.Run`, its records); this is the model it trained, as a function
+  of images.
 
   What evaluation, prediction and the drawing page share: :func:`probabilities` is the
   model as a function of images; ``name`` is how predictions and the page label it (the
@@ -161,7 +170,7 @@ def write_evaluation(
 def finish(
   config: Config,
   workdir: Path,
-  trained: loop.TrainedRun,
+  trained: loop.TrainingOutcome,
   datasets: data.Datasets,
   *,
   plots: bool = True,
@@ -427,12 +436,12 @@ def require_checkpoint(workdir: Path) -> None:
     )
 
 
-def load_run(
+def load_predictor(
   workdir: str | os.PathLike,
   num_classes: int | None = None,
   *,
   recorded: tuple[Config, dict[str, Any]] | None = None,
-) -> LoadedRun:
+) -> Predictor:
   """Restores a run's best-by-validation model from its directory.
 
   Args:
@@ -455,7 +464,7 @@ def load_run(
     num_classes = data.NUM_CLASSES
   state = create_train_state(config, jax.random.PRNGKey(0), 1, num_classes)
   best = checkpoints.BestCheckpoint(workdir / "checkpoints")
-  return LoadedRun(
+  return Predictor(
     workdir,
     config,
     restore_best(state, best),
@@ -476,7 +485,7 @@ def rebuild(
 ) -> dict[str, Any]:
   """Writes a run's reports and plots again from its best checkpoint, without training.
 
-  Restores the best checkpoint (:func:`load_run`), predicts the test split, writes the
+  Restores the best checkpoint (:func:`load_predictor`), predicts the test split, writes the
   files of :func:`write_evaluation`, then compares the test accuracy with the one
   ``results.json`` saved.
 
@@ -504,7 +513,7 @@ def rebuild(
       f"the run was tested on {expected} images, the {config.dataset} test "
       f"split loaded now has {len(datasets.test)}"
     )
-  run = load_run(workdir, datasets.num_classes, recorded=recorded)
+  run = load_predictor(workdir, datasets.num_classes, recorded=recorded)
   logits = test_logits(config, run.state, datasets)
   evaluation = write_evaluation(
     workdir,

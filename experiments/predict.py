@@ -89,7 +89,7 @@ def main(argv):
     sys.exit("error: no images to predict")
   try:
     labels = _labels(images, paths)
-    runs = predict.load_runs(FLAGS.workdir)
+    runs = predict.load_predictors(FLAGS.workdir)
   except (OSError, ValueError, RunDirError, checkpoints.CheckpointError) as e:
     sys.exit(f"error: {e}")
 

@@ -51,7 +51,7 @@ def main(argv):
   logs.setup(level=logging.WARNING)
   try:
     steps = steps_from_flags()
-    runs = predict.load_runs(FLAGS.workdir)
+    runs = predict.load_predictors(FLAGS.workdir)
   except (ValueError, RunDirError, checkpoints.CheckpointError) as e:
     sys.exit(f"error: {e}")
   for run in runs:  # compile the forward pass before the first person draws

@@ -178,7 +178,7 @@ def test_a_checkpoint_from_before_the_ema_field_still_resumes(tmp_path):
 
 
 def test_a_tta_run_serves_what_its_test_measured(mnist, tmp_path):
-  """predict and the drawing page go through LoadedRun.probabilities: for a run trained with
+  """predict and the drawing page go through Predictor.probabilities: for a run trained with
   test-time augmentation they give the test's probabilities, TTA included."""
   from digits_jax import data, rundir, runs
 
@@ -195,7 +195,7 @@ def test_a_tta_run_serves_what_its_test_measured(mnist, tmp_path):
     datasets=datasets,
     plots=False,
   )
-  loaded = runs.load_run(tmp_path)
+  loaded = runs.load_predictor(tmp_path)
   served = loaded.probabilities(datasets.test.images)
   tested = rundir.load_test_outputs(tmp_path).probabilities
   np.testing.assert_allclose(served, tested, atol=1e-3)  # stored as float16

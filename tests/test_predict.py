@@ -131,24 +131,24 @@ def test_labels(tmp_path):
 def test_unusable_runs_are_refused(tiny_run, tmp_path):
   workdir, _ = tiny_run
   with pytest.raises(runs.RunDirError, match="has no config.json"):
-    predict.load_run(tmp_path)
+    predict.load_predictor(tmp_path)
   fashion = tmp_path / "fashion"
   shutil.copytree(workdir, fashion)
   saved = json.loads((fashion / "config.json").read_text())
   saved["config"]["dataset"] = "fashion_mnist"
   (fashion / "config.json").write_text(json.dumps(saved))
   with pytest.raises(predict.WrongDatasetError, match="fashion_mnist.*Sneaker.*not of hand"):
-    predict.load_run(fashion)
+    predict.load_predictor(fashion)
   no_checkpoint = tmp_path / "no_checkpoint"
   no_checkpoint.mkdir()
   shutil.copy(workdir / "config.json", no_checkpoint)
   with pytest.raises(checkpoints.CheckpointError, match="has no checkpoint"):
-    predict.load_run(no_checkpoint)
+    predict.load_predictor(no_checkpoint)
 
 
 def test_predict_bytes(tiny_run, user_folder):
   folder, _, rows = user_folder
-  run = predict.load_run(tiny_run[0])
+  run = predict.load_predictor(tiny_run[0])
   data = (folder / rows[0][0]).read_bytes()
   out = predict.predict_bytes([run], data)
   probs = np.array(out["models"][run.name])
@@ -228,7 +228,7 @@ def test_predict_end_to_end(tiny_run, user_folder, mnist, tmp_path):
   assert by_file["bomb.png"]["error"] and not by_file["bomb.png"]["prediction"]
 
   # The command's answers are the library's, and the ensemble of a run with itself is it.
-  run = predict.load_run(workdir)
+  run = predict.load_predictor(workdir)
   images, _ = predict.find_images([folder])
   expected = predict.predict_files([run], images)
   for result in expected:

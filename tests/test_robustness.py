@@ -259,7 +259,7 @@ def test_published_arrays_are_read_in_place_of_generated_corruptions(evaluated, 
 def evaluated_logits(run_dir: Path, images: np.ndarray) -> np.ndarray:
   from digits_jax import runs
 
-  return runs.load_run(run_dir).probabilities(images)
+  return runs.load_predictor(run_dir).probabilities(images)
 
 
 def test_the_pairs_csv_reads_back(tmp_path):

@@ -37,7 +37,7 @@ CHROMEDRIVER = shutil.which("chromedriver")
 
 @pytest.fixture(scope="module")
 def run(tiny_run):
-  return predict.load_run(tiny_run[0])
+  return predict.load_predictor(tiny_run[0])
 
 
 @pytest.fixture(scope="module")

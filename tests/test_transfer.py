@@ -38,7 +38,7 @@ def source(small, tmp_path_factory):
 
 
 def _variables(workdir):
-  run = runs.load_run(workdir)
+  run = runs.load_predictor(workdir)
   return jax.device_get({"params": run.state.params, "batch_stats": run.state.batch_stats})
 
 

@@ -3,6 +3,10 @@
 Intervals are 95%. :func:`seed_interval` is the one Student t interval of a mean over
 seeds; :func:`stratified_mcnemar` is the test of a verdict per trained network (see
 docs/compare.md).
+
+scipy.stats and statsmodels are imported inside the functions that use them: together they
+take about a second to import, which every entry point would otherwise pay at start
+(training imports this module through the reports, and computes no statistics).
 """
 
 from __future__ import annotations
@@ -12,9 +16,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from scipy import stats
-from statsmodels.stats.contingency_tables import mcnemar
-from statsmodels.stats.multitest import multipletests
 
 CONFIDENCE = 0.95
 ALPHA = 0.05
@@ -31,6 +32,7 @@ class Interval:
 
 def binomial_interval(successes: int, trials: int) -> Interval:
   """Exact (Clopper-Pearson) 95% interval of a proportion: accuracy over test images."""
+  from scipy import stats
   ci = stats.binomtest(int(successes), int(trials)).proportion_ci(CONFIDENCE, method="exact")
   return Interval(float(ci.low), float(ci.high), f"binomial over {trials:,} test images")
 
@@ -40,6 +42,7 @@ def seed_interval(values: Sequence[float]) -> Interval:
 
   Identical values give the zero-width interval at their mean.
   """
+  from scipy import stats
   values = np.asarray(values, np.float64)
   method = f"t over {len(values)} seeds"
   if len(values) < 2:
@@ -64,6 +67,7 @@ def difference_interval(
     t when they have different seeds and two or more each, else ``None`` (not applicable).
     Counts keep the arithmetic exact, so equal differences give a zero-width interval.
   """
+  from scipy import stats
   if set(a) == set(b) and len(a) >= 2:
     seeds = sorted(a)
     xa = np.array([a[s] for s in seeds], np.float64)
@@ -95,11 +99,13 @@ def mcnemar_table(correct_a: np.ndarray, correct_b: np.ndarray) -> np.ndarray:
 
 def mcnemar_pvalue(table: np.ndarray) -> float:
   """Two-sided exact McNemar p-value of a 2x2 table (statsmodels, binomial on discordants)."""
+  from statsmodels.stats.contingency_tables import mcnemar
   return float(mcnemar(np.asarray(table), exact=True).pvalue)
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:
   """Holm-adjusted p-values (statsmodels ``multipletests``), in the given order."""
+  from statsmodels.stats.multitest import multipletests
   if not len(pvalues):
     return []
   return [float(p) for p in multipletests(list(pvalues), alpha=ALPHA, method="holm")[1]]
@@ -112,6 +118,7 @@ def discordant_interval(table: np.ndarray) -> Interval:
   interval of the share of them that A gets right, mapped to ``m (2 share - 1) / N``. It is
   the interval dual to the exact McNemar test (0 lies outside it where p < 0.05).
   """
+  from scipy import stats
   table = np.asarray(table)
   n = int(table.sum())
   a_only, b_only = int(table[0, 1]), int(table[1, 0])
@@ -156,6 +163,7 @@ def dispersion(tables: Sequence[np.ndarray]) -> float:
   docs/compare.md shows the plain estimate lets "better" through too often), floored at 1:
   the test is never more confident than McNemar's. 1 with one seed pair (no estimate).
   """
+  from scipy import stats
   counts = [(int(t[0][1]), int(t[1][0])) for t in tables]
   counts = [(b, c) for b, c in counts if b + c > 0]
   if len(counts) < 2:
@@ -186,6 +194,7 @@ def stratified_mcnemar(tables: Sequence[np.ndarray], num_test: int) -> Stratifie
   Returns:
     The test, with the mean difference per trained network and its interval.
   """
+  from scipy import stats
   if not len(tables):
     raise ValueError("no seed pairs to test")
   a_only = sum(int(t[0][1]) for t in tables)

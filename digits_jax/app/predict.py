@@ -4,7 +4,7 @@
   (recursively) and globs.
 * :func:`load_image` -- one file opened with Pillow, refusing what is not an image, a
   truncated file and a decompression bomb with a message that names the file.
-* :func:`load_run` -- a trained run's work directory as a function from ``(N, 28, 28, 1)``
+* :func:`load_predictor` -- a trained run's work directory as a function from ``(N, 28, 28, 1)``
   images to class probabilities; refuses a directory without a checkpoint and a model of
   another data set.
 * :func:`predict_files` -- every image preprocessed (:mod:`digits_jax.app.preprocess`) and
@@ -35,7 +35,7 @@ from digits_jax.analysis import metrics, report
 from digits_jax.app import preprocess
 from digits_jax.config import Config
 from digits_jax.data import NUM_CLASSES
-from digits_jax.runs import LoadedRun
+from digits_jax.runs import Predictor
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 # Larger images are refused as decompression bombs: Pillow's own limit (about 89 MP).
@@ -174,7 +174,7 @@ def load_image(
 
 
 def check_run(workdir: str | os.PathLike) -> Config:
-  """The config of a run that :func:`load_run` can load; cheap (reads ``config.json``).
+  """The config of a run that :func:`load_predictor` can load; cheap (reads ``config.json``).
 
   Raises:
     digits_jax.rundir.RunDirError: no readable ``config.json``.
@@ -185,7 +185,7 @@ def check_run(workdir: str | os.PathLike) -> Config:
 
 
 def _check(workdir: str | os.PathLike) -> tuple[Config, dict[str, Any]]:
-  """:func:`check_run`, with the whole ``config.json``: what :func:`digits_jax.runs.load_run`
+  """:func:`check_run`, with the whole ``config.json``: what :func:`digits_jax.runs.load_predictor`
   takes as read (``recorded``), so that each run's file is read once."""
   workdir = Path(workdir)
   config, saved = rundir.read_config(workdir)
@@ -199,29 +199,29 @@ def _check(workdir: str | os.PathLike) -> tuple[Config, dict[str, Any]]:
   return config, saved
 
 
-def load_run(workdir: str | os.PathLike) -> LoadedRun:
+def load_predictor(workdir: str | os.PathLike) -> Predictor:
   """Restores a run of a digits model: its best-by-validation checkpoint, ready to predict.
 
   Args:
     workdir: a run's work directory (``config.json`` and ``checkpoints/best``).
 
   Returns:
-    The run (:class:`digits_jax.runs.LoadedRun`), named after its directory.
+    The run (:class:`digits_jax.runs.Predictor`), named after its directory.
 
   Raises:
     digits_jax.rundir.RunDirError: no readable ``config.json``.
     WrongDatasetError: the model was trained on another data set than MNIST's digits.
     digits_jax.training.checkpoints.CheckpointError: no checkpoint, or one that does not fit.
   """
-  return runs.load_run(workdir, NUM_CLASSES, recorded=_check(workdir))
+  return runs.load_predictor(workdir, NUM_CLASSES, recorded=_check(workdir))
 
 
-def load_runs(workdirs: Sequence[str | os.PathLike]) -> list[LoadedRun]:
-  """:func:`load_run` of each (all checked first); runs whose directories share a name get
+def load_predictors(workdirs: Sequence[str | os.PathLike]) -> list[Predictor]:
+  """:func:`load_predictor` of each (all checked first); runs whose directories share a name get
   their full path."""
   recorded = [_check(w) for w in workdirs]
   loaded = [
-    runs.load_run(w, NUM_CLASSES, recorded=r) for w, r in zip(workdirs, recorded, strict=True)
+    runs.load_predictor(w, NUM_CLASSES, recorded=r) for w, r in zip(workdirs, recorded, strict=True)
   ]
   names = [r.name for r in loaded]
   return [
@@ -229,7 +229,7 @@ def load_runs(workdirs: Sequence[str | os.PathLike]) -> list[LoadedRun]:
   ]
 
 
-def ensemble_probabilities(runs: Sequence[LoadedRun], images: np.ndarray) -> dict[str, np.ndarray]:
+def ensemble_probabilities(runs: Sequence[Predictor], images: np.ndarray) -> dict[str, np.ndarray]:
   """Each run's probabilities for ``images``, and with several runs their mean.
 
   Args:
@@ -324,7 +324,7 @@ def _thumbnail(image: Image.Image, size: int = 128) -> Image.Image:
 
 
 def predict_files(
-  runs: Sequence[LoadedRun],
+  runs: Sequence[Predictor],
   images: Sequence[ImageFile],
   steps: preprocess.Steps | None = None,
   *,
@@ -334,7 +334,7 @@ def predict_files(
   """Loads, preprocesses and predicts every image with every run and their ensemble.
 
   Args:
-    runs: loaded runs (:func:`load_runs`).
+    runs: loaded runs (:func:`load_predictors`).
     images: the files (:func:`find_images`).
     steps: the preprocessing (:class:`digits_jax.app.preprocess.Steps`; default: all steps).
     labels: each image's true digit, or None where unknown.
@@ -539,7 +539,7 @@ def format_confusion(cm: np.ndarray) -> str:
 
 
 def predict_bytes(
-  runs: Sequence[LoadedRun],
+  runs: Sequence[Predictor],
   data: bytes,
   steps: preprocess.Steps | None = None,
   *,

@@ -20,7 +20,7 @@ from importlib import resources
 from typing import Any
 
 from digits_jax.app import predict, preprocess
-from digits_jax.runs import LoadedRun
+from digits_jax.runs import Predictor
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ def page() -> bytes:
 
 
 def make_handler(
-  runs: list[LoadedRun], *, max_bytes: int, steps: preprocess.Steps | None = None
+  runs: list[Predictor], *, max_bytes: int, steps: preprocess.Steps | None = None
 ) -> type[BaseHTTPRequestHandler]:
   """A request handler class serving the page and the prediction endpoint for ``runs``."""
   html = page()
@@ -112,7 +112,7 @@ def make_handler(
 
 
 def make_server(
-  runs: list[LoadedRun],
+  runs: list[Predictor],
   host: str = "127.0.0.1",
   port: int = 8000,
   *,

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from digits_jax import data, files, models, rundir
 from digits_jax.config import Config
 from digits_jax.training import checkpoints, history, sharding
-from digits_jax.training.loop import TrainedRun, resume, run_keys, training_split
+from digits_jax.training.loop import TrainingOutcome, resume, run_keys, training_split
 from digits_jax.training.optim import make_optimizer
 from digits_jax.training.step import (
   create_train_state,
@@ -58,7 +58,7 @@ def _model(tree: Any, i: int) -> Any:
 
 def train_group(
   configs: Sequence[Config], run_dirs: Sequence[str | Path], *, datasets: data.Datasets
-) -> list[TrainedRun]:
+) -> list[TrainingOutcome]:
   """Trains K configs that share a :func:`group_key` in one vmapped step, resuming.
 
   Each model writes ``config.json`` (with the group's run names), ``metrics.jsonl``, its
@@ -75,7 +75,7 @@ def train_group(
     datasets: the data, shared by all models.
 
   Returns:
-    One :class:`~digits_jax.training.loop.TrainedRun` per config, in order.
+    One :class:`~digits_jax.training.loop.TrainingOutcome` per config, in order.
   """
   k = len(configs)
   if k != len(run_dirs) or not k:
@@ -157,4 +157,4 @@ def train_group(
       seconds,
       " ".join(f"{h[-1].get('val_accuracy', float('nan')):.4f}" for h in histories),
     )
-  return [TrainedRun(_model(state, i), histories[i], bests[i], num_params) for i in range(k)]
+  return [TrainingOutcome(_model(state, i), histories[i], bests[i], num_params) for i in range(k)]

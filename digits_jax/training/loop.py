@@ -51,8 +51,8 @@ log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
-class TrainedRun:
-  """What training leaves: the last state, the history and the best checkpoint."""
+class TrainingOutcome:
+  """What training leaves in memory: the last state, the history and the best checkpoint."""
 
   state: TrainState
   history: list[dict[str, Any]]
@@ -158,7 +158,7 @@ def train(
   datasets: data.Datasets,
   *,
   on_epoch: Callable[[dict[str, Any]], None] | None = None,
-) -> TrainedRun:
+) -> TrainingOutcome:
   """Trains a resolved ``config`` in ``workdir``, resuming from its last checkpoint.
 
   ``on_epoch``, if given, is called with each epoch's row (those restored on resume
@@ -262,4 +262,4 @@ def train(
         on_epoch(row)
   finally:
     scalars.close()
-  return TrainedRun(state, rows, best, num_params)
+  return TrainingOutcome(state, rows, best, num_params)
