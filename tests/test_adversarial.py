@@ -223,8 +223,9 @@ def test_the_trades_objective_is_the_clean_loss_plus_a_positive_kl_term(mnist):
   images = jnp.asarray(mnist.train.images[:32])
   labels = jnp.asarray(mnist.train.labels[:32])
   key = jax.random.PRNGKey(3)
-  _, clean = step.train_step(state, images, labels, key, config=standard)
-  new_state, robust = step.train_step(state, images, labels, key, config=trades)
+  train_step = jax.jit(step.train_step, static_argnames="config")
+  _, clean = train_step(state, images, labels, key, config=standard)
+  new_state, robust = train_step(state, images, labels, key, config=trades)
   assert float(robust["loss"]) > float(clean["loss"]) + 1e-4
   assert np.isfinite(float(robust["loss"]))
   assert _max_abs_diff(new_state.params, state.params) > 0

@@ -11,6 +11,9 @@ from digits_jax import augment
 from digits_jax.config import Config, ConfigError, resolve
 from digits_jax.training import checkpoints, step
 
+# The train step compiled, as training runs it (run op by op it takes seconds per step).
+TRAIN_STEP = jax.jit(step.train_step, static_argnames="config")
+
 
 def _batch(n=16, seed=0):
   rng = np.random.default_rng(seed)
@@ -39,8 +42,8 @@ def test_ema_equals_the_hand_recurrence():
   hand = jax.tree_util.tree_map(np.asarray, {"params": raw.params, "batch_stats": raw.batch_stats})
   for t in range(k):
     key = jax.random.PRNGKey(10 + t)
-    state, _ = step.train_step(state, images, labels, key, config=config)
-    raw, _ = step.train_step(raw, images, labels, key, config=plain)
+    state, _ = TRAIN_STEP(state, images, labels, key, config=config)
+    raw, _ = TRAIN_STEP(raw, images, labels, key, config=plain)
     now = {"params": raw.params, "batch_stats": raw.batch_stats}
     hand = jax.tree_util.tree_map(lambda e, w: decay * e + (1 - decay) * np.asarray(w), hand, now)
   # Averaging does not change training: the trained weights are those of the plain run.
@@ -62,7 +65,7 @@ def test_latest_checkpoint_keeps_both_weights(tmp_path):
   config = resolve(Config(model="conv2_dense64", batch_size=16, augment=False, ema=0.5))
   images, labels = _batch()
   state = step.create_train_state(config, jax.random.PRNGKey(0), 10)
-  state, _ = step.train_step(state, images, labels, jax.random.PRNGKey(1), config=config)
+  state, _ = TRAIN_STEP(state, images, labels, jax.random.PRNGKey(1), config=config)
   latest = checkpoints.LatestCheckpoint(tmp_path / "ckpt", identity=config.identity())
   latest.save(1, state)
   template = step.create_train_state(config, jax.random.PRNGKey(5), 10)

@@ -82,7 +82,7 @@ def test_fast_and_plain_agree_in_training(name):
     return jnp.sum(logits * weights)
 
   (fast_loss, fast_grads), (plain_loss, plain_grads) = (
-    jax.value_and_grad(functools.partial(loss, m))(params) for m in (fast, plain)
+    jax.jit(jax.value_and_grad(functools.partial(loss, m)))(params) for m in (fast, plain)
   )
   assert float(fast_loss) == pytest.approx(float(plain_loss), rel=1e-5, abs=1e-5)
   for a, b in zip(jax.tree.leaves(fast_grads), jax.tree.leaves(plain_grads), strict=True):
@@ -98,12 +98,14 @@ def test_one_step_lowers_the_loss(name):
   labels = jnp.asarray(rng.integers(0, 10, 32), jnp.int32)
   step_rng = jax.random.PRNGKey(3)
 
+  train_step = jax.jit(step.train_step, static_argnames="config")  # as training runs it
+
   def loss(state):  # the training loss, same dropout mask before and after
-    _, metrics = step.train_step(state, images, labels, step_rng, config=config)
+    _, metrics = train_step(state, images, labels, step_rng, config=config)
     return float(metrics["loss"])
 
   before = loss(state)
-  new_state, metrics = step.train_step(state, images, labels, step_rng, config=config)
+  new_state, metrics = train_step(state, images, labels, step_rng, config=config)
   assert float(metrics["loss"]) == pytest.approx(before)
   assert loss(new_state) < before
 
