@@ -28,6 +28,7 @@ TINY = (
   "--train_subset=1024",
   "--validation_size=256",
   "--data_backend=idx",
+  "--plots=false",  # the figures: tests/test_report.py, test_visualize.py, test_sweep.py
 )
 TIMEOUT_S = 300
 

@@ -36,6 +36,7 @@ RUN = (
   "--batch_size=32",
   "--train_subset=512",
   "--validation_size=256",
+  "--plots=false",
   "--augment",
   "--data_backend=idx",
 )

@@ -263,6 +263,8 @@ def test_bad_flag(case, cli_run, mnist_dir, tmp_path):
 def test_workdir_of_another_config_then_overwrite_then_divergence(cli_run, mnist_dir, tmp_path):
   """Refused without --overwrite; with it, the old files go; a NaN loss then stops the run."""
   workdir = _copy(cli_run, tmp_path)
+  (workdir / "plots").mkdir(exist_ok=True)  # a report's figures, as a run with plots has
+  (workdir / "plots" / "confusion_matrix.png").write_bytes(b"figure")
   before = cli.snapshot(workdir)
   # sgd at a learning rate of 70 on this BatchNorm network: NaN after an epoch or two.
   diverging = (
@@ -294,7 +296,8 @@ def test_workdir_of_another_config_then_overwrite_then_divergence(cli_run, mnist
   assert 1 <= step <= 8
   assert "Lower --learning_rate" in line and "--overwrite" in line
   assert not (workdir / "results.json").exists()
-  assert not (workdir / "plots").exists()  # the old run's report went with --overwrite
+  for old in ("plots", "classification_report.txt", "test_outputs.npz"):
+    assert not (workdir / old).exists(), old  # the old run's report went with --overwrite
   assert json.loads((workdir / "config.json").read_text())["config"]["model"] == "bn_conv3_wide"
   # Everything of the last good epoch is kept, nothing of the one that diverged.
   rows = [json.loads(r) for r in (workdir / "metrics.jsonl").read_text().splitlines()]

@@ -27,6 +27,7 @@ RUN = (
   "--batch_size=32",
   "--train_subset=512",
   "--validation_size=256",
+  "--plots=false",
   "--data_backend=idx",
 )
 TIMEOUT_S = 10  # --distributed_timeout of the killed run

@@ -37,6 +37,7 @@ GRID = (
   "--train_subset=128",
   "--validation_size=128",
   "--data_backend=idx",
+  "--plots=false",
 )
 # Columns and fields that measure time, different in every run.
 TIMED = ("seconds_per_run", "seconds_per_epoch")

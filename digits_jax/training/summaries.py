@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,12 @@ SERIES: dict[str, dict[str, str]] = {
 
 
 def _summary_writer():
+  # tensorboardX imports PyTorch whenever it is installed (about a second at the start of
+  # every run where the benchmark layer brings it); scalars need none of it, so the import
+  # is kept from finding it unless this process uses PyTorch already.
+  hide_torch = "torch" not in sys.modules
+  if hide_torch:
+    sys.modules["torch"] = None  # "import torch" raises ImportError, which tensorboardX expects
   try:
     from tensorboardX import SummaryWriter
   except ImportError:
@@ -34,6 +41,9 @@ def _summary_writer():
       "tensorboardX is not installed: no TensorBoard scalars written (pip install tensorboardX)"
     )
     return None
+  finally:
+    if hide_torch and sys.modules.get("torch", 0) is None:
+      del sys.modules["torch"]
   return SummaryWriter
 
 
