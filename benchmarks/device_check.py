@@ -74,7 +74,7 @@ def device_info() -> dict[str, Any]:
 def epoch_seconds(datasets: data.Datasets, epochs: int, train_subset: int, workdir: Path):
   """Per-epoch seconds of :data:`MODEL`: the median of the epochs after the first."""
   config = resolve(Config(model=MODEL, epochs=epochs, train_subset=train_subset))
-  runs.train_and_evaluate(config, workdir, datasets=datasets)
+  runs.train_and_evaluate(config, workdir, datasets=datasets, plots=False)  # training timed
   seconds = [r["epoch_seconds"] for r in files.read_jsonl(workdir / "metrics.jsonl")]
   timed = seconds[1:] or seconds
   return {
@@ -128,7 +128,10 @@ def group(datasets: data.Datasets, k: int, epochs: int, train_subset: int, workd
   seconds, accuracy = {}, {}
   for name, vmap in (("vmapped", True), ("in_a_row", False)):
     t0 = time.perf_counter()
-    results = sweep.run_sweep(configs, workdir / name, load=lambda c: datasets, vmap=vmap)
+    # Without the figures, identical both ways: the seconds compare the training.
+    results = sweep.run_sweep(
+      configs, workdir / name, load=lambda c: datasets, vmap=vmap, plots=False
+    )
     seconds[name] = time.perf_counter() - t0
     accuracy[name] = [r["test_accuracy"] for r in results]
   return {

@@ -42,6 +42,7 @@ flags.DEFINE_integer("confirm_seeds", None, "Fresh seeds per confirmed recipe (d
 flags.adopt_module_key_flags(workers)
 flags.DEFINE_bool("report_only", False, "Run no trial: write the tables and plots of the study.")
 flags.declare_key_flag("dry_run")  # listed by --help: this entry point uses it
+flags.declare_key_flag("plots")  # the confirmation runs' figures
 FLAGS = flags.FLAGS
 
 
@@ -126,6 +127,7 @@ def main(argv):
           load=common.load_data,
           num_workers=num_workers,
           worker_index=worker_index,
+          plots=FLAGS.plots,
         )
         if confirmed is None:
           print("confirmation: runs of other workers have not finished yet")

@@ -440,7 +440,7 @@ def test_unreadable_checkpoint_metadata_is_refused(cli_run, mnist_dir, tmp_path)
     ),
     (
       "experiments.search",
-      ("--models", "--trials", "--workdir", "--num_workers", "--worker_index"),
+      ("--models", "--trials", "--workdir", "--num_workers", "--worker_index", "--[no]plots"),
       (),
     ),
     ("experiments.evaluate", ("--workdir", "--manual_dir"), ("--distributed", "--seeds")),

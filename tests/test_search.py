@@ -109,7 +109,7 @@ def test_a_learning_rate_that_cannot_learn_is_pruned_at_the_first_rung(tiny, tmp
 def test_the_confirmation_retrains_the_best_and_the_recipe_on_fresh_seeds(tiny_study, tiny):
   workdir, spec, finished = tiny_study
   directory = study.study_dir(workdir, spec)
-  out = confirm.confirm(finished, spec, directory, load=tiny)
+  out = confirm.confirm(finished, spec, directory, load=tiny, plots=False)  # figures: test_report
   best = max(finished.trials, key=lambda t: t.value)
   runs = sorted(p.parent.name for p in (directory / "confirm").glob("*/results.json"))
   assert len(runs) == (spec.confirm_top + 1) * spec.confirm_seeds  # K x S, and the recipe's
@@ -145,6 +145,7 @@ def _search_flags(config: str, workdir: pathlib.Path, mnist_dir) -> list[str]:
     f"--workdir={workdir}",
     f"--manual_dir={mnist_dir}",
     "--data_backend=idx",
+    "--plots=false",  # the confirmation runs' figures: tests/test_report.py
   ]
 
 

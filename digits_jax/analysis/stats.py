@@ -33,6 +33,7 @@ class Interval:
 def binomial_interval(successes: int, trials: int) -> Interval:
   """Exact (Clopper-Pearson) 95% interval of a proportion: accuracy over test images."""
   from scipy import stats
+
   ci = stats.binomtest(int(successes), int(trials)).proportion_ci(CONFIDENCE, method="exact")
   return Interval(float(ci.low), float(ci.high), f"binomial over {trials:,} test images")
 
@@ -43,6 +44,7 @@ def seed_interval(values: Sequence[float]) -> Interval:
   Identical values give the zero-width interval at their mean.
   """
   from scipy import stats
+
   values = np.asarray(values, np.float64)
   method = f"t over {len(values)} seeds"
   if len(values) < 2:
@@ -68,6 +70,7 @@ def difference_interval(
     Counts keep the arithmetic exact, so equal differences give a zero-width interval.
   """
   from scipy import stats
+
   if set(a) == set(b) and len(a) >= 2:
     seeds = sorted(a)
     xa = np.array([a[s] for s in seeds], np.float64)
@@ -100,12 +103,14 @@ def mcnemar_table(correct_a: np.ndarray, correct_b: np.ndarray) -> np.ndarray:
 def mcnemar_pvalue(table: np.ndarray) -> float:
   """Two-sided exact McNemar p-value of a 2x2 table (statsmodels, binomial on discordants)."""
   from statsmodels.stats.contingency_tables import mcnemar
+
   return float(mcnemar(np.asarray(table), exact=True).pvalue)
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:
   """Holm-adjusted p-values (statsmodels ``multipletests``), in the given order."""
   from statsmodels.stats.multitest import multipletests
+
   if not len(pvalues):
     return []
   return [float(p) for p in multipletests(list(pvalues), alpha=ALPHA, method="holm")[1]]
@@ -119,6 +124,7 @@ def discordant_interval(table: np.ndarray) -> Interval:
   the interval dual to the exact McNemar test (0 lies outside it where p < 0.05).
   """
   from scipy import stats
+
   table = np.asarray(table)
   n = int(table.sum())
   a_only, b_only = int(table[0, 1]), int(table[1, 0])
@@ -164,6 +170,7 @@ def dispersion(tables: Sequence[np.ndarray]) -> float:
   the test is never more confident than McNemar's. 1 with one seed pair (no estimate).
   """
   from scipy import stats
+
   counts = [(int(t[0][1]), int(t[1][0])) for t in tables]
   counts = [(b, c) for b, c in counts if b + c > 0]
   if len(counts) < 2:
@@ -195,6 +202,7 @@ def stratified_mcnemar(tables: Sequence[np.ndarray], num_test: int) -> Stratifie
     The test, with the mean difference per trained network and its interval.
   """
   from scipy import stats
+
   if not len(tables):
     raise ValueError("no seed pairs to test")
   a_only = sum(int(t[0][1]) for t in tables)

@@ -115,8 +115,11 @@ def confirm(
   load: Callable[[Config], data.Datasets],
   num_workers: int = 1,
   worker_index: int = 0,
+  plots: bool = True,
 ) -> dict[str, Any] | None:
   """Trains the candidates' runs (this worker's share), then compares and reports.
+
+  ``plots=False`` (``--plots=false``): the runs write their text reports without figures.
 
   Returns:
     ``markdown`` and ``rows`` of ``confirm.md``, or ``None`` while runs of other workers
@@ -125,7 +128,9 @@ def confirm(
   chosen = candidates(study, spec, spec.confirm_top)
   out = directory / CONFIRM_DIR
   configs = [c for cand in chosen for c in cand.configs]
-  sweep.run_sweep(configs, out, load=load, num_workers=num_workers, worker_index=worker_index)
+  sweep.run_sweep(
+    configs, out, load=load, num_workers=num_workers, worker_index=worker_index, plots=plots
+  )
   results, missing = sweep.finished_runs(out, configs)
   if missing:
     return None
