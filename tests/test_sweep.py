@@ -126,6 +126,7 @@ def test_a_learning_rate_grid_gives_rows_that_differ_in_that_value_only(mnist_di
     "--validation_size=256",
     f"--manual_dir={mnist_dir}",
     "--data_backend=idx",
+    "--plots=false",  # the figures: test_sweep_entry_point_writes_a_table
     f"--workdir={tmp_path}",
   ]
   out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)

@@ -13,16 +13,20 @@ import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from matplotlib import colors
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
 
 from digits_jax import files
 from digits_jax.analysis.comparison import NO_DIFFERENCE, Comparison
 from digits_jax.analysis.stats import ALPHA
+
+if TYPE_CHECKING:
+  from matplotlib.figure import Figure
+  from matplotlib.patches import Rectangle
+
+# matplotlib is imported where a figure is drawn (a third of a second that an entry point
+# which draws nothing, or fails on a bad flag, does not pay); nothing here keeps pyplot state.
 
 DPI = 100
 CORRECT_COLOR = "#1a9850"  # green
@@ -31,6 +35,9 @@ WRONG_COLOR = "#d73027"  # red
 
 def new_figure(width: float, height: float) -> Figure:
   """A figure of ``width`` x ``height`` pixels on the Agg canvas, constrained layout."""
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+
   fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI, layout="constrained")
   FigureCanvasAgg(fig)
   return fig
@@ -178,6 +185,8 @@ def plot_pairs(comparison: Comparison, path: str | os.PathLike) -> Path:
     diff[i, j], diff[j, i] = 100 * p.difference, -100 * p.difference
     significant[i, j] = significant[j, i] = p.verdict != NO_DIFFERENCE
   bound = max(float(np.nanmax(np.abs(diff))), 0.01)
+  from matplotlib import colors
+
   norm = colors.TwoSlopeNorm(vcenter=0.0, vmin=-bound, vmax=bound)
   image = ax.imshow(np.ma.masked_invalid(diff), cmap="RdBu", norm=norm)
   fig.colorbar(image, ax=ax, label="row minus column (percentage points)", shrink=0.9)
@@ -212,4 +221,6 @@ def plot_pairs(comparison: Comparison, path: str | os.PathLike) -> Path:
 
 
 def _cell_outline(i: int, j: int) -> Rectangle:
+  from matplotlib.patches import Rectangle
+
   return Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=2.5)

@@ -16,13 +16,14 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from matplotlib import colors, ticker
-from matplotlib.figure import Figure
 
 from digits_jax.analysis import figures, metrics
+
+if TYPE_CHECKING:  # matplotlib loads when a figure is drawn (figures.new_figure)
+  from matplotlib.figure import Figure
 
 # Width and height in pixels of each figure.
 SIZES: dict[str, tuple[int, int]] = {
@@ -122,6 +123,8 @@ def confusion_matrices(
   Counts use a logarithmic colour scale so that the few mistakes are visible next to the
   diagonal's hundreds; empty cells stay white. Each cell is annotated with its number.
   """
+  from matplotlib import colors
+
   cm = np.asarray(cm, np.int64)
   num_classes = cm.shape[0]
   names = figures.class_names(class_names, num_classes)
@@ -381,6 +384,8 @@ def sweep_comparison(
     path: the PNG to write.
     title: the figure's title.
   """
+  from matplotlib import ticker
+
   models = list(dict.fromkeys(_variant(r) for r in results))
   optimizers = list(dict.fromkeys(r["optimizer"] for r in results))
   groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}

@@ -27,15 +27,17 @@ import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from matplotlib import colors
-from matplotlib.figure import Figure
 
 from digits_jax.analysis import figures
+
+if TYPE_CHECKING:  # matplotlib loads when a figure is drawn (figures.new_figure)
+  from matplotlib import colors
+  from matplotlib.figure import Figure
 
 FILES = {"filters": "filters.png", "activations": "activations.png", "saliency": "saliency.png"}
 CONV_NAME = re.compile(r"conv\d+")
@@ -165,6 +167,8 @@ def _image_panels(fig: Figure) -> int:
 
 
 def _symmetric(limit: float) -> colors.Normalize:
+  from matplotlib import colors
+
   limit = float(limit) if limit > 0 else 1.0  # an all-zero map still gets a scale
   return colors.Normalize(-limit, limit)
 
