@@ -482,12 +482,14 @@ def rebuild(
   manual_dir: str | None = None,
   data_dir: str | None = None,
   backend: str = "auto",
+  plots: bool = True,
 ) -> dict[str, Any]:
   """Writes a run's reports and plots again from its best checkpoint, without training.
 
   Restores the best checkpoint (:func:`load_predictor`), predicts the test split, writes the
   files of :func:`write_evaluation`, then compares the test accuracy with the one
-  ``results.json`` saved.
+  ``results.json`` saved. ``plots=False``: the text reports only (a quick check that the
+  checkpoint reproduces its test).
 
   Returns:
     ``test_accuracy`` and ``test_loss`` of the checkpoint now, ``best_epoch``,
@@ -523,6 +525,7 @@ def rebuild(
     datasets,
     files.read_jsonl(workdir / "metrics.jsonl"),
     run.best_epoch,
+    plots=plots,
   )
   saved_accuracy = None
   if (workdir / "results.json").is_file():

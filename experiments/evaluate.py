@@ -6,7 +6,8 @@ Reads the run's config.json, restores its best-by-validation checkpoint, predict
 test split and writes the classification report, confusion matrix, calibration, plots
 and TensorBoard scalars again (see :mod:`digits_jax.analysis.report`). Prints the test accuracy
 and whether it equals the one results.json saved. A directory without a config or a
-checkpoint exits with status 1 and one ``error:`` line. The logic lives in
+checkpoint exits with status 1 and one ``error:`` line. ``--plots=false`` re-tests the
+checkpoint and writes the text reports only. The logic lives in
 :func:`digits_jax.runs.rebuild`.
 """
 
@@ -15,7 +16,7 @@ from absl import app, flags
 from digits_jax import runs
 from experiments import common
 
-for _name in ("workdir", "manual_dir", "data_dir", "data_backend", "tune_malloc"):
+for _name in ("workdir", "manual_dir", "data_dir", "data_backend", "plots", "tune_malloc"):
   flags.declare_key_flag(_name)  # listed by --help: this entry point uses it
 flags.mark_flag_as_required("workdir")
 FLAGS = flags.FLAGS
@@ -31,6 +32,7 @@ def main(argv):
       manual_dir=FLAGS.manual_dir,
       data_dir=FLAGS.data_dir,
       backend=FLAGS.data_backend,
+      plots=FLAGS.plots,
     )
   except common.USER_ERRORS as e:
     common.fail(e)
