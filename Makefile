@@ -62,7 +62,7 @@ sweep-ensemble: venv
 	$(PY) -m experiments.sweep --config=configs/sweep_ensemble.py $(ARGS)
 
 test: venv-test
-	$(PY) -m pytest -q -n auto --dist loadfile tests $(ARGS)
+	$(PY) -m pytest -q -n auto --dist loadfile --no-loadscope-reorder tests $(ARGS)
 
 lint: venv-test
 	$(VENV)/bin/ruff check .

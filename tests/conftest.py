@@ -60,8 +60,9 @@ def pytest_configure(config):
 
 
 # The files that take longest (a minute or more each on 2 cores), in that order, run first:
-# pytest-xdist hands out whole files in collection order (--dist loadfile), and a long file
-# handed out last would leave one worker running it alone at the end.
+# with --dist loadfile --no-loadscope-reorder (make test), pytest-xdist hands out whole files
+# in collection order, and a long file handed out last would leave one worker running it
+# alone at the end. (Its default order, most tests first, put the slowest files last.)
 SLOW_FILES = (
   "test_errors.py",
   "test_workers.py",
