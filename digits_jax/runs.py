@@ -40,11 +40,11 @@ from digits_jax.training.step import (
 log = logging.getLogger(__name__)
 
 __all__ = [
-  "RunDirError",
+  "RunDirError",  # rundir's, raised here for a bad run folder
   "load_predictor",
   "rebuild",
   "train_and_evaluate",
-]  # RunDirError: rundir's
+]
 
 
 @dataclasses.dataclass

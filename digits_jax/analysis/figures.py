@@ -159,6 +159,8 @@ def plot_pairs(comparison: Comparison, path: str | os.PathLike) -> Path:
   Cells where the verdict (the Holm-corrected stratified McNemar test over seed pairs) finds
   a difference are outlined and starred.
   """
+  from matplotlib import colors
+
   configs = comparison.configurations
   k = len(configs)
   fig = new_figure(max(700, 420 + 110 * k), max(520, 300 + 80 * k))
@@ -185,8 +187,6 @@ def plot_pairs(comparison: Comparison, path: str | os.PathLike) -> Path:
     diff[i, j], diff[j, i] = 100 * p.difference, -100 * p.difference
     significant[i, j] = significant[j, i] = p.verdict != NO_DIFFERENCE
   bound = max(float(np.nanmax(np.abs(diff))), 0.01)
-  from matplotlib import colors
-
   norm = colors.TwoSlopeNorm(vcenter=0.0, vmin=-bound, vmax=bound)
   image = ax.imshow(np.ma.masked_invalid(diff), cmap="RdBu", norm=norm)
   fig.colorbar(image, ax=ax, label="row minus column (percentage points)", shrink=0.9)
