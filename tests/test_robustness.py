@@ -98,6 +98,39 @@ def test_an_interrupted_evaluation_finishes_with_the_same_numbers(evaluated, mni
     assert a == b, key
 
 
+def test_each_corruption_is_generated_once_for_several_runs(tiny_run, mnist, tmp_path, monkeypatch):
+  from digits_jax.robustness import corruptions
+
+  calls = []
+  corrupt = corruptions.corrupt
+
+  def counted(name, images, seed=0, **kwargs):
+    calls.append(name)
+    return corrupt(name, images, seed, **kwargs)
+
+  monkeypatch.setattr(corruptions, "corrupt", counted)
+  monkeypatch.setattr(robustness_eval, "_GENERATED", {})
+  only = robustness_eval.Settings(corruptions=("stripe", "shot_noise"), attacks=(), cost=False)
+  for name in ("a", "b"):
+    shutil.copytree(tiny_run[0], tmp_path / name)
+  summaries = robustness_eval.evaluate_runs(
+    [tmp_path / "a", tmp_path / "b"], only, load=lambda config: _datasets_of_tiny_run(mnist)
+  )
+  assert calls == ["stripe", "shot_noise"]
+  # The second run saw the same images: bytes kept exactly (every prediction the same).
+  for name in only.corruptions:
+    a = store.load_arrays(store.corruption_path(tmp_path / "a", name))["predictions"]
+    b = store.load_arrays(store.corruption_path(tmp_path / "b", name))["predictions"]
+    fresh = corrupt(name, mnist.test.images[:2000], 0)
+    cached = robustness_eval._generated(
+      name, mnist.test.images, 0, robustness_eval._digest(mnist.test.images)
+    )
+    np.testing.assert_array_equal(cached[:2000], fresh)
+    np.testing.assert_array_equal(a, b)
+  assert summaries[0]["corruptions"]["accuracy"] == summaries[1]["corruptions"]["accuracy"]
+  assert summaries[1]["clean_accuracy"] == pytest.approx(tiny_run[1]["test_accuracy"])
+
+
 def test_other_settings_are_refused_unless_overwritten(evaluated, mnist, tmp_path):
   workdir, _ = evaluated
   copy = tmp_path / "run"
