@@ -177,6 +177,42 @@ def test_robust_predictions_compiles_once_and_repeats_with_the_same_seed(trained
   assert out["predictions"][0.1].shape == (10,)
 
 
+def test_pgd_in_segments_breaks_the_images_the_run_in_one_piece_breaks(trained_cnn):
+  # robust_predictions stops attacking an image once it is misclassified and goes on with
+  # the survivors in smaller batches: the same images end up broken as when every image
+  # takes every step in its first batch (attacks.pgd's keys), and the loss still rises.
+  apply, params, x, y = trained_cnn
+  settings = attacks.PGDSettings(steps=25)  # segments of 10, 10 and 5 steps
+  x, y, batch = x[:150], y[:150], 64
+  whole = attacks._batch_attack(apply, "pgd", settings)
+  base_key = jax.random.key(0)
+  for eps in (0.1, 0.15):
+    out = attacks.robust_predictions(apply, params, x, y, eps, settings=settings, batch_size=batch)
+    padded = np.concatenate([np.arange(150), np.full(42, 149)])
+    in_one_piece = np.concatenate(
+      [
+        np.asarray(
+          whole(
+            params,
+            x[padded[b : b + batch]],
+            y[padded[b : b + batch]],
+            np.ones(batch, np.float32),
+            np.float32(eps),
+            np.int32(attacks._eps_tag(eps)),
+            np.int32(b // batch),
+            base_key,
+          )[0]
+        )
+        for b in range(0, 192, batch)
+      ]
+    )[:150]
+    broken = out["predictions"][eps] != y
+    assert 0 < broken.sum() < 150
+    np.testing.assert_array_equal(broken, in_one_piece != y)
+    losses = out["losses"][eps]
+    assert len(losses) == 25 and losses[-1] > losses[0]
+
+
 def test_pgd_keeps_the_best_of_its_restarts_and_stays_in_the_ball(trained_cnn):
   apply, params, x, y = trained_cnn
   logits_fn = lambda images: apply(params, images)

@@ -181,6 +181,39 @@ def _keep_better(best, x, logits, labels):
   return jnp.where(rows, x, best_x), best_broken | broken, jnp.where(better, loss, best_loss)
 
 
+def _ball(x0: jax.Array, eps, steps: int, step_size) -> tuple[jax.Array, ...]:
+  """``eps`` and the step size in the images' dtype, and the box ``[x0 - eps, x0 + eps]``
+  within ``[0, 1]`` (see :class:`PGDSettings` for the step size)."""
+  eps = jnp.asarray(eps, jnp.float32)
+  if step_size is None:
+    step = 2.5 * eps / steps
+  else:
+    step = jnp.maximum(jnp.asarray(step_size, jnp.float32), eps / steps)
+  eps, step = eps.astype(x0.dtype), step.astype(x0.dtype)
+  return eps, step, jnp.clip(x0 - eps, 0.0, 1.0), jnp.clip(x0 + eps, 0.0, 1.0)
+
+
+def _random_start(key, x0, eps, lower, upper) -> jax.Array:
+  noise = jax.random.uniform(key, x0.shape, x0.dtype, -1.0, 1.0) * eps
+  return jnp.clip(x0 + noise, lower, upper)
+
+
+def _steps(grad_fn, x, best, labels, lower, upper, step, length: int):
+  """``length`` PGD steps from ``x``, each iterate a candidate for ``best``
+  (:func:`_keep_better`); returns ``((x, best), losses)``, ``losses[t]`` the per-example
+  cross-entropy before step ``t``. ``grad_fn(x) -> (gradient, logits)``."""
+
+  def body(carry, _):
+    x, best = carry
+    grad, logits = grad_fn(x)
+    best = _keep_better(best, x, logits, labels)
+    loss = _cross_entropy(logits, labels)
+    x = jnp.clip(x + step * jnp.sign(grad), lower, upper)
+    return (x, best), loss
+
+  return jax.lax.scan(body, (x, best), None, length=length)
+
+
 def _pgd(
   logits_fn: LogitsFn,
   images: jax.Array,
@@ -200,14 +233,7 @@ def _pgd(
   _check_pgd(steps, step_size, restarts, random_start)
   x0 = jax.lax.stop_gradient(jnp.asarray(images))
   labels = jnp.asarray(labels)
-  eps = jnp.asarray(eps, jnp.float32)
-  if step_size is None:
-    step = 2.5 * eps / steps
-  else:
-    step = jnp.maximum(jnp.asarray(step_size, jnp.float32), eps / steps)
-  eps, step = eps.astype(x0.dtype), step.astype(x0.dtype)
-  lower = jnp.clip(x0 - eps, 0.0, 1.0)
-  upper = jnp.clip(x0 + eps, 0.0, 1.0)
+  eps, step, lower, upper = _ball(x0, eps, steps, step_size)
 
   # Runs: the untargeted restarts (target -1), then one run per target class.
   targets = [-1] * restarts
@@ -233,10 +259,7 @@ def _pgd(
   if not keep_best:
     if len(targets) != 1:
       raise AttackError("an attack without keep_best makes one untargeted run: set restarts=1")
-    x = x0
-    if random_start:
-      noise = jax.random.uniform(keys[0], x0.shape, x0.dtype, -1.0, 1.0) * eps
-      x = jnp.clip(x0 + noise, lower, upper)
+    x = _random_start(keys[0], x0, eps, lower, upper) if random_start else x0
 
     def last_body(x, _):
       grad, logits = grad_fn(x, targets[0])
@@ -247,20 +270,10 @@ def _pgd(
 
   def run(best, run_spec):
     run_key, target = run_spec
-    x = x0
-    if random_start:
-      noise = jax.random.uniform(run_key, x0.shape, x0.dtype, -1.0, 1.0) * eps
-      x = jnp.clip(x0 + noise, lower, upper)
-
-    def body(carry, _):
-      x, best = carry
-      grad, logits = grad_fn(x, target)
-      best = _keep_better(best, x, logits, labels)
-      loss = _cross_entropy(logits, labels)
-      x = jnp.clip(x + step * jnp.sign(grad), lower, upper)
-      return (x, best), loss
-
-    (x, best), losses = jax.lax.scan(body, (x, best), None, length=steps)
+    x = _random_start(run_key, x0, eps, lower, upper) if random_start else x0
+    (x, best), losses = _steps(
+      lambda z: grad_fn(z, target), x, best, labels, lower, upper, step, steps
+    )
     logits = logits_fn(x)
     best = _keep_better(best, x, logits, labels)
     # losses[t] is the loss before step t; shift to the loss after each step.
@@ -383,6 +396,116 @@ def _batch_attack(
   return jax.jit(attack_batch)
 
 
+# Untargeted PGD in robust_predictions runs in segments of this many steps; after each, the
+# images already misclassified leave the attack (their iterates cannot unbreak them: the attack
+# keeps a misclassifying iterate), and the survivors go on in batches of at most
+# SURVIVOR_BATCH. Each image's path is its own (the loss is summed over the batch, batch norm
+# runs in inference mode), so the survivors take the steps they would have taken together.
+SEGMENT_STEPS = 10
+SURVIVOR_BATCH = 100
+
+
+@functools.lru_cache(maxsize=16)
+def _batch_segment(
+  logits_fn_of_params: Callable[[Any, jax.Array], jax.Array], settings: PGDSettings, length: int
+) -> Callable[..., tuple[jax.Array, ...]]:
+  """The jitted segment of ``length`` steps of one untargeted PGD run on one batch: from
+  the random start when ``start``, with the last iterate judged too when ``finish``. Returns
+  the iterate, the best ``(x, broken, loss)``, the losses before each step ``(length, B)``,
+  the loss at the last iterate (``finish``) and the classes predicted for the best images."""
+
+  def attack_batch(params, x0, x, best, y, eps, eps_tag, index, base_key, start, finish):
+    fn = lambda z: logits_fn_of_params(params, z)
+    eps, step, lower, upper = _ball(x0, eps, settings.steps, settings.step_size)
+    if settings.random_start:
+      # The key of the first run of batch ``index``: that of :func:`pgd` in one piece.
+      key = jax.random.fold_in(jax.random.fold_in(base_key, eps_tag), index)
+      x = jnp.where(start, _random_start(jax.random.split(key, 1)[0], x0, eps, lower, upper), x)
+
+    def objective(z):
+      logits = fn(z)
+      return jnp.sum(_cross_entropy(logits, y)), logits
+
+    (x, best), losses = _steps(
+      jax.grad(objective, has_aux=True), x, best, y, lower, upper, step, length
+    )
+
+    def judge_last(best):
+      logits = fn(x)
+      return _keep_better(best, x, logits, y), _cross_entropy(logits, y)
+
+    best, last_loss = jax.lax.cond(
+      finish, judge_last, lambda best: (best, jnp.zeros(y.shape, jnp.float32)), best
+    )
+    return x, best, losses, last_loss, jnp.argmax(fn(best[0]), axis=-1)
+
+  return jax.jit(attack_batch)
+
+
+def _segmented_pgd(
+  logits_fn_of_params, params, images, labels, eps, settings, base_key, batch
+) -> tuple[np.ndarray, list[float]]:
+  """One untargeted PGD run (:func:`robust_predictions`'s) in segments of
+  :data:`SEGMENT_STEPS` steps, each after the first on the images still correctly
+  classified; returns the predicted classes and the mean loss after each step, an image's
+  loss held at its last value once it has left the attack."""
+  n = len(images)
+  length = min(settings.steps, SEGMENT_STEPS)
+  lengths = [length] * (settings.steps // length) + [settings.steps % length] * bool(
+    settings.steps % length
+  )
+  x, best_x = images.copy(), images.copy()
+  broken = np.zeros(n, bool)
+  best_loss = np.full(n, -np.inf, np.float32)
+  before = np.zeros((settings.steps, n), np.float32)
+  last_loss = np.zeros(n, np.float32)
+  predicted = np.zeros(n, np.int64)
+  alive, done = np.arange(n), 0
+  tag, eps_array = np.int32(_eps_tag(eps)), np.float32(eps)
+  for k, steps in enumerate(lengths):
+    start, finish = k == 0, k == len(lengths) - 1
+    size = batch if start else min(batch, SURVIVOR_BATCH)
+    try:
+      run = _batch_segment(logits_fn_of_params, settings, steps)
+    except TypeError:  # an unhashable function: compiled for this call only
+      run = _batch_segment.__wrapped__(logits_fn_of_params, settings, steps)
+    for b in range(0, alive.size, size):
+      rows = alive[b : b + size]
+      padded = np.concatenate([rows, np.repeat(rows[-1:], size - rows.size)])
+      out = run(
+        params,
+        images[padded],
+        x[padded],
+        (best_x[padded], broken[padded], best_loss[padded]),
+        labels[padded],
+        eps_array,
+        tag,
+        np.int32(b // size),
+        base_key,
+        start,
+        finish,
+      )
+      new_x, (new_best_x, new_broken, new_loss), losses, last, classes = jax.device_get(out)
+      m = rows.size
+      x[rows], best_x[rows] = new_x[:m], new_best_x[:m]
+      broken[rows], best_loss[rows] = new_broken[:m], new_loss[:m]
+      before[done : done + steps, rows] = losses[:, :m]
+      predicted[rows] = classes[:m]
+      if finish:
+        last_loss[rows] = last[:m]
+    done += steps
+    if not finish:
+      left = alive[broken[alive]]
+      before[done:, left] = before[done - 1, left]
+      last_loss[left] = before[done - 1, left]
+      alive = alive[~broken[alive]]
+      if not alive.size:
+        break
+  # before[t] is the loss before step t; after each step, it is before[t + 1] (last: last_loss).
+  after = np.concatenate([before[1:], last_loss[None]], axis=0)
+  return predicted, [float(v) for v in after.astype(np.float64).mean(axis=1)]
+
+
 def robust_predictions(
   logits_fn_of_params: Callable[[Any, jax.Array], jax.Array],
   params: Any,
@@ -445,6 +568,14 @@ def robust_predictions(
       logits_fn_of_params, params, images, labels, eps_values, settings, seed, batch_size
     )
   batch = min(batch_size, n)
+  if attack == "pgd" and not settings.targeted_classes:
+    result: dict[str, dict[float, Any]] = {"predictions": {}, "losses": {}}
+    for eps in eps_values:
+      predicted, losses = _segmented_pgd(
+        logits_fn_of_params, params, images, labels, eps, settings, jax.random.key(seed), batch
+      )
+      result["predictions"][eps], result["losses"][eps] = predicted, losses
+    return result
   batches = -(-n // batch)
   pad = batches * batch - n
   if pad:
