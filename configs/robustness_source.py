@@ -8,8 +8,9 @@ Command: ``python -m experiments.sweep --config=configs/robustness_source.py``, 
 (configs/data_efficiency.py trains those runs).
 Cost: on the reference machine (2-core x86 VM, no GPU), 2026-12-06, sharing the machine with
 other work: a training took 0.5-7 minutes for the source networks, 8.5 (bn_conv3_wide), 14
-(resnet8) and 16 (vgg_small); each robustness evaluation 1.3-5 minutes for the source
-networks and 10-14 minutes for resnet8 and vgg_small (docs/robustness.md).
+(resnet8) and 16 (vgg_small). Each robustness evaluation, measured again on 2026-12-07 with
+the machine to itself: 16-32 s for the source and speedrun networks, 53-79 s for
+bn_conv3_wide, vgg_small and resnet8 (docs/robustness.md, "What an evaluation costs").
 Results: results/robustness-2026-12-06/ (robustness.md, compare.md, figures and the runs'
 small files; no checkpoints).
 """
