@@ -328,17 +328,12 @@ def evaluate_run(
     config, datasets, manual_dir=manual_dir, data_dir=data_dir, backend=backend
   )
   run = runs.load_predictor(workdir, datasets.num_classes, recorded=recorded)
-  # The passes without gradients (test, corrupted and validation images) take XLA's own
-  # convolutions: on the CPU they run the forward pass 2-9x faster than the C++ kernels,
-  # which win where a gradient is taken (training, the attacks). Same maths; the logits
-  # agree to float rounding (docs/robustness.md, "What an evaluation costs").
-  plain = dataclasses.replace(run.config, fast_ops="off").create_model(run.num_classes)
-  forward_state = run.state.replace(apply_fn=plain.apply)
 
+  # The passes without a gradient (test, corrupted and validation images) go through XLA's
+  # own convolutions (step.TrainState.infer_fn); the attacks, which take input gradients,
+  # through the run's own path.
   def logits_of(images):
-    return predict_config(
-      run.config, forward_state, jnp.asarray(images), run.config.eval_batch_size
-    )
+    return predict_config(run.config, run.state, jnp.asarray(images), run.config.eval_batch_size)
 
   # The test logits once: the clean accuracy and the calibration both read them.
   test_logits = np.asarray(logits_of(datasets.test.images), np.float64)

@@ -11,6 +11,7 @@ import pytest
 
 from digits_jax import models
 from digits_jax.config import Config, resolve
+from digits_jax.models import native
 from digits_jax.training import step
 
 # Counted by hand from the layer shapes (VALID 3x3 convs, 2x2 pools), so a change
@@ -113,3 +114,25 @@ def test_one_step_lowers_the_loss(name):
 def test_unknown_model_lists_the_valid_names():
   with pytest.raises(models.UnknownModelError, match="conv2_dense64"):
     models.create_model("resnet50")
+
+
+@pytest.mark.skipif(not native.available(), reason="the C++ kernels did not build here")
+def test_passes_without_a_gradient_take_xla_convolutions_and_agree_with_training_path():
+  # Inference (validation, test, predict) runs XLA's own convolutions, faster without a
+  # gradient; training steps keep the C++ kernels. Both give the same logits.
+  config = resolve(Config(model="conv2_dense64"))
+  state = step.create_train_state(config, jax.random.PRNGKey(0), 1)
+  images = jax.random.uniform(jax.random.PRNGKey(1), (16, 28, 28, 1))
+  inference = step.forward.lower(state, images).as_text()
+  training = step.forward.lower(state.replace(infer_fn=None), images).as_text()
+  assert "digits_" in training and "digits_" not in inference
+  np.testing.assert_allclose(
+    step.forward(state, images),
+    step.forward(state.replace(infer_fn=None), images),
+    rtol=1e-5,
+    atol=1e-5,
+  )
+  # States of one network (a vmapped group's) share it, so they can be stacked.
+  model = config.create_model(10)
+  a, b = (step.create_train_state(config, jax.random.PRNGKey(i), 1, model=model) for i in (0, 1))
+  assert a.infer_fn is not None and a.infer_fn == b.infer_fn

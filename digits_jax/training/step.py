@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import linen as nn
+from flax import struct
 from flax.training import train_state
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
@@ -47,11 +48,28 @@ from digits_jax.training.optim import make_optimizer
 
 
 class TrainState(train_state.TrainState):
-  """Flax's TrainState plus the BatchNorm statistics ({} for models without BN) and the
-  moving average of both (``ema``: {} without ``config.ema``)."""
+  """Flax's TrainState plus the BatchNorm statistics ({} for models without BN), the
+  moving average of both (``ema``: {} without ``config.ema``), and ``infer_fn``: the
+  network's ``apply`` for passes without a gradient (:func:`forward`), or ``None`` for
+  ``apply_fn``."""
 
   batch_stats: Any = None
   ema: Any = None
+  infer_fn: Callable[..., Any] | None = struct.field(pytree_node=False, default=None)
+
+
+@functools.cache  # one per network: states to be stacked need the same infer_fn
+def inference_model(model: nn.Module) -> nn.Module | None:
+  """The network on XLA's own convolutions for passes without a gradient, where ``model``
+  runs the C++ kernels; else ``None``.
+
+  The kernels pay where a gradient is taken; a forward pass alone is 2-9x faster through
+  XLA's convolutions on the CPU (docs/speed.md, "Forward passes without a gradient"). Same
+  maths: the logits agree to float rounding.
+  """
+  if getattr(model, "fast", False) and native.use_native():
+    return model.clone(fast=False)
+  return None
 
 
 def create_train_state(
@@ -69,8 +87,10 @@ def create_train_state(
   """
   model = model or config.create_model(num_classes)
   variables = models.init_variables(model, rng)
+  plain = inference_model(model)
   state = TrainState.create(
     apply_fn=model.apply,
+    infer_fn=plain.apply if plain is not None else None,
     params=variables["params"],
     batch_stats=variables.get("batch_stats", {}),
     tx=tx or make_optimizer(config, steps_per_epoch),
@@ -406,11 +426,18 @@ def make_epoch_fn(
 
 @jax.jit
 def forward(state: TrainState, images: jax.Array) -> jax.Array:
-  """Logits of one batch, in inference mode."""
-  return state.apply_fn(_apply_variables(state), images, train=False)
+  """Logits of one batch, in inference mode (through ``state.infer_fn`` if it has one)."""
+  return (state.infer_fn or state.apply_fn)(_apply_variables(state), images, train=False)
 
 
-_forward_models = jax.jit(jax.vmap(forward, in_axes=(0, None)))
+# Vmapped over models, XLA's own convolutions would be one grouped convolution (slower on the
+# CPU, docs/speed.md): a stack of models keeps its training path.
+_forward_models = jax.jit(
+  jax.vmap(
+    lambda state, images: state.apply_fn(_apply_variables(state), images, train=False),
+    in_axes=(0, None),
+  )
+)
 
 
 @functools.cache
@@ -418,7 +445,7 @@ def _split_forward(mesh: Mesh):
   """Logits of a batch split over ``mesh``'s devices, gathered whole on every device."""
 
   def fn(state, images):
-    logits = state.apply_fn(_apply_variables(state), images, train=False)
+    logits = (state.infer_fn or state.apply_fn)(_apply_variables(state), images, train=False)
     return jax.lax.all_gather(logits, sharding.DATA_AXIS, tiled=True)
 
   return jax.jit(
