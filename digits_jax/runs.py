@@ -236,7 +236,8 @@ def prepare(
   final_fit: Mapping[str, Any] | None = None,
 ) -> None:
   """Makes ``workdir`` this run's, once every check has passed; writes ``config.json``
-  (with ``final_fit``, a final fit's record, as its ``final_fit`` entry).
+  (with ``final_fit``, a final fit's record, as its ``final_fit`` entry, and a transfer
+  run's source as its ``source_run`` entry).
 
   With several processes, process 0 writes and the others wait for it.
   """
@@ -249,6 +250,8 @@ def prepare(
       rundir.clear(workdir)
     if rundir.saved_config(workdir) is None:  # else resuming: keep the original
       extra = {} if final_fit is None else {rundir.FINAL_FIT: dict(final_fit)}
+      if config.init_from:  # a transfer run: its source's folder, identity and weights' digest
+        extra[rundir.SOURCE_RUN] = transfer.load(config, datasets.num_classes).record()
       rundir.write_config(workdir, config, datasets, len(split.labels), **extra)
   distributed.barrier("prepared run directory")
 

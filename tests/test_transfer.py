@@ -181,6 +181,25 @@ def test_resumed_transfer_run_ends_as_an_uninterrupted_one(source, small, tmp_pa
   )
 
 
+def test_config_json_is_written_once_and_a_changed_source_stops_training(source, small, tmp_path):
+  copy = tmp_path / "source"
+  shutil.copytree(source, copy)
+  config = resolve(Config(**TINY, init_from=str(copy)))
+  workdir = tmp_path / "run"
+  runs.prepare(config, workdir, small)
+  # The source is recorded with the rest of config.json, before any training.
+  written = (workdir / "config.json").read_bytes()
+  record = files.read_json(workdir / "config.json")[transfer.SOURCE_RUN]
+  assert record["sha256"] == transfer.digest(_variables(copy))
+  # The source run's best weights change before the first epoch of this one: refused.
+  runs.train_and_evaluate(
+    resolve(Config(**TINY, seed=1)), copy, datasets=small, plots=False, overwrite=True
+  )
+  with pytest.raises(transfer.TransferError, match="changed since.*--overwrite"):
+    loop.train(config, workdir, small)
+  assert (workdir / "config.json").read_bytes() == written
+
+
 def test_sweep_names_the_source_run_of_each_seed():
   base = Config(model="conv2_dense64", dataset="fashion_mnist")
   configs = grid.expand(

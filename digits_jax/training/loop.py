@@ -187,9 +187,8 @@ def train(
   if config.init_from and latest.epoch() is None:
     # A fresh transfer run starts from its source's weights; a resumed one from its own.
     source = transfer.load(config, datasets.num_classes)
+    transfer.check_recorded(workdir, source)
     state = transfer.apply(state, source, config)
-    if distributed.is_writer():
-      transfer.write_record(workdir, source)
 
   x_val, y_val = datasets.validation.images, jnp.asarray(datasets.validation.labels)
   if mesh.size > 1:

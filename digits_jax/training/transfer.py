@@ -8,8 +8,10 @@ class count). :func:`check` refuses a source that cannot serve, before any data 
 :func:`load` restores its weights and :func:`apply` copies them.
 
 The run records its source in ``config.json`` under :data:`SOURCE_RUN`: the folder, the
-source's config identity and a SHA-256 of the weights copied (:func:`digest`). A resumed
-run continues from its own checkpoint and does not read the source again.
+source's config identity and a SHA-256 of the weights copied (:func:`digest`), written with
+the rest of ``config.json`` when the run is prepared; training checks the weights it copies
+against that record (:func:`check_recorded`). A resumed run continues from its own
+checkpoint and does not read the source again.
 """
 
 from __future__ import annotations
@@ -221,9 +223,25 @@ def recorded(workdir: str | Path) -> dict[str, Any] | None:
     return None
 
 
-def write_record(workdir: str | Path, source: Source) -> None:
-  """Adds ``source``'s record (:meth:`Source.record`) to the run's ``config.json``."""
-  path = Path(workdir) / "config.json"
-  saved = files.read_json(path)
-  saved[SOURCE_RUN] = source.record()
-  files.write_json(path, saved)
+def check_recorded(workdir: str | Path, source: Source) -> None:
+  """Checks that ``source`` is the source ``config.json`` recorded when the run was prepared
+  (:func:`digits_jax.runs.prepare`): a source run that went on training since then has
+  other best weights, and the run would not start from what its config.json says.
+
+  Raises:
+    TransferError: the recorded source differs, or there is no record.
+  """
+  record = recorded(workdir)
+  if record != source.record():
+    raise TransferError(
+      f"--init_from={source.path}: its best weights (epoch {source.best_epoch}, sha256 "
+      f"{source.sha256[:12]}) are not those {Path(workdir) / 'config.json'} recorded when "
+      f"this run was prepared ({_described(record)}): the source run changed since; start "
+      "this run again with --overwrite to take its weights as they are now"
+    )
+
+
+def _described(record: Mapping[str, Any] | None) -> str:
+  if not isinstance(record, Mapping):
+    return "no record"
+  return f"epoch {record.get('best_epoch')}, sha256 {str(record.get('sha256'))[:12]}"
