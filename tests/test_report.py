@@ -247,3 +247,13 @@ def test_scalars_are_readable_as_each_epoch_ends(tmp_path):
     assert train == [(1, 0.5), (2, pytest.approx(0.3))]
   finally:
     scalars.close()
+
+
+def test_error_bars_are_never_negative():
+  # Three seeds that agree: the interval's ends can round a hair past the mean.
+  from digits_jax.analysis import figures
+
+  bars = figures.error_bars([0.3], [0.3], [0.3 - 1e-16])
+  assert 0.3 - 1e-16 < 0.3  # unclipped, the upper bar would be negative
+  assert bars.shape == (2, 1) and (bars >= 0).all()
+  np.testing.assert_allclose(figures.error_bars([0.5], [0.4], [0.7]), [[0.1], [0.2]])

@@ -51,6 +51,16 @@ def save(fig: Figure, path: str | os.PathLike) -> Path:
   return Path(path)
 
 
+def error_bars(center, low, high) -> np.ndarray:
+  """Matplotlib's ``(2, N)`` error bars from centres and interval ends, clipped at 0: seeds
+  that all agree give an interval that rounding can put a hair past their mean, and
+  ``errorbar`` refuses a negative length."""
+  center = np.asarray(center, float)
+  return np.maximum(
+    0.0, np.stack([center - np.asarray(low, float), np.asarray(high, float) - center])
+  )
+
+
 def class_names(names: Sequence[str] | None, num_classes: int) -> list[str]:
   """``names``, or the class numbers as text when there are none."""
   return [str(i) for i in range(num_classes)] if names is None else list(names)
@@ -93,7 +103,7 @@ def plot_forest(comparison: Comparison, path: str | os.PathLike) -> Path:
 
   for row, cf in enumerate(configs):
     y = len(configs) - 1 - row
-    err = [[100 * (cf.mean - cf.interval.low)], [100 * (cf.interval.high - cf.mean)]]
+    err = 100 * error_bars([cf.mean], [cf.interval.low], [cf.interval.high])
     if len(cf.seeds) >= 2:
       ax.errorbar(
         100 * cf.mean,
@@ -114,10 +124,9 @@ def plot_forest(comparison: Comparison, path: str | os.PathLike) -> Path:
         zorder=3,
         label=once("single seeds"),
       )
-      ens_err = [
-        [100 * (cf.ensemble_accuracy - cf.ensemble_interval.low)],
-        [100 * (cf.ensemble_interval.high - cf.ensemble_accuracy)],
-      ]
+      ens_err = 100 * error_bars(
+        [cf.ensemble_accuracy], [cf.ensemble_interval.low], [cf.ensemble_interval.high]
+      )
       ax.errorbar(
         100 * cf.ensemble_accuracy,
         y - 0.18,

@@ -303,12 +303,12 @@ def plot_eps(r: RobustnessComparison, path: str | os.PathLike) -> Path:
       x = [0.0] + [e for e, _ in points]
       clean = m.get("clean")
       y = [clean.mean if clean else np.nan] + [v.mean for _, v in points]
-      low = [0.0] + [v.mean - (v.interval.low if v.interval else v.mean) for _, v in points]
-      high = [0.0] + [(v.interval.high if v.interval else v.mean) - v.mean for _, v in points]
+      low = [y[0]] + [v.interval.low if v.interval else v.mean for _, v in points]
+      high = [y[0]] + [v.interval.high if v.interval else v.mean for _, v in points]
       ax.errorbar(
         x,
         100 * np.array(y),
-        yerr=100 * np.array([low, high]),
+        yerr=100 * np.nan_to_num(figures.error_bars(y, low, high)),
         fmt=style + "o",
         color=color,
         ms=3,
@@ -335,7 +335,7 @@ def plot_flops(r: RobustnessComparison, path: str | os.PathLike) -> Path:
       v = m[key]
       xs.append(m["flops_per_image"].mean / 1e6)
       ys.append(100 * v.mean)
-      errs.append(0.0 if v.interval is None else 100 * (v.interval.high - v.mean))
+      errs.append(0.0 if v.interval is None else 100 * max(0.0, v.interval.high - v.mean))
       if key == "clean":
         ax.annotate(label, (xs[-1], ys[-1]), fontsize=6, xytext=(3, 3), textcoords="offset points")
     ax.errorbar(xs, ys, yerr=errs, fmt=marker, ms=4, capsize=2, label=name)
@@ -353,9 +353,18 @@ def plot_learning_curves(curves: Mapping[str, list[dict]], path: str | os.PathLi
   for i, (name, points) in enumerate(curves.items()):
     x = [p["train_images"] for p in points]
     y = np.array([100 * p["mean"] for p in points])
-    low = y - np.array([100 * max(0.0, p["low"]) for p in points])
-    high = np.array([100 * min(1.0, p["high"]) for p in points]) - y
-    ax.errorbar(x, y, yerr=[low, high], fmt="-o", ms=3, capsize=2, color=f"C{i % 10}", label=name)
+    low = [100 * max(0.0, p["low"]) for p in points]
+    high = [100 * min(1.0, p["high"]) for p in points]
+    ax.errorbar(
+      x,
+      y,
+      yerr=figures.error_bars(y, low, high),
+      fmt="-o",
+      ms=3,
+      capsize=2,
+      color=f"C{i % 10}",
+      label=name,
+    )
   ax.set_xscale("log")
   ax.set_xlabel("training images")
   ax.set_ylabel("test accuracy (%)")
