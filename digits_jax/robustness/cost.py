@@ -7,8 +7,9 @@
 * Training throughput is the run's own figure: training images per second of its median epoch
   (``results.json``), measured while it trained, on the machine it trained on.
 * Latency is measured here and now, on the machine recorded beside it: the median wall time of
-  a jitted forward pass (the run's own path, fast kernels included where it used them) at
-  batch 1 and batch 1,024, after a warm-up call.
+  a jitted forward pass on the path inference takes (:func:`digits_jax.models.inference_model`:
+  XLA's own convolutions where the run trained with the C++ kernels) at batch 1 and batch
+  1,024, after a warm-up call (the committed studies' evaluations timed the C++ kernels' path).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def flops_per_image(
 
 
 def latency_seconds(
-  forward, variables: Mapping[str, Any], batch: int, *, repeats: int = 20, min_seconds: float = 1.0
+  forward, variables: Mapping[str, Any], batch: int, *, repeats: int = 20, min_seconds: float = 0.5
 ) -> float:
   """Median seconds of ``forward(variables, images)`` on a batch of ``batch`` zero images.
 
@@ -84,7 +85,7 @@ def measure(
     variables: its variables (``params`` and, with batch norm, ``batch_stats``).
     results: the run's ``results.json`` (``num_params``, ``seconds_per_epoch``).
     num_train: training images per epoch (``config.json``'s ``data.train``), for throughput.
-    fast: the run's ``fast_ops`` (the latency is measured on the path the run used).
+    fast: the run's ``fast_ops`` (the latency is measured on the path its inference takes).
     num_classes: the output layer's width.
     batches: the batch sizes whose latency is measured.
     activation: the run's activation.
@@ -95,6 +96,7 @@ def measure(
     at the largest batch, and ``machine`` (:func:`digits_jax.environment.environment`).
   """
   model = models.create_model(model_name, fast=fast, num_classes=num_classes, activation=activation)
+  model = models.inference_model(model) or model
   forward = jax.jit(lambda v, x: model.apply(v, x, train=False))
   latency = {str(b): latency_seconds(forward, variables, b) for b in batches}
   seconds_per_epoch = results.get("seconds_per_epoch")

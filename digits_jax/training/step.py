@@ -58,20 +58,6 @@ class TrainState(train_state.TrainState):
   infer_fn: Callable[..., Any] | None = struct.field(pytree_node=False, default=None)
 
 
-@functools.cache  # one per network: states to be stacked need the same infer_fn
-def inference_model(model: nn.Module) -> nn.Module | None:
-  """The network on XLA's own convolutions for passes without a gradient, where ``model``
-  runs the C++ kernels; else ``None``.
-
-  The kernels pay where a gradient is taken; a forward pass alone is 2-9x faster through
-  XLA's convolutions on the CPU (docs/speed.md, "Forward passes without a gradient"). Same
-  maths: the logits agree to float rounding.
-  """
-  if getattr(model, "fast", False) and native.use_native():
-    return model.clone(fast=False)
-  return None
-
-
 def create_train_state(
   config: Config,
   rng: jax.Array,
@@ -87,7 +73,7 @@ def create_train_state(
   """
   model = model or config.create_model(num_classes)
   variables = models.init_variables(model, rng)
-  plain = inference_model(model)
+  plain = models.inference_model(model)
   state = TrainState.create(
     apply_fn=model.apply,
     infer_fn=plain.apply if plain is not None else None,
