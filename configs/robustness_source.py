@@ -9,7 +9,7 @@ Command: ``python -m experiments.sweep --config=configs/robustness_source.py``, 
 Cost: on the reference machine (2-core x86 VM, no GPU), 2026-12-06, sharing the machine with
 other work: a training took 0.5-7 minutes for the source networks, 8.5 (bn_conv3_wide), 14
 (resnet8) and 16 (vgg_small). Each robustness evaluation, measured again on 2026-12-07 with
-the machine to itself: 16-32 s for the source and speedrun networks, 53-79 s for
+the machine to itself: 12-25 s for the source and speedrun networks, 43-65 s for
 bn_conv3_wide, vgg_small and resnet8 (docs/robustness.md, "What an evaluation costs").
 Results: results/robustness-2026-12-06/ (robustness.md, compare.md, figures and the runs'
 small files; no checkpoints).
