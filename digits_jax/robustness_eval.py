@@ -140,8 +140,7 @@ def _prepare_folder(run_dir: Path, settings: Settings, overwrite: bool) -> dict 
 # images), kept for the process: a sweep, or a folder of runs, evaluates every network on the
 # same corrupted images, so each is generated once. A network still gets one float copy at a
 # time. Another test set (a Fashion-MNIST run) replaces them.
-_GENERATED: dict[tuple[str, int], np.ndarray] = {}
-_GENERATED_FROM: list[str] = []
+_GENERATED: dict[tuple[str, str, int], np.ndarray] = {}
 
 
 def _digest(images: np.ndarray) -> str:
@@ -151,15 +150,13 @@ def _digest(images: np.ndarray) -> str:
 def _generated(name: str, images: np.ndarray, seed: int, digest: str) -> np.ndarray:
   """``corruptions.corrupt(name, images, seed)``, generated once per process and test set
   (``digest``: the images' SHA-256)."""
-  if _GENERATED_FROM != [digest]:
-    _GENERATED.clear()
-    _GENERATED_FROM[:] = [digest]
-  if (name, seed) not in _GENERATED:
+  key = (digest, name, seed)
+  if key not in _GENERATED:
+    if any(k[0] != digest for k in _GENERATED):
+      _GENERATED.clear()
     # Exact: the corruptions return multiples of 1/255 (float32 of whole bytes over 255).
-    _GENERATED[name, seed] = np.round(corruptions.corrupt(name, images, seed) * 255).astype(
-      np.uint8
-    )
-  return _GENERATED[name, seed].astype(np.float32) / np.float32(255.0)
+    _GENERATED[key] = np.round(corruptions.corrupt(name, images, seed) * 255).astype(np.uint8)
+  return _GENERATED[key].astype(np.float32) / np.float32(255.0)
 
 
 def _accuracy(path: Path) -> float:

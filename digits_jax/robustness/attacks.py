@@ -396,6 +396,15 @@ def _batch_attack(
   return jax.jit(attack_batch)
 
 
+def _compiled(factory, logits_fn_of_params, *args):
+  """``factory(logits_fn_of_params, *args)`` from its cache, or compiled for this call only
+  when the function cannot be hashed."""
+  try:
+    return factory(logits_fn_of_params, *args)
+  except TypeError:
+    return factory.__wrapped__(logits_fn_of_params, *args)
+
+
 # Untargeted PGD in robust_predictions runs in segments of this many steps; after each, the
 # images already misclassified leave the attack (their iterates cannot unbreak them: the attack
 # keeps a misclassifying iterate), and the survivors go on in batches of at most
@@ -465,10 +474,7 @@ def _segmented_pgd(
   for k, steps in enumerate(lengths):
     start, finish = k == 0, k == len(lengths) - 1
     size = batch if start else min(batch, SURVIVOR_BATCH)
-    try:
-      run = _batch_segment(logits_fn_of_params, settings, steps)
-    except TypeError:  # an unhashable function: compiled for this call only
-      run = _batch_segment.__wrapped__(logits_fn_of_params, settings, steps)
+    run = _compiled(_batch_segment, logits_fn_of_params, settings, steps)
     for b in range(0, alive.size, size):
       rows = alive[b : b + size]
       padded = np.concatenate([rows, np.repeat(rows[-1:], size - rows.size)])
@@ -583,10 +589,7 @@ def robust_predictions(
     labels = np.concatenate([labels, np.repeat(labels[-1:], pad)])
   mask = (np.arange(batches * batch) < n).astype(np.float32)
 
-  try:
-    run = _batch_attack(logits_fn_of_params, attack, settings)
-  except TypeError:  # an unhashable function: compiled for this call only
-    run = _batch_attack.__wrapped__(logits_fn_of_params, attack, settings)
+  run = _compiled(_batch_attack, logits_fn_of_params, attack, settings)
   base_key = jax.random.key(seed)
   outputs: dict[float, list[tuple[jax.Array, jax.Array]]] = {}
   for eps in eps_values:
