@@ -14,7 +14,8 @@ its robustness files, and two epochs of the run's config are trained now (the se
 timed: the first compiles): both sides of the ratio measured on this machine as it is now,
 one after the other. The runs are measured in one process, as ``experiments.robustness``
 evaluates a folder of runs: the first run measured pays for generating the corrupted
-images, the later ones reuse them (``first`` in the output says which paid).
+images, the later ones reuse them (``first`` in the output says which paid). On the CPU the
+allocator is tuned first, as ``experiments.robustness`` and ``experiments.train`` tune it.
 """
 
 from __future__ import annotations
@@ -28,10 +29,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import jax
 from absl import app, flags
 
 from digits_jax import data, files, robustness_eval, rundir, runs
 from digits_jax.environment import environment
+from digits_jax.models import native
 from digits_jax.robustness import store
 
 GOAL_EPOCHS = 5.0
@@ -70,6 +73,8 @@ def main(argv):
   # JAX reports each backend it could not start at INFO ("Unable to initialize backend 'tpu'").
   logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
   flags_ = flags.FLAGS
+  if flags_.measure and jax.default_backend() == "cpu":
+    native.tune_allocator()  # as both measured commands do
   rows = []
   for run_dir in rundir.find_runs(flags_.workdir):
     if flags_.measure:

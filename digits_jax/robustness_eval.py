@@ -224,10 +224,7 @@ def _attacks(run, datasets, settings: Settings, progress) -> dict[str, Any]:
         attack=attack,
         settings=settings.pgd(),
         seed=settings.attack_seed,
-        # The eps = 1 guard's 200 images go in the survivors' batches, already compiled.
-        batch_size=min(settings.batch_size, attacks.SURVIVOR_BATCH)
-        if eps == 1.0
-        else settings.batch_size,
+        batch_size=settings.batch_size,
       )
       predicted = out["predictions"][eps]
       store.save_predictions(path, predicted, labels[:n], indices=subset[:n].astype(np.int32))

@@ -62,7 +62,11 @@ flags.DEFINE_integer(
   "attack_subset", 1000, "Test images attacked: a fixed class-stratified subset."
 )
 flags.DEFINE_integer("attack_seed", 0, "Seed of the subset, random starts and restarts.")
-flags.DEFINE_integer("attack_batch_size", 500, "Images per attacked batch (memory, not results).")
+flags.DEFINE_integer(
+  "attack_batch_size",
+  500,
+  "Images per block of random starts (a key each); the attacks run 100 images per call.",
+)
 flags.DEFINE_bool("cost", True, "Measure FLOPs and latency on this machine.")
 flags.DEFINE_string(
   "contact_sheet",

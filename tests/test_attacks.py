@@ -178,17 +178,19 @@ def test_robust_predictions_compiles_once_and_repeats_with_the_same_seed(trained
 
 
 def test_pgd_in_segments_breaks_the_images_the_run_in_one_piece_breaks(trained_cnn):
-  # robust_predictions stops attacking an image once it is misclassified and goes on with
-  # the survivors in smaller batches: the same images end up broken as when every image
-  # takes every step in its first batch (attacks.pgd's keys), and the loss still rises.
+  # robust_predictions stops attacking an image once it is misclassified, goes on with the
+  # survivors, and runs calls of ATTACK_BATCH images, fewer than a block of random starts
+  # here: the same images end up broken as when every image takes every step in its block
+  # (attacks.pgd's keys), and the loss still rises.
   apply, params, x, y = trained_cnn
   settings = attacks.PGDSettings(steps=25)  # segments of 10, 10 and 5 steps
-  x, y, batch = x[:150], y[:150], 64
+  x, y, batch = x[:150], y[:150], 128
+  assert attacks.ATTACK_BATCH < batch
   whole = attacks._batch_attack(apply, "pgd", settings)
   base_key = jax.random.key(0)
   for eps in (0.1, 0.15):
     out = attacks.robust_predictions(apply, params, x, y, eps, settings=settings, batch_size=batch)
-    padded = np.concatenate([np.arange(150), np.full(42, 149)])
+    padded = np.concatenate([np.arange(150), np.full(106, 149)])
     in_one_piece = np.concatenate(
       [
         np.asarray(
@@ -203,7 +205,7 @@ def test_pgd_in_segments_breaks_the_images_the_run_in_one_piece_breaks(trained_c
             base_key,
           )[0]
         )
-        for b in range(0, 192, batch)
+        for b in range(0, 256, batch)
       ]
     )[:150]
     broken = out["predictions"][eps] != y

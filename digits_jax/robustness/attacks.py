@@ -407,29 +407,43 @@ def _compiled(factory, logits_fn_of_params, *args):
 
 # Untargeted PGD in robust_predictions runs in segments of this many steps; after each, the
 # images already misclassified leave the attack (their iterates cannot unbreak them: the attack
-# keeps a misclassifying iterate), and the survivors go on in batches of at most
-# SURVIVOR_BATCH. Each image's path is its own (the loss is summed over the batch, batch norm
-# runs in inference mode), so the survivors take the steps they would have taken together.
+# keeps a misclassifying iterate), and the survivors go on. Each image's path is its own (the
+# loss is summed over the batch, batch norm runs in inference mode), so the survivors take the
+# steps they would have taken together.
 SEGMENT_STEPS = 10
-SURVIVOR_BATCH = 100
+# Images per compiled attack call (PGD's segments and FGSM). On the CPU an input gradient
+# costs about half as much per image at 100 images as at 250 or 500 (conv2_dense64: 9,800
+# against 4,400 images a second, the allocator tuned as the entry points tune it; the larger
+# batches' activations leave the cache), and one shape compiles once. Random starts keep
+# their keys per ``batch_size`` images, so the numbers do not depend on it.
+ATTACK_BATCH = 100
+
+
+@functools.lru_cache(maxsize=16)
+def _batch_start(settings: PGDSettings) -> Callable[..., jax.Array]:
+  """The jitted random start of one key block of untargeted PGD: the start that :func:`pgd`
+  in one piece takes for batch ``index`` (its first run)."""
+
+  def start(x0, eps, eps_tag, index, base_key):
+    eps, _, lower, upper = _ball(x0, eps, settings.steps, settings.step_size)
+    key = jax.random.fold_in(jax.random.fold_in(base_key, eps_tag), index)
+    return _random_start(jax.random.split(key, 1)[0], x0, eps, lower, upper)
+
+  return jax.jit(start)
 
 
 @functools.lru_cache(maxsize=16)
 def _batch_segment(
   logits_fn_of_params: Callable[[Any, jax.Array], jax.Array], settings: PGDSettings, length: int
 ) -> Callable[..., tuple[jax.Array, ...]]:
-  """The jitted segment of ``length`` steps of one untargeted PGD run on one batch: from
-  the random start when ``start``, with the last iterate judged too when ``finish``. Returns
-  the iterate, the best ``(x, broken, loss)``, the losses before each step ``(length, B)``,
-  the loss at the last iterate (``finish``) and the classes predicted for the best images."""
+  """The jitted segment of ``length`` steps of one untargeted PGD run on one batch, from the
+  iterate ``x``, with the last iterate judged too when ``finish``. Returns the iterate, the
+  best ``(x, broken, loss)``, the losses before each step ``(length, B)``, the loss at the
+  last iterate (``finish``) and the classes predicted for the best images."""
 
-  def attack_batch(params, x0, x, best, y, eps, eps_tag, index, base_key, start, finish):
+  def attack_batch(params, x0, x, best, y, eps, finish):
     fn = lambda z: logits_fn_of_params(params, z)
     eps, step, lower, upper = _ball(x0, eps, settings.steps, settings.step_size)
-    if settings.random_start:
-      # The key of the first run of batch ``index``: that of :func:`pgd` in one piece.
-      key = jax.random.fold_in(jax.random.fold_in(base_key, eps_tag), index)
-      x = jnp.where(start, _random_start(jax.random.split(key, 1)[0], x0, eps, lower, upper), x)
 
     def objective(z):
       logits = fn(z)
@@ -451,33 +465,46 @@ def _batch_segment(
   return jax.jit(attack_batch)
 
 
+def _padded(rows: np.ndarray, size: int) -> np.ndarray:
+  """``rows`` padded to ``size`` with copies of its last (the copies' results are dropped)."""
+  return np.concatenate([rows, np.repeat(rows[-1:], size - rows.size)])
+
+
 def _segmented_pgd(
   logits_fn_of_params, params, images, labels, eps, settings, base_key, batch
 ) -> tuple[np.ndarray, list[float]]:
   """One untargeted PGD run (:func:`robust_predictions`'s) in segments of
   :data:`SEGMENT_STEPS` steps, each after the first on the images still correctly
-  classified; returns the predicted classes and the mean loss after each step, an image's
-  loss held at its last value once it has left the attack."""
+  classified, in calls of :data:`ATTACK_BATCH` images; the random starts are those of
+  :func:`pgd` in one piece on batches of ``batch``. Returns the predicted classes and the
+  mean loss after each step, an image's loss held at its last value once it has left the
+  attack."""
   n = len(images)
   length = min(settings.steps, SEGMENT_STEPS)
   lengths = [length] * (settings.steps // length) + [settings.steps % length] * bool(
     settings.steps % length
   )
+  tag, eps_array = np.int32(_eps_tag(eps)), np.float32(eps)
   x, best_x = images.copy(), images.copy()
+  if settings.random_start:
+    begin = _batch_start(settings)
+    for b in range(0, n, batch):
+      rows = np.arange(b, min(b + batch, n))
+      started = begin(images[_padded(rows, batch)], eps_array, tag, np.int32(b // batch), base_key)
+      x[rows] = np.asarray(started)[: rows.size]
   broken = np.zeros(n, bool)
   best_loss = np.full(n, -np.inf, np.float32)
   before = np.zeros((settings.steps, n), np.float32)
   last_loss = np.zeros(n, np.float32)
   predicted = np.zeros(n, np.int64)
   alive, done = np.arange(n), 0
-  tag, eps_array = np.int32(_eps_tag(eps)), np.float32(eps)
+  size = min(batch, ATTACK_BATCH)
   for k, steps in enumerate(lengths):
-    start, finish = k == 0, k == len(lengths) - 1
-    size = batch if start else min(batch, SURVIVOR_BATCH)
+    finish = k == len(lengths) - 1
     run = _compiled(_batch_segment, logits_fn_of_params, settings, steps)
     for b in range(0, alive.size, size):
       rows = alive[b : b + size]
-      padded = np.concatenate([rows, np.repeat(rows[-1:], size - rows.size)])
+      padded = _padded(rows, size)
       out = run(
         params,
         images[padded],
@@ -485,10 +512,6 @@ def _segmented_pgd(
         (best_x[padded], broken[padded], best_loss[padded]),
         labels[padded],
         eps_array,
-        tag,
-        np.int32(b // size),
-        base_key,
-        start,
         finish,
       )
       new_x, (new_best_x, new_broken, new_loss), losses, last, classes = jax.device_get(out)
@@ -582,6 +605,8 @@ def robust_predictions(
       )
       result["predictions"][eps], result["losses"][eps] = predicted, losses
     return result
+  if attack == "fgsm":  # no random start: each image's result is its own at any batch size
+    batch = min(batch, ATTACK_BATCH)
   batches = -(-n // batch)
   pad = batches * batch - n
   if pad:
