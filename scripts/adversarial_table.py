@@ -6,7 +6,8 @@ and what the strong evaluation found where a run has one.
 
 Reads each run's ``results.json``, ``config.json`` and ``robustness/summary.json``. Means with
 half the 95% t interval over seeds (a single value where one seed); the strong evaluation's
-columns count only runs evaluated with PGD-100 (the settings are in each summary).
+columns count only runs evaluated with PGD-100 (the settings are in each summary). Training
+minutes are the run's median epoch times its epochs (validation after each epoch included).
 """
 
 from __future__ import annotations
@@ -38,8 +39,11 @@ def main(root: pathlib.Path) -> None:
     config = json.loads((run / "config.json").read_text())["config"]
     summary_path = run / "robustness" / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
-    key = (config["model"], config.get("adversarial", "none"))
-    groups.setdefault(key, []).append((results, summary))
+    training = config.get("adversarial", "none")
+    if training in ("pgd", "trades"):
+      training += f"-{config['adversarial_steps']}"
+    key = (config["model"], training)
+    groups.setdefault(key, []).append(({**results, "epochs": config["epochs"]}, summary))
   print(
     "| network | training | seeds | clean test | PGD-20 validation, eps 0.3 | train minutes "
     "| strongly evaluated | PGD-100 x 10, eps 0.1 | eps 0.2 | eps 0.3 | mean corruption | ECE |"
@@ -57,7 +61,8 @@ def main(root: pathlib.Path) -> None:
       str(len(items)),
       _mean_interval([r["test_accuracy"] for r, _ in items]),
       _mean_interval([r["val_robust_accuracy"] for r, _ in items if "val_robust_accuracy" in r]),
-      f"{statistics.mean(r['train_seconds'] / 60 for r, _ in items):.1f}",
+      # The median epoch times the epochs: a pause or a neighbour's burst moves it least.
+      f"{statistics.mean(r['seconds_per_epoch'] * r['epochs'] / 60 for r, _ in items):.1f}",
       str(len(strong)),
       pgd("0.1"),
       pgd("0.2"),
