@@ -38,7 +38,15 @@ import numpy as np
 
 from digits_jax import data, environment, files, runs
 from digits_jax.config import ConfigError
-from digits_jax.robustness import attacks, calibration, corruptions, cost, masking, store
+from digits_jax.robustness import (
+  attacks,
+  calibration,
+  corruptions,
+  cost,
+  dataset_attacks,
+  masking,
+  store,
+)
 from digits_jax.rundir import read_config
 from digits_jax.training.step import model_variables, predict_config
 
@@ -200,7 +208,9 @@ def _attacks(run, datasets, settings: Settings, progress) -> dict[str, Any]:
   def logits_fn(v, x):
     return model.apply(v, x, train=False)
 
-  subset = attacks.stratified_subset(datasets.test.labels, settings.subset, settings.attack_seed)
+  subset = dataset_attacks.stratified_subset(
+    datasets.test.labels, settings.subset, settings.attack_seed
+  )
   images, labels = datasets.test.images[subset], datasets.test.labels[subset]
   clean = np.argmax(np.asarray(logits_fn(variables, jnp.asarray(images))), axis=-1)
   accuracy: dict[str, dict[str, float]] = {}
@@ -215,7 +225,7 @@ def _attacks(run, datasets, settings: Settings, progress) -> dict[str, Any]:
     n = min(EPS1_IMAGES, len(subset)) if eps == 1.0 else len(subset)
     if not (path.is_file() and meta_path.is_file()):
       start = time.perf_counter()
-      out = attacks.robust_predictions(
+      out = dataset_attacks.robust_predictions(
         logits_fn,
         variables,
         images[:n],

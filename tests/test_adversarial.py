@@ -12,7 +12,7 @@ import pytest
 
 from digits_jax import runs
 from digits_jax.config import Config, ConfigError, resolve
-from digits_jax.robustness import attacks
+from digits_jax.robustness import attacks, dataset_attacks
 from digits_jax.training import adversarial, history, loop, step
 from tests import cli
 from tests.conftest import tiny_datasets
@@ -140,7 +140,7 @@ def test_a_bad_attack_stops_the_command_before_any_work(mnist_dir, tmp_path):
 
 
 def _robust_accuracy(state, images, labels, eps):
-  out = attacks.robust_predictions(
+  out = dataset_attacks.robust_predictions(
     lambda v, x: state.apply_fn(v, x, train=False),
     {"params": state.params},
     images,

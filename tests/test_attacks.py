@@ -11,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 
-from digits_jax.robustness import attacks, masking
+from digits_jax.robustness import attacks, dataset_attacks, masking
 
 NUM_CLASSES = 10
 
@@ -131,8 +131,8 @@ def test_pgd_on_a_trained_cnn_is_stronger_than_fgsm_and_passes_the_masking_check
   assert clean > 0.9
   eps = (0.05, 0.1, 0.2)
   settings = attacks.PGDSettings(steps=10)
-  pgd = attacks.robust_predictions(apply, params, x, y, (*eps, 1.0), settings=settings)
-  fgsm = attacks.robust_predictions(apply, params, x, y, eps, attack="fgsm")
+  pgd = dataset_attacks.robust_predictions(apply, params, x, y, (*eps, 1.0), settings=settings)
+  fgsm = dataset_attacks.robust_predictions(apply, params, x, y, eps, attack="fgsm")
   pgd_acc = {e: float(np.mean(pgd["predictions"][e] == y)) for e in eps}
   fgsm_acc = {e: float(np.mean(fgsm["predictions"][e] == y)) for e in eps}
   assert all(pgd_acc[e] <= fgsm_acc[e] for e in eps)
@@ -156,7 +156,7 @@ def test_pgd_on_a_trained_cnn_is_stronger_than_fgsm_and_passes_the_masking_check
 def test_robust_predictions_compiles_once_and_repeats_with_the_same_seed(trained_cnn, caplog):
   apply, params, x, y = trained_cnn
   settings = attacks.PGDSettings(steps=3, restarts=2)
-  run = lambda eps, seed=0: attacks.robust_predictions(
+  run = lambda eps, seed=0: dataset_attacks.robust_predictions(
     apply, params, x[:150], y[:150], eps, settings=settings, seed=seed, batch_size=64
   )
   with jax.log_compiles(True), caplog.at_level(logging.WARNING):
@@ -173,7 +173,7 @@ def test_robust_predictions_compiles_once_and_repeats_with_the_same_seed(trained
   assert set(other["predictions"]) == {0.3}
   # An unhashable function is compiled for its call only.
   unhashable = type("Unhashable", (), {"__call__": staticmethod(apply), "__hash__": None})()
-  out = attacks.robust_predictions(unhashable, params, x[:10], y[:10], 0.1, attack="fgsm")
+  out = dataset_attacks.robust_predictions(unhashable, params, x[:10], y[:10], 0.1, attack="fgsm")
   assert out["predictions"][0.1].shape == (10,)
 
 
@@ -185,11 +185,13 @@ def test_pgd_in_segments_breaks_the_images_the_run_in_one_piece_breaks(trained_c
   apply, params, x, y = trained_cnn
   settings = attacks.PGDSettings(steps=25)  # segments of 10, 10 and 5 steps
   x, y, batch = x[:150], y[:150], 128
-  assert attacks.ATTACK_BATCH < batch
-  whole = attacks._batch_attack(apply, "pgd", settings)
+  assert dataset_attacks.ATTACK_BATCH < batch
+  whole = dataset_attacks._batch_attack(apply, "pgd", settings)
   base_key = jax.random.key(0)
   for eps in (0.1, 0.15):
-    out = attacks.robust_predictions(apply, params, x, y, eps, settings=settings, batch_size=batch)
+    out = dataset_attacks.robust_predictions(
+      apply, params, x, y, eps, settings=settings, batch_size=batch
+    )
     padded = np.concatenate([np.arange(150), np.full(106, 149)])
     in_one_piece = np.concatenate(
       [
@@ -200,7 +202,7 @@ def test_pgd_in_segments_breaks_the_images_the_run_in_one_piece_breaks(trained_c
             y[padded[b : b + batch]],
             np.ones(batch, np.float32),
             np.float32(eps),
-            np.int32(attacks._eps_tag(eps)),
+            np.int32(dataset_attacks._eps_tag(eps)),
             np.int32(b // batch),
             base_key,
           )[0]
@@ -242,20 +244,20 @@ def test_pgd_keeps_the_best_of_its_restarts_and_stays_in_the_ball(trained_cnn):
 
 def test_stratified_subset_is_balanced_fixed_and_sorted():
   labels = np.random.default_rng(0).integers(0, NUM_CLASSES, 5000)
-  subset = attacks.stratified_subset(labels, 1000, seed=0)
+  subset = dataset_attacks.stratified_subset(labels, 1000, seed=0)
   assert subset.shape == (1000,) and np.all(np.diff(subset) > 0)
   np.testing.assert_array_equal(np.bincount(labels[subset]), np.full(NUM_CLASSES, 100))
-  np.testing.assert_array_equal(subset, attacks.stratified_subset(labels, 1000, seed=0))
-  assert not np.array_equal(subset, attacks.stratified_subset(labels, 1000, seed=1))
-  counts = np.bincount(labels[attacks.stratified_subset(labels, 1005)])
+  np.testing.assert_array_equal(subset, dataset_attacks.stratified_subset(labels, 1000, seed=0))
+  assert not np.array_equal(subset, dataset_attacks.stratified_subset(labels, 1000, seed=1))
+  counts = np.bincount(labels[dataset_attacks.stratified_subset(labels, 1005)])
   assert counts.min() == 100 and counts.max() == 101 and counts.sum() == 1005
   # A class with too few examples gives all it has; the others make up the rest.
   scarce = np.concatenate([np.zeros(3, int), np.ones(50, int), np.full(50, 2)])
   np.testing.assert_array_equal(
-    np.bincount(scarce[attacks.stratified_subset(scarce, 30)]), [3, 14, 13]
+    np.bincount(scarce[dataset_attacks.stratified_subset(scarce, 30)]), [3, 14, 13]
   )
   with pytest.raises(attacks.AttackError, match="at most the 5000"):
-    attacks.stratified_subset(labels, 5001)
+    dataset_attacks.stratified_subset(labels, 5001)
 
 
 @pytest.mark.parametrize("bad", [0, -0.1, 1.5, float("nan")])
@@ -284,9 +286,9 @@ def test_bad_settings_and_attack_names_are_attack_errors():
   with pytest.raises(attacks.AttackError, match="steps must be an integer >= 1, got 0"):
     attacks.pgd(lambda z: z.reshape(2, -1)[:, :10], x, y, 0.1, jax.random.key(0), steps=0)
   with pytest.raises(attacks.AttackError, match="unknown attack 'cw': valid attacks are fgsm, pgd"):
-    attacks.robust_predictions(lambda p, z: z, None, x, y, [0.1], attack="cw")
+    dataset_attacks.robust_predictions(lambda p, z: z, None, x, y, [0.1], attack="cw")
   with pytest.raises(attacks.AttackError, match="outside"):
-    attacks.robust_predictions(lambda p, z: z, None, x, y, [0.0])
+    dataset_attacks.robust_predictions(lambda p, z: z, None, x, y, [0.0])
 
 
 def _checks(**changes):
@@ -395,7 +397,7 @@ def test_pgd_inside_a_jitted_training_step_with_a_traced_eps():
 def test_restarts_attack_the_survivors_and_never_help_the_network(trained_cnn):
   apply, params, x, y = trained_cnn
   run = (
-    lambda restarts: attacks.robust_predictions(  # noqa: E731
+    lambda restarts: dataset_attacks.robust_predictions(  # noqa: E731
       apply, params, x[:200], y[:200], 0.15, settings=attacks.PGDSettings(3, None, restarts)
     )["predictions"][0.15]
   )

@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from digits_jax.config import Config
-from digits_jax.robustness import attacks
+from digits_jax.robustness import attacks, dataset_attacks
 
 # Fast adversarial training's step, in units of eps (Wong et al. 2020: alpha = 1.25 eps).
 FGSM_STEP = 1.25
@@ -117,7 +117,7 @@ def trades_kl(clean_logits: jax.Array, adversarial_logits: jax.Array) -> jax.Arr
 class RobustValidation:
   """PGD accuracy on a fixed class-stratified subset of the validation split, per epoch.
 
-  The subset (``robust_val_size`` images, :func:`attacks.stratified_subset` with the run's
+  The subset (``robust_val_size`` images, :func:`dataset_attacks.stratified_subset` with the run's
   seed) and the attack's keys are the same every epoch, so epochs are compared on the same
   attack; the attack is compiled once.
   """
@@ -126,7 +126,7 @@ class RobustValidation:
     self.config = config
     labels = np.asarray(labels)
     size = min(config.robust_val_size, len(labels))
-    self.indices = attacks.stratified_subset(labels, size, seed=config.seed)
+    self.indices = dataset_attacks.stratified_subset(labels, size, seed=config.seed)
     self.images = np.asarray(images)[self.indices]
     self.labels = labels[self.indices]
     self.settings = attacks.PGDSettings(steps=config.robust_val_steps)
@@ -139,7 +139,7 @@ class RobustValidation:
   def accuracy(self, variables: dict[str, Any]) -> float:
     """The fraction of the subset still classified correctly under the attack."""
     variables = {k: v for k, v in variables.items() if v or k == "params"}
-    out = attacks.robust_predictions(
+    out = dataset_attacks.robust_predictions(
       self._logits,
       variables,
       self.images,
