@@ -331,6 +331,25 @@ def test_labels_name_only_what_varies_and_seeds_group():
   assert math.isnan(single.std)
 
 
+def test_labels_show_an_attacks_settings_only_where_a_configuration_sets_them():
+  # A standard run carries the attack settings' defaults, FGSM a step count it never uses:
+  # neither belongs in its label, as neither is in its run's name.
+  keys = [
+    tuple(
+      (k, json.dumps(v))
+      for k, v in (
+        BASE_CONFIG | {"adversarial": kind, "adversarial_warmup": warm, "adversarial_steps": steps}
+      ).items()
+    )
+    for kind, warm, steps in (("none", 0, 10), ("fgsm", 2, 10), ("pgd", 2, 7))
+  ]
+  assert comparison._labels(keys) == [
+    "conv2_dense64 adam adv=none",
+    "conv2_dense64 adam adv=fgsm warm=2",
+    "conv2_dense64 adam adv=pgd warm=2 advsteps=7",
+  ]
+
+
 def test_final_fits_group_by_recipe_and_rank_by_their_validation_runs():
   """Final fits of three seeds (epoch counts 18, 19, 20 chosen one by one) are one
   configuration, "final fit" beside their recipe's, with their validation runs' accuracy."""

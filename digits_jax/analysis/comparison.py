@@ -50,7 +50,14 @@ from digits_jax.analysis.stats import (
   mcnemar_table,
   stratified_mcnemar,
 )
-from digits_jax.config import SHORT_NAMES, Config, ConfigError, varied_settings
+from digits_jax.config import (
+  ADVERSARIAL_FIELDS,
+  SHORT_NAMES,
+  Config,
+  ConfigError,
+  own_settings,
+  varied_settings,
+)
 from digits_jax.rundir import (
   EVALUATE_COMMAND,
   FINAL_FIT,
@@ -273,8 +280,18 @@ def _format_value(value: Any) -> str:
   return str(value) or "none"  # an empty setting (no --init_from) reads as none
 
 
+def _own(d: dict[str, Any]) -> dict[str, Any]:
+  """:func:`own_settings` of a config dict, or every field where this version cannot read it."""
+  try:
+    return own_settings(Config.from_dict(d))
+  except (ConfigError, TypeError, ValueError):
+    return d
+
+
 def _labels(keys: Sequence[tuple[tuple[str, str], ...]]) -> list[str]:
-  """Model and optimizer, plus the fields whose values differ among the configurations."""
+  """Model and optimizer, plus the fields whose values differ among the configurations
+  (an attack's settings only where the configuration sets them: a standard run shows none,
+  a one-step attack no step count)."""
   finals = [any(k == FINAL_FIT for k, _ in key) for key in keys]
   dicts = [{k: json.loads(v) for k, v in key if k != FINAL_FIT} for key in keys]
   try:  # settings varied away from the models' recipes (a grid), not the recipes themselves
@@ -290,7 +307,8 @@ def _labels(keys: Sequence[tuple[tuple[str, str], ...]]) -> list[str]:
   labels = []
   for d in dicts:
     parts = [str(d.get("model", "?")), str(d.get("optimizer", "?"))]
-    parts += [f"{SHORT_NAMES.get(n, n)}={_format_value(d.get(n, '-'))}" for n in varying]
+    shown = [n for n in varying if n not in ADVERSARIAL_FIELDS or n in _own(d)]
+    parts += [f"{SHORT_NAMES.get(n, n)}={_format_value(d.get(n, '-'))}" for n in shown]
     labels.append(" ".join(parts))
   if len(set(labels)) < len(labels):  # values that print alike: show them in full
     labels = [
