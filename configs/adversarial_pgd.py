@@ -6,7 +6,10 @@ configs/adversarial.py (standard and fast training of the same network and of ma
 Command: ``python -m experiments.sweep --config=configs/adversarial_pgd.py``, then the strong
 evaluation of every run: ``python -m experiments.robustness --workdir=runs/adversarial-pgd
 --steps=100 --restarts=10 --eps=0.1,0.2,0.3 --overwrite``.
-Results: results/adversarial-2026-12-06/ and docs/adversarial.md.
+Cost: about 8 minutes per run on the reference machine (2-core x86 VM, no GPU, 2026-12-07,
+nothing else running); the strong evaluation of one run 6.5 minutes.
+Results: results/adversarial-2026-12-06/ and docs/adversarial.md (92.5% ± 1.9 under PGD-100
+with 10 restarts at eps 0.3, 98.90% clean, three seeds).
 """
 
 import ml_collections
