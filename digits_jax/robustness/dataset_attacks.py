@@ -100,7 +100,7 @@ ATTACK_BATCH = 100
 
 @functools.lru_cache(maxsize=16)
 def _batch_start(settings: PGDSettings) -> Callable[..., jax.Array]:
-  """The jitted random start of one key block of untargeted PGD: the start that :func:`pgd`
+  """The jitted random start of one key block of untargeted PGD: the start that ``attacks.pgd``
   in one piece takes for batch ``index`` (its first run)."""
 
   def start(x0, eps, eps_tag, index, base_key):
@@ -155,7 +155,7 @@ def _segmented_pgd(
   """One untargeted PGD run (:func:`robust_predictions`'s) in segments of
   :data:`SEGMENT_STEPS` steps, each after the first on the images still correctly
   classified, in calls of :data:`ATTACK_BATCH` images; the random starts are those of
-  :func:`pgd` in one piece on batches of ``batch``. Returns the predicted classes and the
+  ``attacks.pgd`` in one piece on batches of ``batch``. Returns the predicted classes and the
   mean loss after each step, an image's loss held at its last value once it has left the
   attack."""
   n = len(images)
@@ -234,7 +234,7 @@ def robust_predictions(
   ``logits_fn_of_params`` (the same object), attack and settings, so calling once per radius
   compiles once too (once per batch shape). The key of batch ``b`` at radius ``eps`` is
   ``fold_in(fold_in(key(seed), round(eps * 1e6)), b)``, split once per run inside
-  :func:`pgd`, so the same seed, radius and batch size give the same numbers.
+  ``attacks.pgd``, so the same seed, radius and batch size give the same numbers.
 
   Args:
     logits_fn_of_params: ``(params, images) -> logits``, pure (for a Flax model, e.g.
@@ -244,7 +244,7 @@ def robust_predictions(
     labels: ``(N,)`` true classes.
     eps_values: the radii, each in ``(0, 1]``.
     attack: one of :data:`ATTACKS`.
-    settings: :func:`pgd`'s settings (unused by FGSM).
+    settings: ``attacks.pgd``'s settings (unused by FGSM).
     seed: seed of the random starts.
     batch_size: images per call.
 
@@ -333,7 +333,7 @@ def _restarts_on_survivors(
   the first attacking only the images every earlier one left correctly classified.
 
   An image counts as broken when any restart breaks it, as when the restarts run together
-  (:func:`pgd` keeps a misclassifying iterate where there is one), but an image already
+  (``attacks.pgd`` keeps a misclassifying iterate where there is one), but an image already
   broken costs no more restarts: against a network without robustness, the restarts at
   large radii cost almost nothing. Restart ``r`` uses seed :func:`_restart_seed`; the
   survivors are padded to the first restart's batch shape, so nothing compiles again.
