@@ -307,7 +307,8 @@ def _labels(keys: Sequence[tuple[tuple[str, str], ...]]) -> list[str]:
   labels = []
   for d in dicts:
     parts = [str(d.get("model", "?")), str(d.get("optimizer", "?"))]
-    shown = [n for n in varying if n not in ADVERSARIAL_FIELDS or n in _own(d)]
+    own = _own(d)
+    shown = [n for n in varying if n not in ADVERSARIAL_FIELDS or n in own]
     parts += [f"{SHORT_NAMES.get(n, n)}={_format_value(d.get(n, '-'))}" for n in shown]
     labels.append(" ".join(parts))
   if len(set(labels)) < len(labels):  # values that print alike: show them in full

@@ -356,7 +356,7 @@ def _restarts_on_survivors(
       alive = np.flatnonzero(predicted == labels)
       if not alive.size:
         break
-      padded = np.concatenate([alive, np.repeat(alive[-1:], (-alive.size) % batch)])
+      padded = _padded(alive, alive.size + (-alive.size) % batch)
       again = robust_predictions(
         logits_fn_of_params,
         params,
