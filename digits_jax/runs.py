@@ -31,10 +31,11 @@ from digits_jax.training import checkpoints, distributed, loop, sharding, transf
 from digits_jax.training.history import collapse_epochs
 from digits_jax.training.step import (
   TrainState,
-  create_train_state,
+  inference_state,
   metrics_from_logits,
   model_variables,
   predict_config,
+  variables_template,
 )
 
 log = logging.getLogger(__name__)
@@ -465,12 +466,14 @@ def load_predictor(
   config, saved = recorded
   if num_classes is None:
     num_classes = data.NUM_CLASSES
-  state = create_train_state(config, jax.random.PRNGKey(0), 1, num_classes)
+  # Restored into the model's shapes, computed without initialising it (which costs seconds).
+  model = config.create_model(num_classes)
   best = checkpoints.BestCheckpoint(workdir / "checkpoints")
+  variables = best.restore(variables_template(model))
   return Predictor(
     workdir,
     config,
-    restore_best(state, best),
+    inference_state(model, variables),
     best.best_epoch(),
     saved,
     num_classes=num_classes,

@@ -153,6 +153,26 @@ def test_pgd_on_a_trained_cnn_is_stronger_than_fgsm_and_passes_the_masking_check
   assert len(checks) == 5 and all(c["passed"] for c in checks), checks
 
 
+def test_fgsm_at_several_radii_from_one_gradient_is_fgsm_at_each(trained_cnn):
+  # robust_predictions takes FGSM's input gradient once for all radii (in calls of
+  # ATTACK_BATCH images, the last one padded): the same classes as attacks.fgsm at each.
+  apply, params, x, y = trained_cnn
+  x, y, eps = x[:150], y[:150], (0.05, 0.1, 0.2, 0.3)
+  out = dataset_attacks.robust_predictions(apply, params, x, y, eps, attack="fgsm")
+  attack = jax.jit(
+    lambda z, labels, e: apply(params, attacks.fgsm(lambda v: apply(params, v), z, labels, e))
+  )
+  for e in eps:
+    logits = np.concatenate(
+      [np.asarray(attack(x[b : b + 100], y[b : b + 100], e)) for b in (0, 100)]
+    )
+    np.testing.assert_array_equal(out["predictions"][e], logits.argmax(axis=1))
+    loss = -np.mean(jax.nn.log_softmax(logits)[np.arange(150), y])
+    np.testing.assert_allclose(out["losses"][e], [loss], rtol=1e-4, atol=1e-6)
+  accuracy = [np.mean(out["predictions"][e] == y) for e in eps]
+  assert accuracy[-1] < accuracy[0]  # a real attack: larger radii break more
+
+
 def test_robust_predictions_compiles_once_and_repeats_with_the_same_seed(trained_cnn, caplog):
   apply, params, x, y = trained_cnn
   settings = attacks.PGDSettings(steps=3, restarts=2)
@@ -186,7 +206,7 @@ def test_pgd_in_segments_breaks_the_images_the_run_in_one_piece_breaks(trained_c
   settings = attacks.PGDSettings(steps=25)  # segments of 10, 10 and 5 steps
   x, y, batch = x[:150], y[:150], 128
   assert dataset_attacks.ATTACK_BATCH < batch
-  whole = dataset_attacks._batch_attack(apply, "pgd", settings)
+  whole = dataset_attacks._batch_attack(apply, settings)
   base_key = jax.random.key(0)
   for eps in (0.1, 0.15):
     out = dataset_attacks.robust_predictions(

@@ -20,6 +20,7 @@ from digits_jax.models.registry import (
   register,
   sweep_models,
   use_fast_ops,
+  variable_shapes,
 )
 
 __all__ = [
@@ -37,4 +38,5 @@ __all__ = [
   "fast_ops_mode",
   "sweep_models",
   "use_fast_ops",
+  "variable_shapes",
 ]

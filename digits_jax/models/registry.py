@@ -159,8 +159,20 @@ def inference_model(model: nn.Module) -> nn.Module | None:
 
 
 def init_variables(model: nn.Module, rng: jax.Array, image_shape=(IMAGE_SIZE, IMAGE_SIZE, 1)):
-  """A model's initial variables (``params`` and, for BatchNorm models, ``batch_stats``)."""
-  return model.init({"params": rng}, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+  """A model's initial variables (``params`` and, for BatchNorm models, ``batch_stats``).
+
+  Compiled as one program: run op by op, the initialisation compiles every initialiser and
+  layer op on its own, which on the CPU costs more than the whole program (``speedrun``
+  2.2 s against 1.3 s, ``resnet8`` 4.7 s against 2.5 s); the values are the same.
+  """
+  image = jnp.zeros((1, *image_shape), jnp.float32)
+  return jax.jit(lambda r: model.init({"params": r}, image, train=False))(rng)
+
+
+def variable_shapes(model: nn.Module, image_shape=(IMAGE_SIZE, IMAGE_SIZE, 1)) -> Any:
+  """The shapes and dtypes of :func:`init_variables`' tree, computed without running it: the
+  target a checkpoint is restored into."""
+  return jax.eval_shape(lambda: init_variables(model, jax.random.PRNGKey(0), image_shape))
 
 
 def count_params(params) -> int:

@@ -162,10 +162,22 @@ def fgsm(logits_fn: LogitsFn, images: jax.Array, labels: jax.Array, eps: float |
     The adversarial images, the dtype of ``images``, as constants of outer gradients.
   """
   x = jax.lax.stop_gradient(jnp.asarray(images))
+  return fgsm_step(x, gradient_sign(logits_fn, x, labels), eps)
+
+
+def gradient_sign(logits_fn: LogitsFn, images: jax.Array, labels: jax.Array) -> jax.Array:
+  """``sign(grad_x CE)`` at ``images``: FGSM's direction, the same at every radius."""
+  x = jax.lax.stop_gradient(jnp.asarray(images))
   labels = jnp.asarray(labels)
+  return jnp.sign(jax.grad(lambda z: _cross_entropy(logits_fn(z), labels).sum())(x))
+
+
+def fgsm_step(images: jax.Array, direction: jax.Array, eps: float | jax.Array) -> jax.Array:
+  """``clip(x + eps * direction, 0, 1)``, a constant of outer gradients: FGSM's image at
+  radius ``eps`` along :func:`gradient_sign`'s ``direction``."""
+  x = jnp.asarray(images)
   eps = jnp.asarray(eps, x.dtype)
-  grad = jax.grad(lambda z: _cross_entropy(logits_fn(z), labels).sum())(x)
-  return jax.lax.stop_gradient(jnp.clip(x + eps * jnp.sign(grad), 0.0, 1.0))
+  return jax.lax.stop_gradient(jnp.clip(x + eps * direction, 0.0, 1.0))
 
 
 def _keep_better(best, x, logits, labels):

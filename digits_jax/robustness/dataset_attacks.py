@@ -33,7 +33,8 @@ from digits_jax.robustness.attacks import (
   _random_start,
   _steps,
   check_eps,
-  fgsm,
+  fgsm_step,
+  gradient_sign,
 )
 
 
@@ -44,33 +45,49 @@ def _eps_tag(eps: float) -> int:
 
 @functools.lru_cache(maxsize=16)
 def _batch_attack(
-  logits_fn_of_params: Callable[[Any, jax.Array], jax.Array], attack: str, settings: PGDSettings
+  logits_fn_of_params: Callable[[Any, jax.Array], jax.Array], settings: PGDSettings
 ) -> Callable[..., tuple[jax.Array, jax.Array]]:
-  """The jitted attack of one batch, kept for the next call with the same function and
-  settings (a new radius, seed or dataset then compiles nothing)."""
+  """The jitted PGD of one batch in one piece (targeted steps), kept for the next call with
+  the same function and settings (a new radius, seed or dataset then compiles nothing)."""
 
   def attack_batch(params, x, y, valid, eps, eps_tag, index, base_key):
     fn = lambda z: logits_fn_of_params(params, z)
     key = jax.random.fold_in(jax.random.fold_in(base_key, eps_tag), index)
-    if attack == "fgsm":
-      adversarial = fgsm(fn, x, y, eps)
-      logits = fn(adversarial)
-      losses = _cross_entropy(logits, y)[None]
-    else:
-      adversarial, losses = _pgd(
-        fn,
-        x,
-        y,
-        eps,
-        key,
-        steps=settings.steps,
-        step_size=settings.step_size,
-        random_start=settings.random_start,
-        restarts=settings.restarts,
-        targeted_classes=settings.targeted_classes,
-      )
-      logits = fn(adversarial)
-    return jnp.argmax(logits, axis=-1), jnp.sum(losses * valid, axis=1)
+    adversarial, losses = _pgd(
+      fn,
+      x,
+      y,
+      eps,
+      key,
+      steps=settings.steps,
+      step_size=settings.step_size,
+      random_start=settings.random_start,
+      restarts=settings.restarts,
+      targeted_classes=settings.targeted_classes,
+    )
+    return jnp.argmax(fn(adversarial), axis=-1), jnp.sum(losses * valid, axis=1)
+
+  return jax.jit(attack_batch)
+
+
+@functools.lru_cache(maxsize=16)
+def _batch_fgsm(
+  logits_fn_of_params: Callable[[Any, jax.Array], jax.Array],
+) -> Callable[..., tuple[jax.Array, jax.Array]]:
+  """The jitted FGSM of one batch at several radii ``eps`` ``(E,)``: the input gradient does
+  not depend on the radius, so it is taken once and the adversarial images of every radius
+  step along its sign (:func:`attacks.fgsm` at each ``eps``, one gradient instead of ``E``).
+  Returns the predicted classes ``(E, B)`` and the summed losses ``(E,)`` over ``valid``."""
+
+  def attack_batch(params, x, y, valid, eps):
+    fn = lambda z: logits_fn_of_params(params, z)
+    direction = gradient_sign(fn, x, y)
+    classes, losses = [], []
+    for e in range(eps.shape[0]):
+      logits = fn(fgsm_step(x, direction, eps[e]))
+      classes.append(jnp.argmax(logits, axis=-1))
+      losses.append(jnp.sum(_cross_entropy(logits, y) * valid))
+    return jnp.stack(classes), jnp.stack(losses)
 
   return jax.jit(attack_batch)
 
@@ -181,18 +198,25 @@ def _segmented_pgd(
   for k, steps in enumerate(lengths):
     finish = k == len(lengths) - 1
     run = _compiled(_batch_segment, logits_fn_of_params, settings, steps)
+    calls = []
     for b in range(0, alive.size, size):
       rows = alive[b : b + size]
       padded = _padded(rows, size)
-      out = run(
-        params,
-        images[padded],
-        x[padded],
-        (best_x[padded], broken[padded], best_loss[padded]),
-        labels[padded],
-        eps_array,
-        finish,
+      calls.append(
+        (
+          rows,
+          run(
+            params,
+            images[padded],
+            x[padded],
+            (best_x[padded], broken[padded], best_loss[padded]),
+            labels[padded],
+            eps_array,
+            finish,
+          ),
+        )
       )
+    for rows, out in calls:
       new_x, (new_best_x, new_broken, new_loss), losses, last, classes = jax.device_get(out)
       m = rows.size
       x[rows], best_x[rows] = new_x[:m], new_best_x[:m]
@@ -230,9 +254,10 @@ def robust_predictions(
 
   One function, jit-compiled once, attacks every batch at every radius (``eps`` and the
   keys are traced; the last batch is padded with copies of the last image, whose results
-  are dropped). The compiled function is kept for later calls with the same
-  ``logits_fn_of_params`` (the same object), attack and settings, so calling once per radius
-  compiles once too (once per batch shape). The key of batch ``b`` at radius ``eps`` is
+  are dropped); FGSM takes one input gradient per image for all the radii together. The
+  compiled function is kept for later calls with the same ``logits_fn_of_params`` (the same
+  object), attack and settings, so calling once per radius compiles once too (once per batch
+  shape). The key of batch ``b`` at radius ``eps`` is
   ``fold_in(fold_in(key(seed), round(eps * 1e6)), b)``, split once per run inside
   ``attacks.pgd``, so the same seed, radius and batch size give the same numbers.
 
@@ -284,16 +309,11 @@ def robust_predictions(
       )
       result["predictions"][eps], result["losses"][eps] = predicted, losses
     return result
-  if attack == "fgsm":  # no random start: each image's result is its own at any batch size
-    batch = min(batch, ATTACK_BATCH)
+  if attack == "fgsm":
+    return _fgsm_predictions(logits_fn_of_params, params, images, labels, eps_values, batch)
   batches = -(-n // batch)
-  pad = batches * batch - n
-  if pad:
-    images = np.concatenate([images, np.repeat(images[-1:], pad, axis=0)])
-    labels = np.concatenate([labels, np.repeat(labels[-1:], pad)])
-  mask = (np.arange(batches * batch) < n).astype(np.float32)
-
-  run = _compiled(_batch_attack, logits_fn_of_params, attack, settings)
+  images, labels, mask = _padded_batches(images, labels, batch)
+  run = _compiled(_batch_attack, logits_fn_of_params, settings)
   base_key = jax.random.key(seed)
   outputs: dict[float, list[tuple[jax.Array, jax.Array]]] = {}
   for eps in eps_values:
@@ -319,6 +339,39 @@ def robust_predictions(
     result["predictions"][eps] = predicted.astype(np.int64)
     result["losses"][eps] = [float(v) for v in loss_sums / n]
   return result
+
+
+def _padded_batches(
+  images: np.ndarray, labels: np.ndarray, batch: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """``images`` and ``labels`` padded to whole batches with copies of the last, and the mask
+  of the real ones (the copies' results are dropped)."""
+  n = len(images)
+  rows = _padded(np.arange(n), n + (-n) % batch)
+  return images[rows], labels[rows], (np.arange(rows.size) < n).astype(np.float32)
+
+
+def _fgsm_predictions(
+  logits_fn_of_params, params, images, labels, eps_values, batch
+) -> dict[str, dict[float, Any]]:
+  """:func:`robust_predictions` of FGSM: every radius from one input gradient per image, in
+  calls of at most :data:`ATTACK_BATCH` images (no random start: each image's result is its
+  own at any batch size)."""
+  n = len(images)
+  batch = min(batch, ATTACK_BATCH)
+  images, labels, mask = _padded_batches(images, labels, batch)
+  run = _compiled(_batch_fgsm, logits_fn_of_params)
+  eps_array = np.asarray(eps_values, np.float32)
+  parts = [
+    run(params, images[b : b + batch], labels[b : b + batch], mask[b : b + batch], eps_array)
+    for b in range(0, len(images), batch)
+  ]
+  classes = np.concatenate([np.asarray(c) for c, _ in parts], axis=1)[:, :n].astype(np.int64)
+  loss_sums = np.sum([np.asarray(s, np.float64) for _, s in parts], axis=0)
+  return {
+    "predictions": {eps: classes[i] for i, eps in enumerate(eps_values)},
+    "losses": {eps: [float(loss_sums[i] / n)] for i, eps in enumerate(eps_values)},
+  }
 
 
 def _restart_seed(seed: int, restart: int) -> int:

@@ -88,6 +88,27 @@ def create_train_state(
   return state
 
 
+def variables_template(model: nn.Module) -> dict[str, Any]:
+  """What :func:`model_variables` gives for ``model``, as shapes and dtypes computed without
+  running anything: the structure a best checkpoint is restored into."""
+  shapes = models.variable_shapes(model)
+  return {"params": shapes["params"], "batch_stats": shapes.get("batch_stats", {})}
+
+
+def inference_state(model: nn.Module, variables: dict[str, Any]) -> TrainState:
+  """A TrainState that only predicts: ``model`` with ``variables`` (a checkpoint's
+  :func:`model_variables`), no optimizer state (``optax.identity``)."""
+  plain = models.inference_model(model)
+  return TrainState.create(
+    apply_fn=model.apply,
+    infer_fn=plain.apply if plain is not None else None,
+    params=variables["params"],
+    batch_stats=variables.get("batch_stats") or {},
+    tx=optax.identity(),
+    ema={},
+  )
+
+
 def _raw_variables(state: TrainState) -> dict[str, Any]:
   return {"params": state.params, "batch_stats": state.batch_stats}
 

@@ -33,7 +33,7 @@ from digits_jax.data import NUM_CLASSES
 from digits_jax.models import roles
 from digits_jax.rundir import SOURCE_RUN, RunDirError, read_config
 from digits_jax.training import checkpoints
-from digits_jax.training.step import TrainState, create_train_state, model_variables
+from digits_jax.training.step import TrainState, variables_template
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def digest(variables: Mapping[str, Any]) -> str:
 def _shapes(config: Config, num_classes: int) -> dict[str, tuple[int, ...]]:
   """The leaf shapes of a config's model variables, computed without any compute."""
   model = models.create_model(config.model, fast="off", num_classes=num_classes)
-  tree = jax.eval_shape(lambda: models.init_variables(model, jax.random.PRNGKey(0)))
+  tree = models.variable_shapes(model)
   return {p: tuple(s.shape) for p, s in _leaves(tree).items()}
 
 
@@ -169,9 +169,8 @@ def load(config: Config, num_classes: int = NUM_CLASSES) -> Source:
   """
   source = check(config, num_classes)
   path = Path(config.init_from)
-  template = model_variables(create_train_state(source, jax.random.PRNGKey(0), 1, NUM_CLASSES))
   best = checkpoints.BestCheckpoint(path / "checkpoints")
-  variables = jax.device_get(best.restore(template))
+  variables = jax.device_get(best.restore(variables_template(source.create_model(NUM_CLASSES))))
   variables = {"params": variables["params"], "batch_stats": variables.get("batch_stats") or {}}
   return Source(path, source, best.best_epoch(), variables, digest(variables))
 
