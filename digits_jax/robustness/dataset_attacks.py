@@ -76,7 +76,7 @@ def _batch_fgsm(
 ) -> Callable[..., tuple[jax.Array, jax.Array]]:
   """The jitted FGSM of one batch at several radii ``eps`` ``(E,)``: the input gradient does
   not depend on the radius, so it is taken once and the adversarial images of every radius
-  step along its sign (:func:`attacks.fgsm` at each ``eps``, one gradient instead of ``E``).
+  step along its sign (:func:`fgsm_step` at each ``eps``, one gradient instead of ``E``).
   Returns the predicted classes ``(E, B)`` and the summed losses ``(E,)`` over ``valid``."""
 
   def attack_batch(params, x, y, valid, eps):
