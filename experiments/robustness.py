@@ -65,7 +65,7 @@ flags.DEFINE_integer("attack_seed", 0, "Seed of the subset, random starts and re
 flags.DEFINE_integer(
   "attack_batch_size",
   500,
-  "Images per block of random starts (a key each); the attacks run 100 images per call.",
+  "Images per block of random starts (a key each); the attacks run 50 images per call.",
 )
 flags.DEFINE_bool("cost", True, "Measure FLOPs and latency on this machine.")
 flags.DEFINE_string(

@@ -108,11 +108,12 @@ def _compiled(factory, logits_fn_of_params, *args):
 # steps they would have taken together.
 SEGMENT_STEPS = 10
 # Images per compiled attack call (PGD's segments and FGSM). On the CPU an input gradient
-# costs about half as much per image at 100 images as at 250 or 500 (conv2_dense64: 9,800
-# against 4,400 images a second, the allocator tuned as the entry points tune it; the larger
-# batches' activations leave the cache), and one shape compiles once. Random starts keep
-# their keys per ``batch_size`` images, so the numbers do not depend on it.
-ATTACK_BATCH = 100
+# costs less per image in small calls, whose activations stay in the cache: at 50 images
+# against 100, 1.1x (conv2_dense64) to 1.9x (resnet8, madry_mnist) more images a second,
+# only speedrun_small (the smallest activations) losing 13% (2026-12-07, docs/robustness.md);
+# 500 images ran at half the speed of 100. One shape compiles once. Random starts keep their
+# keys per ``batch_size`` images, so the numbers do not depend on it.
+ATTACK_BATCH = 50
 
 
 @functools.lru_cache(maxsize=16)
