@@ -73,15 +73,7 @@ def create_train_state(
   """
   model = model or config.create_model(num_classes)
   variables = models.init_variables(model, rng)
-  plain = models.inference_model(model)
-  state = TrainState.create(
-    apply_fn=model.apply,
-    infer_fn=plain.apply if plain is not None else None,
-    params=variables["params"],
-    batch_stats=variables.get("batch_stats", {}),
-    tx=tx or make_optimizer(config, steps_per_epoch),
-    ema={},
-  )
+  state = _state(model, variables, tx or make_optimizer(config, steps_per_epoch))
   if config.ema:
     # The average starts at the initial weights (no debiasing).
     state = state.replace(ema=jax.tree_util.tree_map(jnp.copy, _raw_variables(state)))
@@ -98,13 +90,20 @@ def variables_template(model: nn.Module) -> dict[str, Any]:
 def inference_state(model: nn.Module, variables: dict[str, Any]) -> TrainState:
   """A TrainState that only predicts: ``model`` with ``variables`` (a checkpoint's
   :func:`model_variables`), no optimizer state (``optax.identity``)."""
+  return _state(model, variables, optax.identity())
+
+
+def _state(
+  model: nn.Module, variables: dict[str, Any], tx: optax.GradientTransformation
+) -> TrainState:
+  """``model`` with ``variables`` and the optimizer ``tx`` (its state fresh), no average."""
   plain = models.inference_model(model)
   return TrainState.create(
     apply_fn=model.apply,
     infer_fn=plain.apply if plain is not None else None,
     params=variables["params"],
     batch_stats=variables.get("batch_stats") or {},
-    tx=optax.identity(),
+    tx=tx,
     ema={},
   )
 
