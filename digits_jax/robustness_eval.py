@@ -24,6 +24,7 @@ started again with the same settings, computes only the parts it had not written
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import logging
 import os
@@ -33,6 +34,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -201,18 +203,23 @@ def _corruptions(run, datasets, settings: Settings, logits_of, progress) -> dict
   }
 
 
+@functools.lru_cache(maxsize=8)
+def _inference_logits(model) -> Callable[[Any, jnp.ndarray], jnp.ndarray]:
+  """``(variables, images) -> logits`` of ``model`` in inference mode, one function object per
+  model (Flax modules compare by their fields): the attacks' compiled functions are cached on
+  it, so the runs of one network evaluated in one process (the seeds of a sweep) compile
+  them once."""
+  return lambda variables, x: model.apply(variables, x, train=False)
+
+
 def _attacks(run, datasets, settings: Settings, progress) -> dict[str, Any]:
   variables = model_variables(run.state)
-  model = run.config.create_model(run.num_classes)
-
-  def logits_fn(v, x):
-    return model.apply(v, x, train=False)
-
+  logits_fn = _inference_logits(run.config.create_model(run.num_classes))
   subset = dataset_attacks.stratified_subset(
     datasets.test.labels, settings.subset, settings.attack_seed
   )
   images, labels = datasets.test.images[subset], datasets.test.labels[subset]
-  clean = np.argmax(np.asarray(logits_fn(variables, jnp.asarray(images))), axis=-1)
+  clean = np.argmax(np.asarray(jax.jit(logits_fn)(variables, images)), axis=-1)
   accuracy: dict[str, dict[str, float]] = {}
   losses: dict[str, dict[str, list[float]]] = {}
   seconds: dict[str, dict[str, float]] = {}

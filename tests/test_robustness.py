@@ -131,6 +131,31 @@ def test_each_corruption_is_generated_once_for_several_runs(tiny_run, mnist, tmp
   assert summaries[1]["clean_accuracy"] == pytest.approx(tiny_run[1]["test_accuracy"])
 
 
+def test_the_runs_of_one_network_compile_its_attacks_once(tiny_run, mnist, tmp_path):
+  from digits_jax.robustness import dataset_attacks
+
+  only = robustness_eval.Settings(
+    corruptions=(), attacks=("fgsm", "pgd"), eps=(0.1,), steps=3, subset=20, cost=False
+  )
+  for name in ("a", "b"):
+    shutil.copytree(tiny_run[0], tmp_path / name)
+  robustness_eval._inference_logits.cache_clear()
+  dataset_attacks._batch_segment.cache_clear()
+  dataset_attacks._batch_fgsm.cache_clear()
+  robustness_eval.evaluate_runs(
+    [tmp_path / "a"], only, load=lambda config: _datasets_of_tiny_run(mnist)
+  )
+  compiled = dataset_attacks._batch_segment.cache_info().currsize
+  assert compiled >= 1 and dataset_attacks._batch_fgsm.cache_info().currsize == 1
+  robustness_eval.evaluate_runs(
+    [tmp_path / "b"], only, load=lambda config: _datasets_of_tiny_run(mnist)
+  )
+  # The second run (another seed of the same network) found every attack compiled.
+  assert dataset_attacks._batch_segment.cache_info().currsize == compiled
+  assert dataset_attacks._batch_fgsm.cache_info().currsize == 1
+  assert robustness_eval._inference_logits.cache_info().hits >= 1
+
+
 def test_other_settings_are_refused_unless_overwritten(evaluated, mnist, tmp_path):
   workdir, _ = evaluated
   copy = tmp_path / "run"
