@@ -1,9 +1,11 @@
 """What adversarial training costs per epoch, against standard training of the same network.
 
     python -m benchmarks.adversarial [--models=madry_mnist,conv3_dense100] [--pgd_steps=7,40]
+        [--trades_steps=7]
 
 For each network at its recipe, times training epochs on the first ``--images`` training
-images: standard, fast (FGSM with a random start) and PGD-k for each k of ``--pgd_steps``,
+images: standard, fast (FGSM with a random start), PGD-k for each k of ``--pgd_steps`` and
+TRADES-k for each k of ``--trades_steps`` (none by default),
 each after one epoch that compiles, as the median of ``--epochs`` epochs (the settings take
 turns epoch by epoch, so the ratios hold on a machine whose load changes). Prints and writes
 (``--output_dir``/adversarial_cost.json) seconds per epoch scaled to the full 55,000 images
@@ -34,6 +36,7 @@ GOAL_RATIO = 2.5
 
 flags.DEFINE_list("models", ["madry_mnist", "conv3_dense100"], "Networks to time.")
 flags.DEFINE_list("pgd_steps", ["7"], "PGD training steps to time (k of PGD-k).")
+flags.DEFINE_list("trades_steps", [], "TRADES training steps to time (k of TRADES-k).")
 flags.DEFINE_integer("images", 5000, "Training images per timed epoch.")
 flags.DEFINE_integer("epochs", 3, "Timed epochs per setting (after one that compiles).")
 flags.DEFINE_float("eps", 0.3, "Training attack radius.")
@@ -71,9 +74,14 @@ def main(argv):
   images = datasets.train.images[: FLAGS.images]
   labels = datasets.train.labels[: FLAGS.images]
   scale = FULL_TRAIN / len(labels)
-  settings = [("standard", {}), ("fgsm", {"adversarial": "fgsm"})] + [
-    (f"pgd-{k}", {"adversarial": "pgd", "adversarial_steps": int(k)}) for k in FLAGS.pgd_steps
-  ]
+  settings = (
+    [("standard", {}), ("fgsm", {"adversarial": "fgsm"})]
+    + [(f"pgd-{k}", {"adversarial": "pgd", "adversarial_steps": int(k)}) for k in FLAGS.pgd_steps]
+    + [
+      (f"trades-{k}", {"adversarial": "trades", "adversarial_steps": int(k)})
+      for k in FLAGS.trades_steps
+    ]
+  )
   rows: list[dict[str, Any]] = []
   for model in FLAGS.models:
     configs = {

@@ -10,10 +10,10 @@ evaluation of every run: ``python -m experiments.robustness --workdir=runs/adver
 Cost: on the reference machine (2-core x86 VM, no GPU, 2026-12-07), conv3_dense100 about 8
 minutes per run with nothing else running, its strong evaluation 6.5 minutes; madry_mnist
 130-140 s per epoch with the machine nearly to itself (about 23 minutes per run), its strong
-evaluation 34 minutes sharing the machine.
+evaluation 28-34 minutes sharing the machine.
 Results: results/adversarial-2026-12-06/ and docs/adversarial.md (conv3_dense100: 92.5% ± 1.9
-under PGD-100 with 10 restarts at eps 0.3, 98.90% clean, three seeds; madry_mnist after 10
-epochs: 81.9% and 98.29%, seed 0).
+under PGD-100 with 10 restarts at eps 0.3, 98.90% clean; madry_mnist after 10 epochs: 82.2%
+± 1.2 and 98.38% clean; three seeds each).
 """
 
 import ml_collections
