@@ -203,12 +203,19 @@ def _corruptions(run, datasets, settings: Settings, logits_of, progress) -> dict
   }
 
 
-@functools.lru_cache(maxsize=8)
 def _inference_logits(model) -> Callable[[Any, jnp.ndarray], jnp.ndarray]:
   """``(variables, images) -> logits`` of ``model`` in inference mode, one function object per
   model (Flax modules compare by their fields): the attacks' compiled functions are cached on
   it, so the runs of one network evaluated in one process (the seeds of a sweep) compile
-  them once."""
+  them once. A module with an unhashable field (a list) gets a function of its own."""
+  try:
+    return _cached_logits(model)
+  except TypeError:
+    return _cached_logits.__wrapped__(model)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_logits(model) -> Callable[[Any, jnp.ndarray], jnp.ndarray]:
   return lambda variables, x: model.apply(variables, x, train=False)
 
 
