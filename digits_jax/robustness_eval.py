@@ -208,10 +208,7 @@ def _inference_logits(model) -> Callable[[Any, jnp.ndarray], jnp.ndarray]:
   model (Flax modules compare by their fields): the attacks' compiled functions are cached on
   it, so the runs of one network evaluated in one process (the seeds of a sweep) compile
   them once. A module with an unhashable field (a list) gets a function of its own."""
-  try:
-    return _cached_logits(model)
-  except TypeError:
-    return _cached_logits.__wrapped__(model)
+  return dataset_attacks.cached(_cached_logits, model)
 
 
 @functools.lru_cache(maxsize=8)

@@ -92,13 +92,13 @@ def _batch_fgsm(
   return jax.jit(attack_batch)
 
 
-def _compiled(factory, logits_fn_of_params, *args):
-  """``factory(logits_fn_of_params, *args)`` from its cache, or compiled for this call only
-  when the function cannot be hashed."""
+def cached(factory, *args):
+  """``factory(*args)`` from its ``functools.lru_cache``, or made for this call only when an
+  argument cannot be hashed (a closure's captured list, a Flax module with a list field)."""
   try:
-    return factory(logits_fn_of_params, *args)
+    return factory(*args)
   except TypeError:
-    return factory.__wrapped__(logits_fn_of_params, *args)
+    return factory.__wrapped__(*args)
 
 
 # Untargeted PGD in robust_predictions runs in segments of this many steps; after each, the
@@ -198,7 +198,7 @@ def _segmented_pgd(
   size = min(batch, ATTACK_BATCH)
   for k, steps in enumerate(lengths):
     finish = k == len(lengths) - 1
-    run = _compiled(_batch_segment, logits_fn_of_params, settings, steps)
+    run = cached(_batch_segment, logits_fn_of_params, settings, steps)
     calls = []
     for b in range(0, alive.size, size):
       rows = alive[b : b + size]
@@ -314,7 +314,7 @@ def robust_predictions(
     return _fgsm_predictions(logits_fn_of_params, params, images, labels, eps_values, batch)
   batches = -(-n // batch)
   images, labels, mask = _padded_batches(images, labels, batch)
-  run = _compiled(_batch_attack, logits_fn_of_params, settings)
+  run = cached(_batch_attack, logits_fn_of_params, settings)
   base_key = jax.random.key(seed)
   outputs: dict[float, list[tuple[jax.Array, jax.Array]]] = {}
   for eps in eps_values:
@@ -361,7 +361,7 @@ def _fgsm_predictions(
   n = len(images)
   batch = min(batch, ATTACK_BATCH)
   images, labels, mask = _padded_batches(images, labels, batch)
-  run = _compiled(_batch_fgsm, logits_fn_of_params)
+  run = cached(_batch_fgsm, logits_fn_of_params)
   eps_array = np.asarray(eps_values, np.float32)
   parts = [
     run(params, images[b : b + batch], labels[b : b + batch], mask[b : b + batch], eps_array)
