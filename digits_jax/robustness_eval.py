@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from digits_jax import data, environment, files, runs
+from digits_jax import data, environment, files, models, runs
 from digits_jax.config import ConfigError
 from digits_jax.robustness import (
   attacks,
@@ -213,7 +213,7 @@ def _inference_logits(model) -> Callable[[Any, jnp.ndarray], jnp.ndarray]:
 
 @functools.lru_cache(maxsize=8)
 def _cached_logits(model) -> Callable[[Any, jnp.ndarray], jnp.ndarray]:
-  return lambda variables, x: model.apply(variables, x, train=False)
+  return models.attack_logits(model.apply)
 
 
 def _attacks(run, datasets, settings: Settings, progress) -> dict[str, Any]:

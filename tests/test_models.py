@@ -153,3 +153,50 @@ def test_passes_without_a_gradient_take_xla_convolutions_and_agree_with_training
   model = config.create_model(10)
   a, b = (step.create_train_state(config, jax.random.PRNGKey(i), 1, model=model) for i in (0, 1))
   assert a.infer_fn is not None and a.infer_fn == b.infer_fn
+
+
+@pytest.mark.skipif(not native.available(), reason="the C++ kernels did not build here")
+def test_inference_takes_the_fused_kernel_for_a_narrow_first_layer_only():
+  # speedrun_small's 16-channel first layer is the fused kernel in inference (XLA's
+  # convolution is slow there); conv2_dense64's 32-channel one stays XLA's. The same logits.
+  images = jax.random.uniform(jax.random.PRNGKey(1), (8, 28, 28, 1))
+  for name, fused in (("speedrun_small", True), ("conv2_dense64", False)):
+    model = models.create_model(name)
+    variables = models.init_variables(model, jax.random.PRNGKey(0))
+    infer = jax.jit(functools.partial(models.inference_apply(model), train=False))
+    hlo = infer.lower(variables, images).as_text()
+    assert ("digits_conv_relu_pool" in hlo) == fused and "digits_im2col" not in hlo
+    np.testing.assert_allclose(
+      infer(variables, images),
+      model.apply(variables, images, train=False),
+      rtol=1e-5,
+      atol=1e-5,
+    )
+
+
+@pytest.mark.skipif(not native.available(), reason="the C++ kernels did not build here")
+@pytest.mark.parametrize("name", ["speedrun", "conv2_dense64"])
+def test_attack_logits_fuse_the_first_layer_and_keep_the_input_gradient(name):
+  # The attacks differentiate the images through the fused first layer: the same logits and
+  # the same input gradient as jax.grad of the plain network (XLA's ops, no custom VJPs).
+  model = models.create_model(name)
+  plain = models.create_model(name, fast=False)
+  variables = models.init_variables(model, jax.random.PRNGKey(0))
+  images = jax.random.uniform(jax.random.PRNGKey(1), (8, 28, 28, 1))
+  labels = jnp.arange(8) % 10
+  logits = models.attack_logits(model.apply)
+
+  def input_grad(fn):
+    return jax.jit(
+      jax.grad(lambda x: -jnp.sum(jax.nn.log_softmax(fn(variables, x))[jnp.arange(8), labels]))
+    )
+
+  fused_grad = input_grad(logits)
+  assert "digits_conv_relu_pool_input_grad" in fused_grad.lower(images).as_text()
+  reference = lambda v, x: plain.apply(v, x, train=False)  # noqa: E731
+  np.testing.assert_allclose(logits(variables, images), reference(variables, images), atol=1e-5)
+  got, want = fused_grad(images), input_grad(reference)(images)
+  assert float(jnp.linalg.norm(got - want) / jnp.linalg.norm(want)) < 1e-4
+  # Outside the attacks, evaluation keeps the unfused layer (visualize reads its conv output).
+  unfused = jax.jit(lambda x: model.apply(variables, x, train=False)).lower(images).as_text()
+  assert "digits_conv_relu_pool" not in unfused

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax.linen.module import merge_param
 
-from digits_jax.models import ops
+from digits_jax.models import native, ops
 
 # The non-linearities a network may use; relu is every network's default.
 ACTIVATIONS = ("relu", "gelu", "silu", "elu", "leaky_relu", "tanh")
@@ -67,6 +67,33 @@ def split_batch(axis_name: str) -> Iterator[None]:
     yield
   finally:
     _BATCH_AXIS.reset(token)
+
+
+# The widest first layer conv_act_pool runs as the fused kernel in evaluation mode too (see
+# fused_evaluation); 0: none.
+_FUSED_EVALUATION: contextvars.ContextVar[int] = contextvars.ContextVar(
+  "fused_evaluation", default=0
+)
+
+
+@contextlib.contextmanager
+def fused_evaluation(max_channels: int = native.MAX_FUSED_CHANNELS) -> Iterator[None]:
+  """Within it, models traced in evaluation mode run a first layer on one-channel images
+  (conv, ReLU, 2x2 pool; :func:`conv_act_pool`) with at most ``max_channels`` outputs as the
+  fused C++ kernel that training runs, whether ``fast`` or not (on the CPU with the kernels
+  built; elsewhere nothing changes).
+
+  For the attacks (:func:`digits_jax.models.attack_logits`, every width): the kernel's input
+  gradient costs less than the unfused layer's. For inference
+  (:func:`digits_jax.models.inference_apply`, up to :data:`ops.XLA_SLOW_CHANNELS`): where
+  XLA's own convolution is slow. Outside it, evaluation keeps the conv module's own output,
+  which :mod:`digits_jax.analysis.visualize` captures. The logits agree to float rounding.
+  """
+  token = _FUSED_EVALUATION.set(max_channels)
+  try:
+    yield
+  finally:
+    _FUSED_EVALUATION.reset(token)
 
 
 def batch_slice(x: jax.Array, axis_name: str | None) -> jax.Array:
@@ -191,11 +218,13 @@ def conv_act_pool(
   numbers as pooling before the ReLU: for a network's first layer on one-channel images on
   the CPU, one fused kernel, which skips writing the full-size activation). In evaluation
   it is the conv module, the activation and the pool, so the conv module's output (what
-  :mod:`digits_jax.analysis.visualize` shows) is the convolution itself. Any other
-  activation is applied before the pool: GELU and SiLU are not monotone, so pooling first
-  would give other numbers.
+  :mod:`digits_jax.analysis.visualize` shows) is the convolution itself; within
+  :func:`fused_evaluation` a layer that is one C++ kernel may be that kernel, ``fast`` or
+  not. Any other activation is applied before the pool: GELU and SiLU are not monotone, so
+  pooling first would give other numbers.
   """
-  if activation == "relu" and fast and train:
+  one_kernel = features <= _FUSED_EVALUATION.get() and ops.is_one_kernel(x.shape[-1], features)
+  if activation == "relu" and ((fast and train) or one_kernel):
     return FastConv(features, kernel_size, padding, relu_pool=True, name=name, **init)(x)
   layer = conv(features, fast=fast, padding=padding, kernel_size=kernel_size, name=name, **init)
   return pool(activation_fn(activation)(layer(x)), fast=fast)

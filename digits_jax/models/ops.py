@@ -206,6 +206,19 @@ def conv_relu_pool_reference(
   return max_pool_2x2_reference(jax.nn.relu(conv2d_reference(x, kernel, padding) + bias))
 
 
+# XLA:CPU's convolution of a one-channel image into at most this many channels runs 3-4x
+# slower than into 24 or 32 (36-52k against 78-140k images a second for the layer with its
+# ReLU and pool, 2026-12-07, docs/speed.md), where the fused kernel is fastest: inference takes
+# the fused kernel for such a first layer (models.inference_apply), XLA's for wider ones.
+XLA_SLOW_CHANNELS = 16
+
+
+def is_one_kernel(in_channels: int, out_channels: int) -> bool:
+  """Whether :func:`conv_relu_pool` of such a layer, traced now, is one C++ kernel: one input
+  channel, at most ``native.MAX_FUSED_CHANNELS`` outputs, the CPU backend with the kernels."""
+  return in_channels == 1 and out_channels <= native.MAX_FUSED_CHANNELS and native.use_native()
+
+
 def conv_relu_pool(x: jax.Array, kernel: jax.Array, bias: jax.Array, padding: str) -> jax.Array:
   """A first layer: stride-1 conv plus bias, ReLU, 2x2 max-pool; fused on one-channel CPU input.
 
@@ -225,7 +238,7 @@ def conv_relu_pool(x: jax.Array, kernel: jax.Array, bias: jax.Array, padding: st
   Returns:
     The pooled NHWC output; odd sizes are floored.
   """
-  if x.shape[-1] == 1 and kernel.shape[-1] <= native.MAX_FUSED_CHANNELS and native.use_native():
+  if is_one_kernel(x.shape[-1], kernel.shape[-1]):
     return conv_relu_pool_fused(x, kernel, bias, padding)
   return max_pool_2x2(jax.nn.relu(conv2d(x, kernel, padding) + bias))
 

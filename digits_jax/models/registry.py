@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from digits_jax.data import IMAGE_SIZE, NUM_CLASSES
-from digits_jax.models import native
+from digits_jax.models import layers, native, ops
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,6 +156,38 @@ def inference_model(model: nn.Module) -> nn.Module | None:
   if getattr(model, "fast", False) and native.use_native():
     return model.clone(fast=False)
   return None
+
+
+def _fused(apply_fn: Callable[..., Any], max_channels: int) -> Callable[..., Any]:
+  """``apply_fn`` traced within :func:`layers.fused_evaluation` (``max_channels``)."""
+
+  def apply(*args: Any, **kwargs: Any) -> Any:
+    with layers.fused_evaluation(max_channels):
+      return apply_fn(*args, **kwargs)
+
+  return apply
+
+
+@functools.cache  # one per network: train states to be stacked need the same infer_fn
+def inference_apply(model: nn.Module) -> Callable[..., Any] | None:
+  """The ``apply`` of passes without a gradient (validation, test, corrupted images,
+  predict): :func:`inference_model`'s, except that a first conv-ReLU-pool layer on
+  one-channel images with at most ``ops.XLA_SLOW_CHANNELS`` outputs is the fused C++ kernel
+  (:func:`layers.fused_evaluation`), where XLA's convolution is slow (``speedrun_small``:
+  the whole forward pass about twice as fast); ``None`` where ``model`` is already plain."""
+  plain = inference_model(model)
+  return None if plain is None else _fused(plain.apply, ops.XLA_SLOW_CHANNELS)
+
+
+def attack_logits(apply_fn: Callable[..., jax.Array]) -> Callable[[Any, jax.Array], jax.Array]:
+  """``(variables, images) -> logits`` of a model's ``apply_fn`` in inference mode, for passes
+  that take gradients with respect to the images (the attacks): traced within
+  :func:`layers.fused_evaluation`, so a first conv-ReLU-pool layer on one-channel images is
+  the fused C++ kernel, whose input gradient costs less than the unfused layer's on the CPU
+  (docs/robustness.md). The logits agree with ``apply_fn``'s to float rounding.
+  """
+  fused = _fused(apply_fn, native.MAX_FUSED_CHANNELS)
+  return lambda variables, images: fused(variables, images, train=False)
 
 
 def init_variables(model: nn.Module, rng: jax.Array, image_shape=(IMAGE_SIZE, IMAGE_SIZE, 1)):

@@ -7,9 +7,10 @@
 * Training throughput is the run's own figure: training images per second of its median epoch
   (``results.json``), measured while it trained, on the machine it trained on.
 * Latency is measured here and now, on the machine recorded beside it: the median wall time of
-  a jitted forward pass on the path inference takes (:func:`digits_jax.models.inference_model`:
-  XLA's own convolutions where the run trained with the C++ kernels) at batch 1 and batch
-  1,024, after a warm-up call (the committed studies' evaluations timed the C++ kernels' path).
+  a jitted forward pass on the path inference takes (:func:`digits_jax.models.inference_apply`:
+  XLA's own convolutions where the run trained with the C++ kernels, but the fused kernel for
+  a first layer on one-channel images) at batch 1 and batch 1,024, after a warm-up call (the
+  committed studies' evaluations timed the C++ kernels' path).
 """
 
 from __future__ import annotations
@@ -96,8 +97,8 @@ def measure(
     at the largest batch, and ``machine`` (:func:`digits_jax.environment.environment`).
   """
   model = models.create_model(model_name, fast=fast, num_classes=num_classes, activation=activation)
-  model = models.inference_model(model) or model
-  forward = jax.jit(lambda v, x: model.apply(v, x, train=False))
+  apply = models.inference_apply(model) or model.apply
+  forward = jax.jit(lambda v, x: apply(v, x, train=False))
   latency = {str(b): latency_seconds(forward, variables, b) for b in batches}
   seconds_per_epoch = results.get("seconds_per_epoch")
   throughput = None

@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from digits_jax import models
 from digits_jax.config import Config
 from digits_jax.robustness import attacks, dataset_attacks
 
@@ -131,7 +132,7 @@ class RobustValidation:
     self.labels = labels[self.indices]
     self.settings = attacks.PGDSettings(steps=config.robust_val_steps)
     # One function object for every epoch: the compiled attack is cached on it.
-    self._logits = lambda variables, x: apply_fn(variables, x, train=False)
+    self._logits = models.attack_logits(apply_fn)
 
   def __len__(self) -> int:
     return len(self.labels)

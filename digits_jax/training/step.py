@@ -97,10 +97,9 @@ def _state(
   model: nn.Module, variables: dict[str, Any], tx: optax.GradientTransformation
 ) -> TrainState:
   """``model`` with ``variables`` and the optimizer ``tx`` (its state fresh), no average."""
-  plain = models.inference_model(model)
   return TrainState.create(
     apply_fn=model.apply,
-    infer_fn=plain.apply if plain is not None else None,
+    infer_fn=models.inference_apply(model),
     params=variables["params"],
     batch_stats=variables.get("batch_stats") or {},
     tx=tx,

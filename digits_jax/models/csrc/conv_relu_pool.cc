@@ -225,26 +225,38 @@ void ParamGradImage(const Layer& l, const float* __restrict padded,
   }
 }
 
+// One image's input gradient. kernel_t is the kernel transposed to (C, taps), each row
+// zero-padded to `stride` (a multiple of 8) floats. Per pooled value, the channels whose
+// window passes a gradient add g * their kernel row to the tap sums of their winning corner
+// (eight taps per vector operation); each corner's tap sums are then added into its window.
+// The same sums, in the same channel order, as sum_c kernel[tap, c] * g[c] over the
+// channels that corner won.
 template <int64_t kC>
-void InputGradImage(const Layer& l, const float* __restrict kernel,
+void InputGradImage(const Layer& l, const float* __restrict kernel_t, int64_t stride,
                     const int8_t* __restrict corner, const float* __restrict g,
-                    float* __restrict d_padded) {
+                    float* __restrict sums, float* __restrict d_padded) {
   const int64_t C = kC > 0 ? kC : l.c;
-  float gq[kMaxChannels];
   std::fill(d_padded, d_padded + l.hpad * l.wpad, 0.0f);
   for (int64_t pi = 0; pi < l.hp; ++pi) {
     for (int64_t pj = 0; pj < l.wp; ++pj) {
       const int64_t at = (pi * l.wp + pj) * C;
+      bool won[4] = {};
+      std::fill(sums, sums + 4 * stride, 0.0f);
+      for (int64_t c = 0; c < C; ++c) {
+        const int q = corner[at + c];
+        if (q == kNoGradient) continue;
+        won[q] = true;
+        const float gc = g[at + c];
+        const float* k = kernel_t + c * stride;
+        float* s = sums + q * stride;
+        for (int64_t t = 0; t < stride; t += 8) Store(s + t, Load(s + t) + gc * Load(k + t));
+      }
       for (int q = 0; q < 4; ++q) {
-        for (int64_t c = 0; c < C; ++c) gq[c] = corner[at + c] == q ? g[at + c] : 0.0f;
+        if (!won[q]) continue;
+        const float* s = sums + q * stride;
         float* dst = d_padded + l.corner(pi, pj, q);
         for (int64_t di = 0; di < l.kh; ++di) {
-          for (int64_t dj = 0; dj < l.kw; ++dj) {
-            const float* k = kernel + (di * l.kw + dj) * C;
-            float s = 0.0f;
-            for (int64_t c = 0; c < C; ++c) s += k[c] * gq[c];
-            dst[di * l.wpad + dj] += s;
-          }
+          for (int64_t dj = 0; dj < l.kw; ++dj) dst[di * l.wpad + dj] += s[di * l.kw + dj];
         }
       }
     }
@@ -346,11 +358,17 @@ ffi::Error InputGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> kernel,
   const int8_t* win = corner.typed_data();
   const float* gx = g.typed_data();
   float* dx = d_image->typed_data();
+  const int64_t stride = (l.taps() + 7) / 8 * 8;
+  std::vector<float> kernel_t(l.c * stride, 0.0f);
+  for (int64_t t = 0; t < l.taps(); ++t) {
+    for (int64_t c = 0; c < l.c; ++c) kernel_t[c * stride + t] = k[t * l.c + c];
+  }
   WithChannels(l.c, [&]<int64_t kC>() {
     ParallelFor(pool, l.batch, [&](int64_t i) {
-      std::vector<float> d_padded(l.hpad * l.wpad);
+      std::vector<float> d_padded(l.hpad * l.wpad), sums(4 * stride);
       const int64_t at = i * l.hp * l.wp * l.c;
-      InputGradImage<kC>(l, k, win + at, gx + at, d_padded.data());
+      InputGradImage<kC>(l, kernel_t.data(), stride, win + at, gx + at, sums.data(),
+                         d_padded.data());
       for (int64_t y = 0; y < l.h; ++y) {
         std::memcpy(dx + (i * l.h + y) * l.w,
                     d_padded.data() + (y + l.pad_top) * l.wpad + l.pad_left,
