@@ -48,7 +48,7 @@ def flops_per_image(
 
 
 def latency_seconds(
-  forward, variables: Mapping[str, Any], batch: int, *, repeats: int = 20, min_seconds: float = 0.5
+  forward, variables: Mapping[str, Any], batch: int, *, repeats: int = 20, min_seconds: float = 0.25
 ) -> float:
   """Median seconds of ``forward(variables, images)`` on a batch of ``batch`` zero images.
 
