@@ -364,9 +364,10 @@ def evaluate_run(
   )
   run = runs.load_predictor(workdir, datasets.num_classes, recorded=recorded)
 
-  # The passes without a gradient (test, corrupted and validation images) go through XLA's
-  # own convolutions (step.TrainState.infer_fn); the attacks, which take input gradients,
-  # through the run's own path.
+  # The passes without a gradient (test, corrupted and validation images) go through the
+  # inference path (step.TrainState.infer_fn: XLA's own convolutions, models.inference_apply);
+  # the attacks, which take input gradients, through the run's own kernels with the first
+  # layer fused (models.attack_logits).
   def logits_of(images):
     return predict_config(run.config, run.state, jnp.asarray(images), run.config.eval_batch_size)
 

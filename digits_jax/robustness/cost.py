@@ -9,8 +9,8 @@
 * Latency is measured here and now, on the machine recorded beside it: the median wall time of
   a jitted forward pass on the path inference takes (:func:`digits_jax.models.inference_apply`:
   XLA's own convolutions where the run trained with the C++ kernels, but the fused kernel for
-  a first layer on one-channel images) at batch 1 and batch 1,024, after a warm-up call (the
-  committed studies' evaluations timed the C++ kernels' path).
+  a first layer of at most 16 channels on one-channel images) at batch 1 and batch 1,024,
+  after a warm-up call (the committed studies' evaluations timed the C++ kernels' path).
 """
 
 from __future__ import annotations
