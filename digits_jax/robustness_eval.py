@@ -203,22 +203,23 @@ def _corruptions(run, datasets, settings: Settings, logits_of, progress) -> dict
   }
 
 
-def _inference_logits(model) -> Callable[[Any, jnp.ndarray], jnp.ndarray]:
-  """``(variables, images) -> logits`` of ``model`` in inference mode, one function object per
-  model (Flax modules compare by their fields): the attacks' compiled functions are cached on
-  it, so the runs of one network evaluated in one process (the seeds of a sweep) compile
-  them once. A module with an unhashable field (a list) gets a function of its own."""
-  return dataset_attacks.cached(_cached_logits, model)
+def _attack_logits(model) -> Callable[[Any, jnp.ndarray], jnp.ndarray]:
+  """``(variables, images) -> logits`` of ``model`` in inference mode for the attacks
+  (:func:`digits_jax.models.attack_logits`), one function object per model (Flax modules
+  compare by their fields): the attacks' compiled functions are cached on it, so the runs of
+  one network evaluated in one process (the seeds of a sweep) compile them once. A module
+  with an unhashable field (a list) gets a function of its own."""
+  return dataset_attacks.cached(_cached_attack_logits, model)
 
 
 @functools.lru_cache(maxsize=8)
-def _cached_logits(model) -> Callable[[Any, jnp.ndarray], jnp.ndarray]:
+def _cached_attack_logits(model) -> Callable[[Any, jnp.ndarray], jnp.ndarray]:
   return models.attack_logits(model.apply)
 
 
 def _attacks(run, datasets, settings: Settings, progress) -> dict[str, Any]:
   variables = model_variables(run.state)
-  logits_fn = _inference_logits(run.config.create_model(run.num_classes))
+  logits_fn = _attack_logits(run.config.create_model(run.num_classes))
   subset = dataset_attacks.stratified_subset(
     datasets.test.labels, settings.subset, settings.attack_seed
   )

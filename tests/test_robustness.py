@@ -7,7 +7,9 @@ import json
 import shutil
 from pathlib import Path
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -140,7 +142,7 @@ def test_the_runs_of_one_network_compile_its_attacks_once(tiny_run, mnist, tmp_p
   )
   for name in ("a", "b"):
     shutil.copytree(tiny_run[0], tmp_path / name)
-  robustness_eval._cached_logits.cache_clear()
+  robustness_eval._cached_attack_logits.cache_clear()
   dataset_attacks._batch_segment.cache_clear()
   dataset_attacks._batch_fgsm.cache_clear()
   robustness_eval.evaluate_runs(
@@ -154,13 +156,10 @@ def test_the_runs_of_one_network_compile_its_attacks_once(tiny_run, mnist, tmp_p
   # The second run (another seed of the same network) found every attack compiled.
   assert dataset_attacks._batch_segment.cache_info().currsize == compiled
   assert dataset_attacks._batch_fgsm.cache_info().currsize == 1
-  assert robustness_eval._cached_logits.cache_info().hits >= 1
+  assert robustness_eval._cached_attack_logits.cache_info().hits >= 1
 
 
 def test_a_network_with_an_unhashable_field_still_gets_its_logits():
-  import flax.linen as nn
-  import jax.numpy as jnp
-
   class Listed(nn.Module):
     widths: list  # unhashable: no cached function, but a working one
 
@@ -171,7 +170,7 @@ def test_a_network_with_an_unhashable_field_still_gets_its_logits():
   model = Listed([3])
   x = jnp.ones((2, 4, 4, 1))
   variables = model.init(jax.random.key(0), x)
-  logits = robustness_eval._inference_logits(model)(variables, x)
+  logits = robustness_eval._attack_logits(model)(variables, x)
   assert logits.shape == (2, 3)
 
 
